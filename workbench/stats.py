@@ -1,0 +1,116 @@
+"""Closed-form attention statistics from q, k and the kernel's log-sum-exp.
+
+Every function takes an :class:`~workbench.attention.AttentionCall` and recovers exact
+attention probabilities ``A[i,j] = exp(scale * q_i . k_j - lse_i)`` block by block, so the
+peak extra memory is one (B, H, chunk, N) block rather than (B, H, N, N).
+
+Definitions (../shared/REFERENCES.md):
+
+* mean received attention of key k (Gu et al. 2024, "When attention sink emerges";
+  also used by ACT, Yu et al. 2024): ``s_k = (1/(T-k)) * sum_{i>=k} A[i,k]``. We divide by the
+  number of queries that can see k, which is T-k for an unpadded causal sequence and the
+  correct count under padding or KV caching.
+* attention entropy of query i, in nats: ``H_i = -sum_j A_ij log A_ij = lse_i - sum_j A_ij s_ij``
+  where ``s_ij`` is the scaled score.
+* mean attention distance of query i, in tokens: ``sum_j A_ij (i - j)``.
+* top key of query i: ``argmax_j A_ij`` (the retrieval-score statistic of Wu et al. 2024).
+"""
+from __future__ import annotations
+
+import torch
+
+from .attention import AttentionCall
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 23  # 8M floats = 32 MiB per score block
+
+
+def _chunk_rows(call: AttentionCall, chunk_elements: int) -> int:
+    b, h, nq, _ = call.query.shape
+    return max(1, min(nq, chunk_elements // max(1, b * h * call.key.shape[2])))
+
+
+def head_statistics(call: AttentionCall, heads: list[int] | None = None, received: bool = True,
+                    rows: bool = True, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> dict[str, torch.Tensor]:
+    """Per-head attention statistics of one attention call, computed in query chunks.
+
+    Args:
+        call: the attention call (queries (B, Hq, Nq, D), keys (B, Hkv, Nk, D)).
+        heads: query heads to compute (default all Hq).
+        received: compute column sums for the mean received attention.
+        rows: compute per-query entropy, distance and top key.
+        chunk_elements: size of one score block in floats (memory knob; results do not depend on it).
+
+    Returns:
+        dict with, where requested (H = len(heads)):
+            ``received_sum`` (B, H, Nk) float32: sum over this call's queries of A[i,k];
+            ``received_count`` (B, 1, Nk) float32: how many of this call's queries see key k;
+            ``entropy`` (B, H, Nq) nats; ``distance`` (B, H, Nq) tokens;
+            ``top_key`` (B, H, Nq) int64 key index; ``top_prob`` (B, H, Nq) its probability.
+    """
+    b, hq, nq, _ = call.query.shape
+    nk = call.key.shape[2]
+    hsel = list(range(hq)) if heads is None else list(heads)
+    h = len(hsel)
+    all_heads = None if heads is None or hsel == list(range(hq)) else hsel
+    out: dict[str, torch.Tensor] = {}
+    if received:
+        rsum = torch.zeros(b, h, nk)
+        rcount = torch.zeros(call.visible(0, 1).shape[0], 1, nk)
+    if rows:
+        ent = torch.empty(b, h, nq)
+        dist = torch.empty(b, h, nq)
+        top = torch.empty(b, h, nq, dtype=torch.long)
+        topp = torch.empty(b, h, nq)
+    step = _chunk_rows(call, chunk_elements)
+    kpos = torch.arange(nk, dtype=torch.float32)
+    for a in range(0, nq, step):
+        z = min(nq, a + step)
+        # causal without an explicit mask: keys after the chunk's last query are never visible
+        kmax = nk if call.mask is not None else min(nk, z + call.q_offset)
+        s = call.scores(a, z, keys=slice(0, kmax), heads=all_heads)
+        lse = call.lse[:, :, a:z] if all_heads is None else call.lse[:, all_heads, a:z]
+        p = torch.exp(s - lse[..., None])
+        if received:
+            rsum[..., :kmax] += p.sum(dim=2)
+            rcount[..., :kmax] += call.visible(a, z, kmax).sum(dim=2, dtype=torch.float32)
+        if rows:
+            ps = torch.where(p > 0, p * s, torch.zeros((), dtype=p.dtype)).sum(-1)
+            ent[..., a:z] = lse - ps
+            qpos = torch.arange(a, z, dtype=torch.float32) + call.q_offset
+            dist[..., a:z] = qpos - torch.matmul(p, kpos[:kmax])
+            tp, tk = s.max(dim=-1)
+            top[..., a:z] = tk
+            topp[..., a:z] = torch.exp(tp - lse)
+    if received:
+        out["received_sum"], out["received_count"] = rsum, rcount
+    if rows:
+        out.update(entropy=ent, distance=dist, top_key=top, top_prob=topp)
+    return out
+
+
+def key_mass(call: AttentionCall, keys: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
+    """Attention mass each query puts on a set of key positions: ``sum_{k in keys} A[i,k]``.
+
+    Costs O(Nq * |keys|) per head: only the score columns of ``keys`` are computed.
+
+    Args:
+        keys: 1-D int64 tensor of key positions (indices into this call's keys; out-of-range ones are dropped).
+    Returns:
+        (B, H, Nq) float32.
+    """
+    keys = keys[(keys >= 0) & (keys < call.key.shape[2])]
+    b, hq, nq, _ = call.query.shape
+    h = hq if heads is None else len(heads)
+    if keys.numel() == 0:
+        return torch.zeros(b, h, nq)
+    return call.probs(0, nq, keys=keys, heads=heads).sum(-1)
+
+
+def pattern_rows(call: AttentionCall, q_start: int, q_stop: int, k_stop: int,
+                 heads: list[int] | None = None) -> torch.Tensor:
+    """Exact attention rows for queries ``q_start:q_stop`` of this call over keys ``0:k_stop``.
+
+    Returns (B, H, q_stop - q_start, k_stop) float32 probabilities (0 for hidden keys).
+    """
+    k_stop = min(k_stop, call.key.shape[2])
+    return call.probs(q_start, q_stop, keys=slice(0, k_stop), heads=heads)

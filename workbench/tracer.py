@@ -1,0 +1,226 @@
+"""The tracer: record attention statistics, maps, head outputs and residuals during a forward pass.
+
+Usage::
+
+    lm = load_model("smollm2-135m")
+    tracer = Tracer(lm, stats=("received", "entropy", "distance"), pattern_window=(0, 64), z=True)
+    trace = tracer.run(ids)          # or: with tracer: lm.model.generate(ids, ...); trace = tracer.trace()
+
+The tracer is an :class:`~workbench.attention.AttentionHook`: for each attention call of a
+recorded layer it computes what was asked from the call's q, k and log-sum-exp
+(:mod:`workbench.stats`), never from an N x N map, except the explicit ``pattern_window``,
+which is bounded by ``memory_budget_bytes``. Calls during ``generate()`` append query rows
+(row statistics, ``z``, pattern rows) and accumulate received attention over all queries.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import torch
+
+from . import stats as S
+from .attention import AttentionCall, attention_hooks
+from .errors import MemoryBudgetError
+from .hooks import decoder_layers
+from .models import LoadedModel
+from .trace import Trace
+
+ROW_STATS = ("entropy", "distance", "top_key", "top_prob")
+ALL_STATS = ("received",) + ROW_STATS
+DEFAULT_BUDGET = 2 << 30  # 2 GiB of attention maps
+
+
+class Tracer:
+    """Record attention statistics of chosen layers and heads.
+
+    Args:
+        lm: a :class:`~workbench.models.LoadedModel`.
+        layers: decoder layers to record (default all).
+        heads: query heads to record (default all); applies to every array.
+        stats: subset of ``("received", "entropy", "distance", "top_key", "top_prob")``.
+        key_sets: name -> 1-D tensor of key positions; records ``mass.<name>`` (layer, batch, head, query),
+            the attention mass each query puts on those keys.
+        pattern_window: (q_start, q_stop) absolute query positions whose full attention rows
+            (over keys 0..q_stop-1) are stored as ``pattern``.
+        z: record head outputs ``z`` (layer, batch, query, head, d_head) (TransformerLens ``hook_z``).
+        resid_pre: record the residual stream entering each layer (layer, batch, pos, d_model).
+        memory_budget_bytes: bound on the bytes of ``pattern``; exceeding it raises MemoryBudgetError.
+        chunk_elements: score-block size for the chunked statistics.
+
+    Raises:
+        HeadIndexError: a layer or head is out of range.
+        ValueError: an unknown statistic name.
+    """
+
+    def __init__(self, lm: LoadedModel, layers: Iterable[int] | None = None, heads: Iterable[int] | None = None,
+                 stats: Sequence[str] = (), key_sets: dict[str, torch.Tensor] | None = None,
+                 pattern_window: tuple[int, int] | None = None, z: bool = False, resid_pre: bool = False,
+                 memory_budget_bytes: int = DEFAULT_BUDGET, chunk_elements: int = S.DEFAULT_CHUNK_ELEMENTS):
+        spec = lm.spec
+        self.lm = lm
+        self.layers = list(range(spec.n_layers)) if layers is None else sorted(set(int(x) for x in layers))
+        self.heads = list(range(spec.n_heads)) if heads is None else sorted(set(int(x) for x in heads))
+        for layer in self.layers:
+            spec.check_head(layer)
+        for h in self.heads:
+            spec.check_head(self.layers[0] if self.layers else 0, h)
+        unknown = set(stats) - set(ALL_STATS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; choose from {ALL_STATS}")
+        self.stats = tuple(stats)
+        self.key_sets = {k: torch.as_tensor(v, dtype=torch.long).reshape(-1) for k, v in (key_sets or {}).items()}
+        self.pattern_window = pattern_window
+        if pattern_window is not None and not 0 <= pattern_window[0] < pattern_window[1]:
+            raise ValueError(f"pattern_window {pattern_window} must be (q_start, q_stop) with 0 <= q_start < q_stop")
+        self.z = z
+        self.resid_pre = resid_pre
+        self.budget = memory_budget_bytes
+        self.chunk_elements = chunk_elements
+        self._head_arg = None if self.heads == list(range(spec.n_heads)) else self.heads
+        self._layer_set = set(self.layers)
+        self.reset()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything recorded so far."""
+        self._rows: dict[str, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+        self._recv_sum: dict[int, torch.Tensor] = {}
+        self._recv_count: dict[int, torch.Tensor] = {}
+        self._pattern: dict[int, list[torch.Tensor]] = defaultdict(list)
+        self._resid: dict[int, list[torch.Tensor]] = defaultdict(list)
+        self._handles: list = []
+
+    def check_budget(self, batch: int, n_tokens: int) -> int:
+        """Bytes the pattern window will take for ``batch`` sequences of ``n_tokens``; raise past the budget.
+
+        Raises:
+            MemoryBudgetError: the window's maps would exceed ``memory_budget_bytes``.
+        """
+        if self.pattern_window is None:
+            return 0
+        q0, q1 = self.pattern_window
+        q1 = min(q1, n_tokens)
+        need = len(self.layers) * batch * len(self.heads) * max(0, q1 - q0) * q1 * 4
+        if need > self.budget:
+            raise MemoryBudgetError(
+                f"attention maps for queries {q0}..{q1} x {len(self.layers)} layers x {len(self.heads)} heads need "
+                f"{need / 2**20:.0f} MiB, over the {self.budget / 2**20:.0f} MiB budget: narrow the query window, "
+                "choose fewer layers/heads, or raise the budget (memory_budget_bytes / --budget-mb)"
+            )
+        return need
+
+    def __enter__(self) -> "Tracer":
+        self._ctx = attention_hooks(self)
+        self._ctx.__enter__()
+        if self.resid_pre:
+            layers = decoder_layers(self.lm.model)
+            for layer in self.layers:
+                self._handles.append(layers[layer].register_forward_pre_hook(self._resid_hook(layer), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._ctx.__exit__(*exc)
+
+    def _resid_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            self._resid[layer].append(x.detach().float().clone())
+        return hook
+
+    @torch.no_grad()
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            allow_longer: bool = False, **forward_kwargs) -> Trace:
+        """One forward pass over ``input_ids`` (B, N) with recording; returns the :class:`Trace`.
+
+        Raises:
+            ContextTooLongError: N exceeds the context window (unless ``allow_longer``).
+            MemoryBudgetError: the pattern window exceeds the budget.
+        """
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        self.lm.spec.check_length(input_ids.shape[1], allow_longer)
+        self.check_budget(input_ids.shape[0], input_ids.shape[1])
+        self.reset()
+        with self:
+            self.lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
+        return self.trace(input_ids)
+
+    # --- the hook ---------------------------------------------------------------------------
+
+    def on_attention(self, call: AttentionCall) -> None:
+        layer = call.layer
+        if layer not in self._layer_set:
+            return None
+        heads = self._head_arg
+        want_rows = any(s in self.stats for s in ROW_STATS)
+        if "received" in self.stats or want_rows:
+            st = S.head_statistics(call, heads, received="received" in self.stats, rows=want_rows,
+                                   chunk_elements=self.chunk_elements)
+            for name in ROW_STATS:
+                if name in self.stats:
+                    self._rows[name][layer].append(st[name])
+            if "received" in self.stats:
+                self._accumulate_received(layer, st["received_sum"], st["received_count"])
+        for name, keys in self.key_sets.items():
+            self._rows["mass." + name][layer].append(S.key_mass(call, keys, heads))
+        if self.z:
+            out = call.output if heads is None else call.output[:, heads]
+            self._rows["z"][layer].append(out.transpose(1, 2).detach().float().clone())
+        if self.pattern_window is not None:
+            q0, q1 = self.pattern_window
+            first = call.q_offset
+            a, b = max(q0, first), min(q1, first + call.query.shape[2])
+            if a < b:
+                self.check_budget(call.query.shape[0], call.key.shape[2])
+                rows = S.pattern_rows(call, a - first, b - first, q1, heads)
+                if rows.shape[-1] < q1:
+                    rows = torch.nn.functional.pad(rows, (0, q1 - rows.shape[-1]))
+                self._pattern[layer].append(rows)
+        return None
+
+    def _accumulate_received(self, layer: int, rsum: torch.Tensor, rcount: torch.Tensor) -> None:
+        old = self._recv_sum.get(layer)
+        if old is not None:
+            rsum = rsum.clone()
+            rsum[..., : old.shape[-1]] += old
+            c = rcount.clone()
+            c[..., : old.shape[-1]] += self._recv_count[layer]
+            rcount = c
+        self._recv_sum[layer], self._recv_count[layer] = rsum, rcount
+
+    # --- result -----------------------------------------------------------------------------
+
+    def trace(self, input_ids: torch.Tensor | None = None) -> Trace:
+        """Assemble what was recorded into a :class:`Trace` (axes documented in :mod:`workbench.trace`)."""
+        tr = Trace(meta={"model": self.lm.spec.name, "layers": self.layers, "heads": self.heads,
+                         "n_layers": self.lm.spec.n_layers, "n_heads": self.lm.spec.n_heads})
+        recorded = [layer for layer in self.layers if any(layer in d for d in self._rows.values())
+                    or layer in self._recv_sum or layer in self._pattern]
+        if self._rows or self._recv_sum or self._pattern:
+            missing = [layer for layer in self.layers if layer not in recorded]
+            if missing:
+                raise RuntimeError(f"layers {missing} never ran attention through the workbench kernel")
+        for name, per_layer in self._rows.items():
+            stacked = torch.stack([torch.cat(per_layer[layer], dim=-1 if name != "z" else 1) for layer in self.layers])
+            dims = ("layer", "batch", "query", "head", "d_head") if name == "z" else ("layer", "batch", "head", "query")
+            tr.add(name, stacked, dims)
+        if self._recv_sum:
+            s = torch.stack([self._recv_sum[layer] for layer in self.layers])
+            c = torch.stack([self._recv_count[layer] for layer in self.layers])
+            tr.add("received", s / c.clamp_min(1.0), ("layer", "batch", "head", "key"))
+        if self._pattern:
+            tr.add("pattern", torch.stack([torch.cat(self._pattern[layer], dim=2) for layer in self.layers]),
+                   ("layer", "batch", "head", "query", "key"))
+            tr.meta["query_start"] = self.pattern_window[0]
+        if self._resid:
+            tr.add("resid_pre", torch.stack([torch.cat(self._resid[layer], dim=1) for layer in self.layers]),
+                   ("layer", "batch", "pos", "d_model"))
+        if input_ids is not None:
+            tr.add("tokens", input_ids.detach().long().cpu(), ("batch", "pos"))
+            tr.meta["token_strings"] = [self.lm.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
+        return tr
