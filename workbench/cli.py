@@ -1,0 +1,156 @@
+"""The ``workbench`` command line (typer).
+
+Every analysis command accepts ``--json`` and then prints exactly one JSON object on stdout
+(progress bars and logs go to stderr). Bad input exits with status 2 and a one-line
+``error: ...`` on stderr.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import WorkbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Attention-head workbench: sinks, retrieval heads, vision-aware heads, interventions.")
+
+
+def emit(obj: dict, as_json: bool, human: str | None = None) -> None:
+    """Print ``obj`` as one JSON object (``--json``) or a human summary."""
+    if as_json:
+        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    else:
+        typer.echo(human if human is not None else json.dumps(obj, indent=1, default=str))
+
+
+def parse_indices(spec: str | None, n: int, what: str) -> list[int] | None:
+    """Parse ``"all"``, ``"3"``, ``"0,2,5-7"`` into indices below ``n`` (None for all).
+
+    Raises:
+        HeadIndexError: an index is out of range.
+    """
+    from .errors import HeadIndexError
+
+    if spec is None or spec == "all":
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += list(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise HeadIndexError(f"{what} {bad[0]} is out of range: the model has {what}s 0..{n - 1}")
+    return out
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """List the offline presets and whether their converted weights are cached."""
+    from .models import cache_dir, model_table
+
+    rows = model_table()
+    human = "\n".join(f"{r['name']:<16} {'cached' if r['cached'] else 'not cached':<11} {r['description']}" for r in rows)
+    emit({"presets": rows, "cache_dir": str(cache_dir())}, as_json, human + f"\ncache: {cache_dir()}")
+
+
+@app.command()
+def trace(
+    model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
+    prompt: Optional[str] = typer.Option(None, help="prompt text"),
+    file: Optional[Path] = typer.Option(None, help="read the prompt from this text file"),
+    out: Path = typer.Option(Path("trace"), help="output trace directory"),
+    layers: Optional[str] = typer.Option(None, help="layers, e.g. 0,3,5-7 (default all)"),
+    heads: Optional[str] = typer.Option(None, help="heads, e.g. 0,4 (default all)"),
+    window: Optional[str] = typer.Option(None, help="query window for full attention maps, START:STOP"),
+    z: bool = typer.Option(False, "--z", help="record head outputs z"),
+    resid: bool = typer.Option(False, "--resid", help="record the residual stream entering each layer"),
+    chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the chat template"),
+    budget_mb: float = typer.Option(2048, help="memory budget for attention maps, MiB"),
+    html: Optional[Path] = typer.Option(None, help="write an HTML attention plot of the window"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Trace a prompt: sink statistics, entropy, distance for all heads; maps for a window."""
+    from .models import load_model
+    from .tracer import ALL_STATS, Tracer
+
+    if (prompt is None) == (file is None):
+        raise WorkbenchError("give exactly one of --prompt TEXT or --file PATH")
+    if file is not None and not file.exists():
+        raise WorkbenchError(f"prompt file {file} does not exist")
+    text = prompt if prompt is not None else file.read_text()
+    lm = load_model(model)
+    ids = lm.encode(text, chat=chat)
+    win = None
+    if window:
+        a, b = window.split(":")
+        win = (int(a), min(int(b), ids.shape[1]))
+    tr = Tracer(lm, layers=parse_indices(layers, lm.spec.n_layers, "layer"),
+                heads=parse_indices(heads, lm.spec.n_heads, "head"), stats=ALL_STATS, pattern_window=win, z=z,
+                resid_pre=resid, memory_budget_bytes=int(budget_mb * 2**20))
+    t = tr.run(ids)
+    t.save(out)
+    result = {"trace": str(out), "n_tokens": int(ids.shape[1]), "arrays": {k: list(v.shape) for k, v in t.arrays.items()}}
+    if html is not None and win is not None:
+        from .viz import attention_map, write_html
+
+        figs = [(f"layer {layer} head {h}", attention_map(t["pattern"][li, 0, hi], t.meta["token_strings"][0], win[0],
+                                                          title=f"layer {layer} head {h}"))
+                for li, layer in enumerate(t.layers[:2]) for hi, h in enumerate(t.heads[:3])]
+        write_html(figs, html, f"Attention: {lm.spec.name}")
+        result["html"] = str(html)
+    emit(result, as_json, f"wrote {out} ({ids.shape[1]} tokens)")
+
+
+@app.command()
+def census(
+    model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
+    samples: int = typer.Option(8, help="number of text windows"),
+    seq_len: int = typer.Option(512, help="tokens per window"),
+    out: Path = typer.Option(Path("reports"), help="reports directory (a <model>/ folder is written in it)"),
+    sections: Optional[str] = typer.Option(None, help="comma-separated sections (default all)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """The head census: per-head statistics over real text, written to reports/<model>/."""
+    from .census import run_census
+    from .models import load_model
+
+    lm = load_model(model)
+    res = run_census(lm, n_samples=samples, seq_len=seq_len, out_dir=out,
+                     sections=sections.split(",") if sections else None, progress=True)
+    top = res.heads.sort_values("first_token_mass", ascending=False).head(5)
+    human = (f"census of {res.model}: {len(res.heads)} heads; files: {res.files.get('html')}\n"
+             + json.dumps(res.summary, indent=1) + "\nheads with most first-token mass:\n" + top.to_string(index=False))
+    emit(res.to_json(), as_json, human)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the typer app, turning WorkbenchError into a one-line message and exit 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except WorkbenchError as err:
+        typer.echo(f"error: {err}", err=True)
+        return 2
+    except (typer.Exit,) as e:
+        return e.exit_code
+    except Exception as err:  # click usage errors
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            return 2
+        if isinstance(err, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
