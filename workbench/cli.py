@@ -131,8 +131,20 @@ def census(
     emit(res.to_json(), as_json, human)
 
 
+# Modules that add commands to ``app`` when imported (each analyzer appends its own).
+COMMAND_MODULES: list[str] = []
+
+
+def _load_commands() -> None:
+    import importlib
+
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the typer app, turning WorkbenchError into a one-line message and exit 2."""
+    _load_commands()
     try:
         app(args=argv, standalone_mode=False)
     except WorkbenchError as err:
