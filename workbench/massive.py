@@ -209,9 +209,14 @@ def token_summary(df: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
 
 
 def massive_means(df: pd.DataFrame, layer: int) -> dict[int, float]:
-    """Mean signed value of the massive entries of each dim at ``layer`` (Sun et al.'s "set to mean")."""
+    """Mean signed value of the massive entries of each dim at ``layer`` (Sun et al.'s "set to mean").
+
+    A dim found massive only at other layers gets its mean over all layers.
+    """
+    means = {int(d): float(v) for d, v in df.groupby("dim")["value"].mean().items()}
     sub = df[df["layer"] == layer]
-    return {int(d): float(v) for d, v in sub.groupby("dim")["value"].mean().items()}
+    means.update({int(d): float(v) for d, v in sub.groupby("dim")["value"].mean().items()})
+    return means
 
 
 class MassiveActivationEdit:
@@ -279,3 +284,39 @@ class MassiveActivationEdit:
     def applied(self) -> Iterator["MassiveActivationEdit"]:
         with self:
             yield self
+
+
+def intervention_perplexity(lm: LoadedModel, df: pd.DataFrame, heldout: torch.Tensor, dims: Iterable[int] | None = None,
+                            layer: int | None = None, batch_size: int = 4, progress: bool = True) -> pd.DataFrame:
+    """Sun et al.'s intervention test: perplexity on held-out text with the massive entries kept, zeroed, or
+    set to their mean.
+
+    Args:
+        df: massive activations found on *other* text (the means come from it), :func:`massive_activations`.
+        heldout: (n, N) token ids of held-out text (e.g. ``token_windows(..., split="heldout")``).
+        dims: the massive dims (default :func:`massive_dims`).
+        layer: the layer whose input is edited (default the onset layer, :func:`onset_layer`).
+    Returns:
+        DataFrame with rows ``baseline``, ``zero``, ``mean`` and columns ``intervention``, ``layer``, ``dims``,
+        ``perplexity``, ``nll``, ``tokens``, ``entries_edited``.
+    Raises:
+        ValueError: no massive activations in ``df``.
+    """
+    from .perplexity import perplexity
+
+    dims = list(dims) if dims is not None else massive_dims(df)
+    layer = onset_layer(df, dims) if layer is None else layer
+    if not dims or layer is None:
+        raise ValueError("no massive activations were found, so there is nothing to intervene on")
+    rows = []
+    for mode in ("baseline", "zero", "mean"):
+        edit = None
+        if mode == "baseline":
+            res = perplexity(lm, heldout, batch_size, progress, desc="perplexity: baseline")
+        else:
+            edit = MassiveActivationEdit(lm, layer, dims, mode, massive_means(df, layer))
+            with edit:
+                res = perplexity(lm, heldout, batch_size, progress, desc=f"perplexity: {mode}")
+        rows.append({"intervention": mode, "layer": layer, "dims": dims, **res,
+                     "entries_edited": edit.edited if edit else 0})
+    return pd.DataFrame(rows)
