@@ -82,9 +82,13 @@ class _Recorder:
 
 
 def _token_text(tokenizer, ids: Sequence[int] | None, pos: int) -> str:
-    if ids is None or tokenizer is None or not hasattr(tokenizer, "decode"):
-        return str(ids[pos]) if ids is not None else f"<pos {pos}>"
-    return tokenizer.decode([int(ids[pos])])
+    if ids is None:
+        return f"<pos {pos}>"
+    if hasattr(tokenizer, "decode"):
+        return tokenizer.decode([int(ids[pos])])
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        return tokenizer.convert_ids_to_tokens([int(ids[pos])])[0]
+    return str(int(ids[pos]))
 
 
 @torch.no_grad()

@@ -56,6 +56,13 @@ def received_attention(lm: LoadedModel, samples: torch.Tensor, batch_size: int =
     return torch.cat(out)
 
 
+def decode_token(tokenizer, token_id: int) -> str:
+    """Text of one token (``decode``, else ``convert_ids_to_tokens``)."""
+    if hasattr(tokenizer, "decode"):
+        return tokenizer.decode([int(token_id)])
+    return tokenizer.convert_ids_to_tokens([int(token_id)])[0]
+
+
 def key_counts(n_tokens: int) -> torch.Tensor:
     """Queries that see key k in an unpadded causal sequence: T - k, shape (T,)."""
     return torch.arange(n_tokens, 0, -1, dtype=torch.float32)
@@ -136,7 +143,7 @@ def sink_tokens(received: torch.Tensor, samples: torch.Tensor, tokenizer, eps: f
     hid = hidden_sink_masks(received, threshold, min_queries).sum(dim=(1, 2))  # (n, N) heads
     first = (received[..., 0] > eps).sum(dim=(1, 2))  # (n,)
     rows = []
-    texts = [[tokenizer.decode([int(t)]) for t in row] for row in samples.tolist()]
+    texts = [[decode_token(tokenizer, t) for t in row] for row in samples.tolist()]
     for s in range(n):
         if int(first[s]):
             rows.append({"token": texts[s][0], "kind": "first", "sample": s, "pos": 0, "heads": int(first[s])})
