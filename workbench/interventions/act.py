@@ -115,29 +115,44 @@ class ACTCalibration(HeadIntervention):
     def sink_mask(self, call: AttentionCall, head: int) -> torch.Tensor:
         """(B, Nk) bool sink set of ``head`` for this call (fixed, or detected in prefill and kept for decoding)."""
         b, nk = call.query.shape[0], call.key.shape[2]
-        key = (call.layer, head)
-        if key in self.fixed:
-            idx = self.fixed[key]
-            m = torch.zeros(b, nk, dtype=torch.bool)
-            m[:, idx[idx < nk]] = True
-            return m
+        if (call.layer, head) in self.fixed:
+            return self._fixed_mask(call, head)
         if call.q_offset == 0:
-            st = head_statistics(call, [head], received=True, rows=False)
-            count = st["received_count"][:, 0]
-            s = st["received_sum"][:, 0] / count.clamp_min(1.0)
-            m = act_sink_mask(s, self.threshold, count, self.min_queries)
-            self.detected[key] = m
-            return m
-        old = self.detected.get(key)
+            self._detect(call, [head])
+        return self._stored(call, head)
+
+    def _fixed_mask(self, call: AttentionCall, head: int) -> torch.Tensor:
+        b, nk = call.query.shape[0], call.key.shape[2]
+        idx = self.fixed[(call.layer, head)]
+        m = torch.zeros(b, nk, dtype=torch.bool)
+        m[:, idx[idx < nk]] = True
+        return m
+
+    def _stored(self, call: AttentionCall, head: int) -> torch.Tensor:
+        """The sink set detected in the last prefill, padded with False to this call's keys: (B, Nk)."""
+        b, nk = call.query.shape[0], call.key.shape[2]
+        old = self.detected.get((call.layer, head))
         m = torch.zeros(b, nk, dtype=torch.bool)
         if old is not None and old.shape[0] == b:
             n = min(nk, old.shape[1])
             m[:, :n] = old[:, :n]
         return m
 
+    def _detect(self, call: AttentionCall, heads: list[int]) -> None:
+        """Detect the sink sets of all ``heads`` of this prefill call in one chunked pass."""
+        st = head_statistics(call, heads, received=True, rows=False)
+        count = st["received_count"][:, 0]
+        s = st["received_sum"] / count[:, None].clamp_min(1.0)  # (B, H', Nk)
+        m = act_sink_mask(s, self.threshold, count[:, None], self.min_queries)
+        for i, h in enumerate(heads):
+            self.detected[(call.layer, h)] = m[:, i]
+
     def modify(self, call: AttentionCall, out: torch.Tensor, heads: list[int]) -> None:
+        auto = [h for h in heads if (call.layer, h) not in self.fixed]
+        if auto and call.q_offset == 0:
+            self._detect(call, auto)
         for h in heads:
-            mask = self.sink_mask(call, h)
+            mask = self._fixed_mask(call, h) if (call.layer, h) in self.fixed else self._stored(call, h)
             keys = mask.any(0).nonzero().reshape(-1)
             if keys.numel() == 0:
                 continue
