@@ -250,3 +250,13 @@ def test_calibrate_cli_json(capsys):
     ev = res["evaluation"]
     assert ev["n"] == 8 and ev["baseline_ci95"][0] <= ev["baseline_accuracy"] <= ev["baseline_ci95"][1]
     assert main(["calibrate", "--heads", "30.0"]) == 2
+
+
+def test_census_gains_sinks_section():
+    from workbench.census import run_census
+
+    lm = planted_sink_lm()
+    lm.tokenizer = CharTok()
+    res = run_census(lm, n_samples=2, seq_len=40, out_dir=None, progress=False)
+    assert "sinks" in res.summary and {"hidden_sink_share", "first_token_sink_share"} <= set(res.heads.columns)
+    assert len(res.heads) == 4 and 0.0 <= res.summary["sinks"]["sink_rate_first_token"] <= 100.0
