@@ -225,7 +225,7 @@ def test_sinks_cli_json(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert 0.0 <= res["sink_rate_first_token"] <= 100.0
     assert set(res["sink_rate_first_token_by_length"]) == {"64", "96"}
-    assert len(res["profile"]) == 2 and res["massive_dims"] == [3]
+    assert len(res["profile"]) == 2 and res["massive_dims"] == [3] and "sink_onset_layer" in res
     m = res["massive_activations"][0]
     assert {"layer", "dim", "token", "value", "ratio_to_median"} <= set(m) and m["token"] == CharTok().decode([10 + ord(" ") % 87])
     assert [r["intervention"] for r in res["perplexity"]] == ["baseline", "zero", "mean"]

@@ -108,6 +108,12 @@ def layer_profile(received: torch.Tensor, eps: float = SINK_EPS, threshold: floa
     })
 
 
+def sink_onset_layer(profile: pd.DataFrame, min_rate: float = 50.0) -> int | None:
+    """First layer whose first-token sink rate (% of heads) exceeds ``min_rate``, from :func:`layer_profile`."""
+    over = profile[profile.first_token_sink_rate > min_rate]
+    return int(over.layer.iloc[0]) if len(over) else None
+
+
 def head_table(received: torch.Tensor, eps: float = SINK_EPS, threshold: float = ACT_THRESHOLD,
                min_queries: int | None = MIN_QUERIES) -> pd.DataFrame:
     """One row per (layer, head): ``first_token_mass`` (mean s_0), ``first_token_sink_share`` (share of

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from .census import CensusContext, CensusSection, register_section
 from .massive import intervention_perplexity, layer_summary, massive_activations, massive_dims, onset_layer
 from .models import LoadedModel
-from .sinks import SINK_EPS, analyze_sinks, head_table, layer_profile, received_attention, sink_rate
+from .sinks import SINK_EPS, analyze_sinks, head_table, layer_profile, received_attention, sink_onset_layer, sink_rate
 from .text import token_windows
 from .viz import layer_head_heatmap, write_html
 
@@ -52,7 +52,8 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
     Returns: the JSON object (keys ``sink_rate_first_token`` (percent, ``short_len`` tokens),
     ``sink_rate_first_token_by_length``, ``profile``, ``massive_activations`` (objects with ``layer``,
     ``dim``, ``token``, ``value``, ``ratio_to_median``, ``count``), ``massive_dims``, ``massive_onset_layer``,
-    ``massive_by_layer``, ``perplexity`` (rows baseline / zero / mean), ``sink_tokens``, ``hidden_sink_heads``).
+    ``massive_by_layer``, ``sink_onset_layer`` (first layer where over half the heads have s_0 > 0.3),
+    ``perplexity`` (rows baseline / zero / mean), ``sink_tokens``, ``hidden_sink_heads``).
     """
     an = analyze_sinks(lm, {short_len: n_short, long_len: n_long}, split="train", progress=progress)
     mass_samples = token_windows(lm.tokenizer, long_len, max(1, n_long // 2), split="train")
@@ -77,6 +78,7 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         "massive_activations_short": massive_records(mdf_short),
         "massive_dims": dims,
         "massive_onset_layer": onset,
+        "sink_onset_layer": sink_onset_layer(an.profile),
         "massive_by_layer": mlayers.to_dict(orient="records"),
         "perplexity": ppl.to_dict(orient="records"),
         "sink_tokens": an.tokens.head(30).to_dict(orient="records"),
@@ -96,7 +98,8 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         rates = ", ".join(f"{v:.1f}% at {k} tokens" for k, v in an.sink_rate_first_token.items())
         ptab = "".join(f"<tr><td>{r['intervention']}</td><td>{r['perplexity']:.3f}</td><td>{r['entries_edited']}</td></tr>"
                        for r in result["perplexity"])
-        intro = (f"Sink_1^0.3 (first-token sink rate): {rates}. Massive dims {dims}, appearing entering layer {onset}. "
+        intro = (f"Sink_1^0.3 (first-token sink rate): {rates}. Massive dims {dims}, appearing entering layer {onset}; "
+                 f"first layer where over half the heads are first-token sinks: {result['sink_onset_layer']}. "
                  f"Perplexity on held-out prose ({n_ppl} x {ppl_len} tokens) with the massive entries entering layer {onset} "
                  f"kept / zeroed / set to their mean:</p><table border=1><tr><th>intervention</th><th>perplexity</th>"
                  f"<th>entries edited</th></tr>{ptab}</table><p>")
@@ -112,8 +115,7 @@ def sinks_section(ctx: CensusContext) -> CensusSection:
     prof = layer_profile(rec)
     summary = {"sink_rate_first_token": sink_rate(rec), "sink_eps": SINK_EPS,
                "heads_with_hidden_sinks_in_half_the_samples": int((heads.hidden_sink_share >= 0.5).sum()),
-               "first_layer_with_sink_rate_over_50": next((int(r.layer) for r in prof.itertuples()
-                                                          if r.first_token_sink_rate > 50), None)}
+               "sink_onset_layer": sink_onset_layer(prof)}
     figs = [("per-layer sink profile", profile_figure(prof)),
             ("hidden_sink_share per head", layer_head_heatmap(heads, "hidden_sink_share"))]
     return CensusSection("sinks", heads, summary, figs)
