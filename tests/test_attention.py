@@ -93,3 +93,15 @@ def test_bottom_right_causal_for_chunked_queries():
         first = lm.model(ids[:, :15], use_cache=True)
         rest = lm.model(ids[:, 15:], past_key_values=first.past_key_values, use_cache=True)
     assert torch.allclose(full.logits[:, 15:], rest.logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("nq,nk", [(9, 9), (1, 9), (4, 9)])
+def test_fallback_sdpa_with_chunked_lse_matches(nq, nk):
+    """float64 has no CPU flash kernel: the SDPA + chunked-LSE fallback must give the same results."""
+    torch.manual_seed(2)
+    q = torch.randn(1, 4, nq, 8, dtype=torch.float64)
+    k, v = torch.randn(1, 2, nk, 8, dtype=torch.float64), torch.randn(1, 2, nk, 8, dtype=torch.float64)
+    out, lse = attention_with_lse(q, k, v, None, 0.3)
+    s = _eager_scores(q, k, 0.3, causal_offset=nk - nq)
+    assert torch.allclose(out, torch.softmax(s, -1) @ v.repeat_interleave(2, dim=1), atol=1e-10)
+    assert torch.allclose(lse.double(), torch.logsumexp(s, -1), atol=1e-5)
