@@ -215,8 +215,11 @@ def _check_supported(model: torch.nn.Module, name: str) -> None:
 def _load_hf(name_or_path: str, name: str | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     from .attention import register_attention
 
+    hf_logging.disable_progress_bar()  # keep stderr for our own progress and one-line errors
     register_attention()
     try:
         config = AutoConfig.from_pretrained(name_or_path)

@@ -43,10 +43,72 @@ def head_statistics(call: AttentionCall, heads: list[int] | None = None, receive
     Returns:
         dict with, where requested (H = len(heads)):
             ``received_sum`` (B, H, Nk) float32: sum over this call's queries of A[i,k];
-            ``received_count`` (B, 1, Nk) float32: how many of this call's queries see key k;
+            ``received_count`` (B or 1, 1, Nk) float32: how many of this call's queries see key k;
             ``entropy`` (B, H, Nq) nats; ``distance`` (B, H, Nq) tokens;
             ``top_key`` (B, H, Nq) int64 key index; ``top_prob`` (B, H, Nq) its probability.
     """
+    hq = call.query.shape[1]
+    if call.mask is None and (heads is None or list(heads) == list(range(hq))):
+        return _causal_statistics(call, received, rows, chunk_elements)
+    return _masked_statistics(call, heads, received, rows, chunk_elements)
+
+
+def _causal_statistics(call: AttentionCall, received: bool, rows: bool, chunk_elements: int) -> dict[str, torch.Tensor]:
+    """Fast path for unmasked causal calls (all heads): one batched GEMM per chunk with the
+    log-sum-exp subtracted inside the GEMM, an in-place exp, and masking of the chunk's
+    diagonal block only (keys before the chunk are visible to all of its queries)."""
+    b, hq, nq, d = call.query.shape
+    hkv, nk = call.key.shape[1], call.key.shape[2]
+    rep, off = hq // hkv, call.q_offset
+    q = (call.query.float() * call.scale).reshape(b * hkv, rep, nq, d)
+    k = call.key.float().reshape(b * hkv, nk, d)
+    lse = call.lse.reshape(b * hkv, rep, nq)
+    out: dict[str, torch.Tensor] = {}
+    if received:
+        rsum = torch.zeros(b * hkv, rep, nk)
+        # query i (absolute position i + off) sees key k iff k <= i + off
+        kidx = torch.arange(nk, dtype=torch.float32)
+        out["received_count"] = (nq - (kidx - off).clamp_min(0)).clamp_min(0).view(1, 1, nk)
+    if rows:
+        ent = torch.empty(b * hkv, rep, nq)
+        dist = torch.empty(b * hkv, rep, nq)
+        top = torch.empty(b * hkv, rep, nq, dtype=torch.long)
+        topp = torch.empty(b * hkv, rep, nq)
+        kpos = torch.arange(nk, dtype=torch.float32)
+    step = max(1, min(nq, chunk_elements // max(1, b * hq * nk)))
+    for a in range(0, nq, step):
+        z = min(nq, a + step)
+        c, kmax = z - a, min(nk, z + off)
+        qc = q[:, :, a:z].reshape(b * hkv, rep * c, d)
+        neg_lse = (-lse[:, :, a:z]).reshape(b * hkv, rep * c, 1).expand(-1, -1, kmax)
+        s = torch.baddbmm(neg_lse, qc, k[:, :kmax].transpose(1, 2)).view(b * hkv, rep, c, kmax)  # score - lse
+        # the diagonal block: keys a+off .. kmax-1, hidden above the diagonal
+        d0 = a + off
+        hidden = torch.ones(c, kmax - d0, dtype=torch.bool).triu_(1)
+        if rows:
+            s[..., d0:].masked_fill_(hidden, float("-inf"))
+            p = torch.exp(s)
+            ent[:, :, a:z] = -torch.where(p > 0, p * s, torch.zeros(())).sum(-1)
+            qpos = torch.arange(a, z, dtype=torch.float32) + off
+            dist[:, :, a:z] = qpos - torch.matmul(p, kpos[:kmax])
+            tp, tk = s.max(dim=-1)
+            top[:, :, a:z], topp[:, :, a:z] = tk, torch.exp(tp)
+        else:
+            p = s.exp_()
+            p[..., d0:].masked_fill_(hidden, 0.0)
+        if received:
+            rsum[..., :kmax] += p.sum(dim=2)
+    if received:
+        out["received_sum"] = rsum.view(b, hq, nk)
+    if rows:
+        out.update(entropy=ent.view(b, hq, nq), distance=dist.view(b, hq, nq), top_key=top.view(b, hq, nq),
+                   top_prob=topp.view(b, hq, nq))
+    return out
+
+
+def _masked_statistics(call: AttentionCall, heads: list[int] | None, received: bool, rows: bool,
+                       chunk_elements: int) -> dict[str, torch.Tensor]:
+    """General path: explicit masks (padding) or a subset of heads."""
     b, hq, nq, _ = call.query.shape
     nk = call.key.shape[2]
     hsel = list(range(hq)) if heads is None else list(heads)

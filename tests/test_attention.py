@@ -1,0 +1,107 @@
+"""The kernel-backed attention: same logits as stock SDPA, exact LSE, GQA, padding, KV-cache generation."""
+import pytest
+import torch
+
+from tests.conftest import make_tiny_lm
+from workbench.attention import AttentionCall, attention_hooks, attention_with_lse
+
+
+def _eager_scores(q, k, scale, causal_offset=0):
+    rep = q.shape[1] // k.shape[1]
+    kr = k.repeat_interleave(rep, dim=1)
+    s = (q @ kr.transpose(-1, -2)) * scale
+    nq, nk = q.shape[2], k.shape[2]
+    hidden = torch.arange(nk)[None, :] > (torch.arange(nq)[:, None] + causal_offset)
+    return s.masked_fill(hidden, float("-inf"))
+
+
+@pytest.mark.parametrize("nq,nk", [(17, 17), (1, 17), (5, 17)])
+def test_kernel_output_and_lse_match_explicit_softmax(nq, nk):
+    torch.manual_seed(0)
+    q = torch.randn(2, 6, nq, 16)
+    k, v = torch.randn(2, 3, nk, 16), torch.randn(2, 3, nk, 16)
+    out, lse = attention_with_lse(q, k, v, None, 0.25)
+    s = _eager_scores(q, k, 0.25, causal_offset=nk - nq)
+    ref = torch.softmax(s, -1) @ v.repeat_interleave(2, dim=1)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(lse, torch.logsumexp(s, -1), atol=1e-5)
+
+
+def test_logits_equal_stock_sdpa(tiny_lm):
+    ids = torch.randint(3, 97, (2, 40))
+    with torch.no_grad():
+        ours = tiny_lm.model(ids).logits
+        tiny_lm.model.set_attn_implementation("sdpa")
+        stock = tiny_lm.model(ids).logits
+        tiny_lm.model.set_attn_implementation("workbench")
+    assert torch.allclose(ours, stock, atol=1e-5)
+
+
+def test_padded_batch_agrees_with_unpadded(tiny_lm):
+    torch.manual_seed(1)
+    a, b = torch.randint(3, 97, (1, 30)), torch.randint(3, 97, (1, 22))
+    pad = torch.zeros(1, 8, dtype=torch.long)
+    ids = torch.cat([a, torch.cat([pad, b], 1)])
+    mask = torch.ones_like(ids)
+    mask[1, :8] = 0
+    with torch.no_grad():
+        batch = tiny_lm.model(ids, attention_mask=mask).logits
+        la = tiny_lm.model(a).logits
+        lb = tiny_lm.model(b).logits
+    assert torch.isfinite(batch).all()
+    assert torch.allclose(batch[0], la[0], atol=1e-4)
+    assert torch.allclose(batch[1, 8:], lb[0], atol=1e-4)
+
+
+def test_generate_with_kv_cache_equals_stock_sdpa(tiny_lm):
+    ids = torch.randint(3, 97, (1, 12))
+    kw = dict(max_new_tokens=15, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        ours = tiny_lm.model.generate(ids, **kw)
+        tiny_lm.model.set_attn_implementation("sdpa")
+        stock = tiny_lm.model.generate(ids, **kw)
+        tiny_lm.model.set_attn_implementation("workbench")
+    assert torch.equal(ours, stock)
+
+
+def test_hooks_see_every_layer_and_can_replace_output(tiny_lm):
+    seen = []
+
+    class Spy:
+        def on_attention(self, call: AttentionCall):
+            seen.append((call.layer, tuple(call.query.shape), tuple(call.key.shape)))
+            return torch.zeros_like(call.output) if call.layer == 1 else None
+
+    ids = torch.randint(3, 97, (1, 10))
+    with torch.no_grad():
+        base = tiny_lm.model(ids).logits
+        with attention_hooks(Spy()):
+            changed = tiny_lm.model(ids).logits
+        after = tiny_lm.model(ids).logits
+    assert [s[0] for s in seen] == [0, 1]
+    assert seen[0][1] == (1, 4, 10, 16) and seen[0][2] == (1, 2, 10, 16)  # GQA keys not repeated
+    assert not torch.allclose(base, changed)
+    assert torch.equal(base, after)  # the hook is gone after the block
+
+
+def test_bottom_right_causal_for_chunked_queries():
+    """Queries that follow cached keys see every earlier key (not the kernels' top-left alignment)."""
+    lm = make_tiny_lm(n_layers=1)
+    ids = torch.randint(3, 97, (1, 20))
+    with torch.no_grad():
+        full = lm.model(ids, use_cache=True)
+        first = lm.model(ids[:, :15], use_cache=True)
+        rest = lm.model(ids[:, 15:], past_key_values=first.past_key_values, use_cache=True)
+    assert torch.allclose(full.logits[:, 15:], rest.logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("nq,nk", [(9, 9), (1, 9), (4, 9)])
+def test_fallback_sdpa_with_chunked_lse_matches(nq, nk):
+    """float64 has no CPU flash kernel: the SDPA + chunked-LSE fallback must give the same results."""
+    torch.manual_seed(2)
+    q = torch.randn(1, 4, nq, 8, dtype=torch.float64)
+    k, v = torch.randn(1, 2, nk, 8, dtype=torch.float64), torch.randn(1, 2, nk, 8, dtype=torch.float64)
+    out, lse = attention_with_lse(q, k, v, None, 0.3)
+    s = _eager_scores(q, k, 0.3, causal_offset=nk - nq)
+    assert torch.allclose(out, torch.softmax(s, -1) @ v.repeat_interleave(2, dim=1), atol=1e-10)
+    assert torch.allclose(lse.double(), torch.logsumexp(s, -1), atol=1e-5)
