@@ -132,7 +132,7 @@ def census(
 
 
 # Modules that add commands to ``app`` when imported (each analyzer appends its own).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["workbench.commands.sinks"]
 
 
 def _load_commands() -> None:
@@ -165,4 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m workbench.cli`: run the importable module's app, on which command modules register
+    from workbench.cli import main as _main
+
+    sys.exit(_main())

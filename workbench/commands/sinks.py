@@ -1,0 +1,108 @@
+"""CLI: ``workbench sinks`` (sink and massive-activation report) and ``workbench calibrate`` (ACT)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import app, emit
+from ..errors import HeadIndexError, WorkbenchError
+
+
+def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """Parse ``"3.1,7.4"`` into [(3, 1), (7, 4)].
+
+    Raises:
+        WorkbenchError: malformed item. HeadIndexError: out of range.
+    """
+    out = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        parts = item.split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise WorkbenchError(f"bad head {item!r}: write heads as LAYER.HEAD, e.g. --heads 3.1,7.4")
+        layer, h = int(parts[0]), int(parts[1])
+        if not (0 <= layer < n_layers and 0 <= h < n_heads):
+            raise HeadIndexError(f"head {item} is out of range: the model has layers 0..{n_layers - 1} and heads 0..{n_heads - 1}")
+        out.append((layer, h))
+    if not out:
+        raise WorkbenchError("--heads is empty: give heads as LAYER.HEAD,... or use --search")
+    return out
+
+
+@app.command()
+def sinks(
+    model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
+    samples: int = typer.Option(32, help="64-token windows for Sink_1^0.3"),
+    long_samples: int = typer.Option(8, help="longer windows"),
+    long_len: int = typer.Option(512, help="tokens per longer window"),
+    ppl_samples: int = typer.Option(8, help="held-out windows for the perplexity test"),
+    ppl_len: int = typer.Option(256, help="tokens per perplexity window"),
+    out: Optional[Path] = typer.Option(Path("reports"), help="reports directory (writes <model>/sinks.json, sinks.html)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Attention sinks (Sink_1^0.3, per-layer profile, ACT hidden sinks, sink tokens) and massive activations
+    (dims, layers, tokens; zero-vs-mean perplexity test) on real text."""
+    from ..models import load_model
+    from ..sinks_report import sinks_report
+
+    lm = load_model(model)
+    lm.spec.check_length(max(64, long_len, ppl_len))
+    res = sinks_report(lm, samples, 64, long_samples, long_len, ppl_samples, ppl_len, out_dir=out, progress=True)
+    rates = ", ".join(f"{v:.1f}% at {k} tokens" for k, v in res["sink_rate_first_token_by_length"].items())
+    ppl = "; ".join(f"{r['intervention']} {r['perplexity']:.2f}" for r in res["perplexity"])
+    human = (f"{res['model']}: Sink_1^0.3 {rates}\nmassive dims {res['massive_dims']} from layer "
+             f"{res['massive_onset_layer']}; first-token sinks in most heads from layer {res['sink_onset_layer']}; perplexity {ppl}\nfiles: {res.get('files', {})}")
+    emit(res, as_json, human)
+
+
+@app.command()
+def calibrate(
+    model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
+    task: str = typer.Option("pydoc-cloze", help="offline task (pydoc-cloze)"),
+    beta: float = typer.Option(0.4, help="ACT scale of the attention on sink tokens"),
+    heads: Optional[str] = typer.Option(None, help="heads to calibrate, LAYER.HEAD,..."),
+    search: bool = typer.Option(False, "--search", help="select heads automatically on a calibration split"),
+    n_cal: int = typer.Option(64, help="calibration questions (train split)"),
+    n_eval: int = typer.Option(200, help="evaluation questions (heldout split)"),
+    max_heads: int = typer.Option(30, help="cap on screened candidate heads for --search"),
+    context_tokens: int = typer.Option(32, help="tokens of context per question"),
+    checkpoint: Optional[Path] = typer.Option(None, help="JSON-lines file to resume an interrupted --search"),
+    out: Optional[Path] = typer.Option(None, help="write the result JSON here"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """ACT attention calibration (Yu et al. 2024) on chosen heads or an automated head search; accuracy with
+    95% confidence intervals, baseline vs calibrated, on held-out questions."""
+    from ..act_search import act_search, evaluate_heads
+    from ..models import load_model
+    from ..tasks import TASKS, UnknownTaskError, build_task
+
+    if task not in TASKS:
+        raise UnknownTaskError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    if (heads is None) == (not search):
+        raise WorkbenchError("give exactly one of --heads LAYER.HEAD,... or --search")
+    if not 0.0 <= beta <= 1.0:
+        raise WorkbenchError(f"--beta {beta} must lie in [0, 1] (ACT uses 0.4)")
+    lm = load_model(model)
+    if search:
+        res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint, context_tokens=context_tokens)
+    else:
+        chosen = parse_heads(heads, lm.spec.n_layers, lm.spec.n_heads)
+        ev = build_task(task, lm.tokenizer, "heldout", n_eval, context_tokens=context_tokens)
+        res = {"task": task, "beta": beta, "n_eval": n_eval, "context_tokens": context_tokens,
+               "heads": [f"{a}.{b}" for a, b in chosen], "evaluation": evaluate_heads(lm, ev, chosen, beta)}
+    res["model"] = lm.spec.name
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1, default=str))
+    e = res["evaluation"]
+    human = (f"{task} ({e['n']} held-out questions), beta {beta}, heads {res['heads'] or 'none'}:\n"
+             f"baseline   {e['baseline_accuracy']:.3f} (95% CI {e['baseline_ci95'][0]:.3f}-{e['baseline_ci95'][1]:.3f})\n"
+             f"calibrated {e['calibrated_accuracy']:.3f} (95% CI {e['calibrated_ci95'][0]:.3f}-{e['calibrated_ci95'][1]:.3f})\n"
+             f"difference {e['difference']:+.3f} (bootstrap 95% CI {e['difference_ci95'][0]:+.3f}..{e['difference_ci95'][1]:+.3f}), "
+             f"McNemar p = {e['mcnemar_p']:.3g}")
+    emit(res, as_json, human)
