@@ -13,7 +13,7 @@ peak extra resident memory of:
 ``ours_sinks``         workbench Tracer: mean received attention (sink statistic), all layers/heads
 ``ours_sinks_needle``  the same plus attention mass on a 16-token needle span for every query
 ``ours_uniform_mask``  uniform-attention masking (Wu et al. 2024) of 20 heads, closed form
-``ours_act``           ACT calibration (Yu et al. 2024) of 20 heads, closed form (when available)
+``ours_act``           ACT calibration (Yu et al. 2024) of 20 heads, closed form, sink sets detected per input
 ``hf_eager``           transformers eager attention with ``output_attentions=True``
 ``tl_bridge``          TransformerLens ``TransformerBridge.run_with_cache`` keeping every ``hook_pattern``
 ``nnsight``            nnsight trace saving every layer's attention probabilities (eager)
@@ -58,10 +58,7 @@ def _act_intervention():
         from workbench.interventions.act import ACTCalibration  # added by the sinks work
     except ImportError:
         return None
-    try:
-        return ACTCalibration({hh: [0] for hh in HEADS20}, beta=0.4)
-    except TypeError:
-        return None
+    return ACTCalibration(HEADS20, beta=0.4)  # sink sets detected from each input, as in use
 
 
 def run(lengths: list[int], long_lengths: list[int], repeats: int, threads: int, gen_tokens: int) -> dict:
