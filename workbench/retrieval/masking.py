@@ -51,9 +51,9 @@ def select_heads(spec_str: str, n_layers: int, n_heads: int, scores: pd.DataFram
         k = int((m or r).group(1))
         if m:
             top = scores.sort_values(["score", "layer", "head"], ascending=[False, True, True]).head(k)
-            return [(int(a), int(b)) for a, b in zip(top.layer, top.head)]
+            return [(int(a), int(b)) for a, b in zip(top["layer"], top["head"])]
         pool = scores[scores.score <= RETRIEVAL_THRESHOLD]
-        pool = sorted((int(a), int(b)) for a, b in zip(pool.layer, pool.head))
+        pool = sorted((int(a), int(b)) for a, b in zip(pool["layer"], pool["head"]))
         if k > len(pool):
             raise WorkbenchError(f"random:{k} asks for more than the {len(pool)} non-retrieval heads")
         return sorted(random.Random(seed).sample(pool, k))
