@@ -353,3 +353,22 @@ def test_cli_retrieval_and_ablate_json(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     js = json.loads(r.stdout)
     assert 0.0 <= js["accuracy"] <= 1.0 and len(js["heads"]) == 3
+
+
+def test_census_section_reads_saved_scores(tmp_path):
+    from workbench.census import CensusContext
+    from workbench.retrieval.census_section import retrieval_section
+    from workbench.retrieval.sweep import save
+
+    lm = make_tiny_lm(n_layers=2, n_heads=4, n_kv_heads=2)
+    ctx = CensusContext(lm, torch.zeros(1, 4, dtype=torch.long), False, {"retrieval_scores": str(tmp_path / "none")})
+    sec = retrieval_section(ctx)
+    assert sec.heads is None and sec.summary["available"] is False and "workbench retrieval" in sec.summary["note"]
+    recs = [{"key": "a", "length": 10, "depth": 0.0, "needle": "x", "correct": True,
+             "scores": [[0.5, 0.0, 0.2, 0.0], [0.0, 0.05, 0.0, 0.9]]}]
+    save(summarize(recs, 2, 4), tmp_path / "ret", "tiny-llama")
+    ctx.options["retrieval_scores"] = str(tmp_path / "ret")
+    sec = retrieval_section(ctx)
+    assert sec.summary["n_retrieval_heads"] == 3
+    assert sec.heads.retrieval_score.tolist() == pytest.approx([0.5, 0.0, 0.2, 0.0, 0.0, 0.05, 0.0, 0.9])
+    assert sec.summary["top_heads"][0] == {"layer": 1, "head": 3, "score": 0.9}
