@@ -326,8 +326,7 @@ def test_real_model_needle_and_retrieval_scores(smollm2, tmp_path):
     top = torch.topk(scores.flatten(), 20).indices
     heads = [(int(i) // 9, int(i) % 9) for i in top]
     dec = greedy_decode(smollm2, p.ids, record=False, hooks=(HeadAblation(heads, "uniform", "decode"),))
-    base = greedy_decode(smollm2, p.ids, record=False)
-    assert dec.tokens != base.tokens
+    assert smollm2.tokenizer.decode(dec.tokens, skip_special_tokens=True) != rec["prediction"]
 
 
 @pytest.mark.slow
@@ -339,7 +338,7 @@ def test_cli_retrieval_and_ablate_json(tmp_path):
     env = {"PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
            "HOME": str(Path.home())}
     out = tmp_path / "ret"
-    r = subprocess.run([sys.executable, "-m", "workbench.cli", "retrieval", "--lengths", "200", "--depths", "50",
+    r = subprocess.run([sys.executable, "-m", "workbench.cli", "retrieval", "--lengths", "160", "--depths", "50",
                         "--needles", "1", "--out", str(out), "--json"], capture_output=True, text=True, env=env,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -348,7 +347,7 @@ def test_cli_retrieval_and_ablate_json(tmp_path):
     assert isinstance(js["retrieval_heads"], list)
     assert (out / "retrieval_heads.parquet").exists()
     r = subprocess.run([sys.executable, "-m", "workbench.cli", "ablate", "--heads", "retrieval:top-3", "--kind",
-                        "uniform", "--task", "niah", "--lengths", "200", "--depths", "50", "--needles", "1",
+                        "uniform", "--task", "niah", "--lengths", "160", "--depths", "50", "--needles", "1",
                         "--scores", str(out), "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     js = json.loads(r.stdout)
