@@ -132,7 +132,7 @@ def census(
 
 
 # Modules that add commands to ``app`` when imported (each analyzer appends its own).
-COMMAND_MODULES: list[str] = [str] = ["workbench.commands.sinks", str] = ["workbench.commands.retrieval"]
+COMMAND_MODULES: list[str] = ["workbench.commands.sinks", "workbench.commands.retrieval"]
 
 
 def _load_commands() -> None:
