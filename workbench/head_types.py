@@ -251,7 +251,7 @@ def classic_head_scores(lm: LoadedModel, text_tokens: torch.Tensor, n_random: in
 def top_heads(df: pd.DataFrame, column: str, k: int = 5) -> list[tuple[int, int]]:
     """The ``k`` (layer, head) pairs with the largest ``column``."""
     top = df.nlargest(k, column)
-    return [(int(a), int(b)) for a, b in zip(top.layer, top.head)]
+    return [(int(a), int(b)) for a, b in zip(top.layer, top["head"])]
 
 
 def head_types_section(ctx):
