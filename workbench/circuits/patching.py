@@ -39,6 +39,7 @@ patched in one forward pass on replicas of the batch (each replica has its own p
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable, Sequence
 
 import pandas as pd
@@ -46,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attention import AttentionCall
+from ..hooks import decoder_layers
 from ..interventions import HeadIntervention
 from ..models import LoadedModel
 from ..tracer import Tracer
@@ -67,13 +69,46 @@ def normalised(ld_patched: float, ld_clean: float, ld_corr: float) -> float:
 
 
 @torch.no_grad()
-def run_with_z(lm: LoadedModel, ids: torch.Tensor) -> tuple[torch.Tensor, ZCache]:
-    """One forward pass: (logits (B, N, V), z cache layer -> (B, Hq, N, D)) via ``Tracer(z=True)``."""
-    tracer = Tracer(lm, z=True)
+def run_with_z(lm: LoadedModel, ids: torch.Tensor, resid: bool = False):
+    """One forward pass: (logits (B, N, V), z cache layer -> (B, Hq, N, D)) via ``Tracer(z=True)``.
+
+    With ``resid=True`` also returns the residual stream entering each layer, (L, B, N, d_model).
+    """
+    tracer = Tracer(lm, z=True, resid_pre=resid)
     with tracer:
         logits = lm.model(input_ids=ids, use_cache=False).logits
-    z = tracer.trace()["z"]  # (layer, batch, query, head, d_head)
-    return logits, {layer: z[i].transpose(1, 2).contiguous() for i, layer in enumerate(tracer.layers)}
+    tr = tracer.trace()
+    z = tr["z"]  # (layer, batch, query, head, d_head)
+    zc = {layer: z[i].transpose(1, 2).contiguous() for i, layer in enumerate(tracer.layers)}
+    return (logits, zc, tr["resid_pre"]) if resid else (logits, zc)
+
+
+@contextlib.contextmanager
+def start_at(lm: LoadedModel, layer: int, resid: torch.Tensor | None):
+    """Skip decoder layers ``0..layer-1``: the first returns ``resid`` (the known residual stream entering
+    ``layer``, (B, N, d_model)) and the others pass it through. Exact whenever those layers would
+    compute exactly that (e.g. nothing before ``layer`` is patched); it only saves time."""
+    if resid is None or layer <= 0:
+        yield
+        return
+    layers = decoder_layers(lm.model)
+    saved = [layers[i].__dict__.get("forward") for i in range(layer)]
+    layers[0].forward = lambda hidden_states, *a, **k: resid.to(hidden_states.dtype)
+    for i in range(1, layer):
+        layers[i].forward = lambda hidden_states, *a, **k: hidden_states
+    try:
+        yield
+    finally:
+        for i, f in enumerate(saved):
+            if f is None:
+                del layers[i].forward
+            else:
+                layers[i].forward = f
+
+
+def _forward_last(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the last position only, (B, 1, V) (the metric needs no other)."""
+    return lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
 
 
 class ZPatch(HeadIntervention):
@@ -162,9 +197,10 @@ def _baselines(lm: LoadedModel, task: PatchingTask):
     out = []
     for idx in task.groups():
         clean, corr, ans, wrong = task.batch(idx)
-        lc, zc = run_with_z(lm, clean)
-        lx, zx = run_with_z(lm, corr)
+        lc, zc, rc = run_with_z(lm, clean, resid=True)
+        lx, zx, rx = run_with_z(lm, corr, resid=True)
         out.append(dict(idx=idx, clean=clean, corr=corr, ans=ans, wrong=wrong, z_clean=zc, z_corr=zx,
+                        resid_clean=rc, resid_corr=rx,
                         ld_clean=logit_diff(lc, ans, wrong), ld_corr=logit_diff(lx, ans, wrong)))
     return out
 
@@ -213,7 +249,7 @@ def activation_patching(lm: LoadedModel, task: PatchingTask, heads: Sequence[Hea
         DataFrame ``layer, head, ld_patched, normalised`` (normalised: module docstring; 1 = the head
         alone restores the clean logit difference); ``df.attrs`` has ``ld_clean``, ``ld_corrupted``.
     """
-    heads = list(heads) if heads is not None else _all_heads(lm)
+    heads = sorted(heads) if heads is not None else _all_heads(lm)
     base = _baselines(lm, task)
     ld_sum = {hh: 0.0 for hh in heads}
     chunks = [heads[a:a + heads_per_pass] for a in range(0, len(heads), heads_per_pass)]
@@ -222,8 +258,9 @@ def activation_patching(lm: LoadedModel, task: PatchingTask, heads: Sequence[Hea
         for chunk in chunks:
             patches = [{hh: g["z_clean"][hh[0]][:, hh[1]]} for hh in chunk]
             iv = ReplicaZPatch(len(chunk), patches)
-            with iv.applied():
-                logits = lm.model(input_ids=_rep(g["corr"], len(chunk)), use_cache=False).logits
+            first = min(layer for layer, _ in chunk)  # layers before it see no patch: start there
+            with iv.applied(), start_at(lm, first, _rep(g["resid_corr"][first], len(chunk))):
+                logits = _forward_last(lm, _rep(g["corr"], len(chunk)))
             ld = logit_diff(logits, _rep(g["ans"], len(chunk)), _rep(g["wrong"], len(chunk))).view(len(chunk), -1)
             for hh, v in zip(chunk, ld.sum(1).tolist()):
                 ld_sum[hh] += v
@@ -262,7 +299,7 @@ def path_patching(lm: LoadedModel, task: PatchingTask, receivers: Sequence[Head]
     if senders is None:
         last = lm.spec.n_layers if to_logits else max(layer for layer, _ in recv)
         senders = [hh for hh in _all_heads(lm) if hh[0] < last]
-    senders = list(senders)
+    senders = sorted(senders)
     base = _baselines(lm, task)
     ld_sum = {hh: 0.0 for hh in senders}
     chunks = [senders[a:a + heads_per_pass] for a in range(0, len(senders), heads_per_pass)]
@@ -271,12 +308,14 @@ def path_patching(lm: LoadedModel, task: PatchingTask, receivers: Sequence[Head]
         for chunk in chunks:
             n = len(chunk)
             step2 = _FreezeOthers(n, chunk, g["z_clean"], g["z_corr"], record=recv)
-            with step2.applied():
-                logits = lm.model(input_ids=_rep(g["clean"], n), use_cache=False).logits
+            first = min(layer for layer, _ in chunk)  # before the sender everything is clean: start there
+            with step2.applied(), start_at(lm, first, _rep(g["resid_clean"][first], n)):
+                logits = _forward_last(lm, _rep(g["clean"], n))
             if not to_logits:
                 step3 = ReplicaZPatch(n, step2.recorded)
-                with step3.applied():
-                    logits = lm.model(input_ids=_rep(g["clean"], n), use_cache=False).logits
+                first = recv[0][0]
+                with step3.applied(), start_at(lm, first, _rep(g["resid_clean"][first], n)):
+                    logits = _forward_last(lm, _rep(g["clean"], n))
             ld = logit_diff(logits, _rep(g["ans"], n), _rep(g["wrong"], n)).view(n, -1)
             for hh, v in zip(chunk, ld.sum(1).tolist()):
                 ld_sum[hh] += v
