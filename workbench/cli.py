@@ -132,7 +132,7 @@ def census(
 
 
 # Modules that add commands to ``app`` when imported (each analyzer appends its own).
-COMMAND_MODULES: list[str] = ["workbench.commands.circuits", "workbench.commands.study"]
+COMMAND_MODULES: list[str] = ["workbench.commands.circuits", "workbench.commands.study", "workbench.commands.probes"]
 
 
 def _load_commands() -> None:
