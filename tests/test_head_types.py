@@ -111,3 +111,13 @@ def test_smollm2_scores_agree_with_transformer_bridge(smollm2):
     assert np.abs(ours_ind - ref_ind.numpy()).max() < 1e-4
     # the top heads agree
     assert set(np.argsort(-ours.ravel())[:5]) == set(np.argsort(-ref.numpy().ravel())[:5])
+
+
+@pytest.mark.slow
+def test_census_section(smollm2):
+    from workbench.census import run_census
+
+    res = run_census(smollm2, n_samples=1, seq_len=64, out_dir=None, sections=["attention", "head_types"], progress=False)
+    assert {"first_token_mass", "previous_token_score", "duplicate_token_score", "induction_score"} <= set(res.heads.columns)
+    assert len(res.heads) == 30 * 9 and res.heads.induction_score.between(0, 1).all()
+    assert len(res.summary["head_types"]["top_induction_heads"]) == 5
