@@ -105,8 +105,11 @@ def patch(
             ov["activation_patching"] = circuit_overlap(acts[a], acts[b], k=overlap_k, column="normalised")
         result["overlap"] = ov
     (d / "summary.json").write_text(json.dumps(result, indent=1, default=str))
-    write_html(figs, d / "circuits.html", f"Circuits: {lm.spec.name}",
+    # the page sits beside the folder (reports/<model>/circuits.html), sharing the census page's plotly.min.js
+    result["html"] = str(d.parent / f"{d.name}.html")
+    write_html(figs, d.parent / f"{d.name}.html", f"Circuits: {lm.spec.name}",
                "Path patching (Wang et al. 2022) and activation patching of head outputs z; normalised logit difference.")
+    (d / "summary.json").write_text(json.dumps(result, indent=1, default=str))
     lines = []
     for name, info in result["tasks"].items():
         lines.append(f"{name}: LD clean {info['ld_clean']:.3f}, corrupted {info['ld_corrupted']:.3f}, top-1 {info['top1_clean']:.2f}")
