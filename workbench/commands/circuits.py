@@ -104,7 +104,6 @@ def patch(
         if activation:
             ov["activation_patching"] = circuit_overlap(acts[a], acts[b], k=overlap_k, column="normalised")
         result["overlap"] = ov
-    (d / "summary.json").write_text(json.dumps(result, indent=1, default=str))
     # the page sits beside the folder (reports/<model>/circuits.html), sharing the census page's plotly.min.js
     result["html"] = str(d.parent / f"{d.name}.html")
     write_html(figs, d.parent / f"{d.name}.html", f"Circuits: {lm.spec.name}",
