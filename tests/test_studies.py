@@ -125,3 +125,17 @@ def test_interrupted_study_resumes_without_losing_rows(smollm2, tmp_path):
     other = parse_spec({**SPEC, "ablations": ["zero"]})
     with pytest.raises(StudyStateError, match="different spec"):
         run_study(other, smollm2, out_root=tmp_path / "b", resume=True, progress=False)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from workbench.cli import main
+
+    assert main(["study", "run", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[head_sets.a]\nsource = "sinks"\n[tasks.ioi]\n')
+    assert main(["study", "run", str(bad), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "needs `k`" in err and len(err.strip().splitlines()) == 1
+    assert main(["probe", "--task", "colour"]) == 2
+    assert "unknown probe task" in capsys.readouterr().err
