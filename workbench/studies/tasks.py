@@ -5,8 +5,10 @@
 * ``perplexity``: per window of held-out real text (``workbench.text`` split ``heldout``), the mean
   next-token negative log-likelihood in nats; aggregate: ``exp(mean NLL)`` (perplexity).
 * ``needle``: per needle-in-a-haystack test, 1 if the greedy answer's ROUGE-1 recall is > 0.5
-  (Wu et al. 2024); aggregate: mean (accuracy). Needs the retrieval module
-  (``workbench.retrieval``, or ``workbench.needle``); without it a clear error says so.
+  (Wu et al. 2024); aggregate: mean (accuracy). Prompts, greedy decoding and ROUGE come from the
+  retrieval-head analyzer (``workbench.retrieval``); without it a clear error says so. Options:
+  ``lengths`` ([512]), ``depths`` ([0, 50, 100] percent), ``n_needles`` (3), ``max_new_tokens`` (24).
+  Use ``phase = "decode"`` in the spec for Wu et al.'s decoding-only masking.
 """
 from __future__ import annotations
 
