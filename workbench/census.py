@@ -90,7 +90,11 @@ def attention_section(ctx: CensusContext) -> CensusSection:
 register_section("attention", attention_section)
 
 # Modules that register further sections when imported (each analyzer appends its own).
-SECTION_MODULES: list[str] = ["workbench.sinks_report", "workbench.retrieval.census_section"]
+SECTION_MODULES: list[str] = [
+    "workbench.sinks_report",
+    "workbench.retrieval.census_section",
+    "workbench.head_types",
+]
 
 
 def load_sections() -> None:

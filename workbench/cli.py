@@ -132,7 +132,13 @@ def census(
 
 
 # Modules that add commands to ``app`` when imported (each analyzer appends its own).
-COMMAND_MODULES: list[str] = ["workbench.commands.sinks", "workbench.commands.retrieval"]
+COMMAND_MODULES: list[str] = [
+    "workbench.commands.sinks",
+    "workbench.commands.retrieval",
+    "workbench.commands.circuits",
+    "workbench.commands.study",
+    "workbench.commands.probes",
+]
 
 
 def _load_commands() -> None:
@@ -145,8 +151,11 @@ def _load_commands() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the typer app, turning WorkbenchError into a one-line message and exit 2."""
     _load_commands()
+    # command modules register on workbench.cli.app; under `python -m workbench.cli` this module is __main__
+    from workbench.cli import app as registered_app
+
     try:
-        app(args=argv, standalone_mode=False)
+        registered_app(args=argv, standalone_mode=False)
     except WorkbenchError as err:
         typer.echo(f"error: {err}", err=True)
         return 2

@@ -1,0 +1,338 @@
+"""Activation patching and path patching on head outputs ``z``.
+
+Notation: a task gives clean prompts x_clean and corrupted prompts x_corr of the same length and,
+per pair, an answer token and a wrong token. ``LD(run) = logit[answer] - logit[wrong]`` at the last
+position, averaged over pairs. The **normalised metric** of Wang et al. 2022 (IOI) and Merullo
+et al. 2024 is::
+
+    normalised = (LD_patched - LD_corr) / (LD_clean - LD_corr)
+
+so 1 means "behaves like the clean run" and 0 "behaves like the corrupted run". Means over pairs
+are taken before the ratio (a per-pair ratio explodes where a pair's clean-corrupt gap is small).
+
+**Activation patching** (:func:`activation_patching`, "denoising"): run x_corr with one head's z
+replaced (at every position) by its z on x_clean; ``normalised`` is the share of the clean
+behaviour that head alone restores.
+
+**Path patching** (:func:`path_patching`, Wang et al. 2022, Sec. 3.1 and App. B; "noising"). For a
+sender head s and receivers R (heads, or ``"logits"``), exactly what we run:
+
+1. Cache z of every head on x_clean and on x_corr (:class:`~workbench.tracer.Tracer` with ``z=True``).
+2. Run x_clean with s's z set to its x_corr value and **every other head's z frozen** to its
+   x_clean value; MLPs, norms and embeddings recompute. Only the direct paths from s through the
+   residual stream (and through MLPs, which are not circuit nodes) change downstream inputs.
+   For ``R = "logits"`` the metric is read from this run's logits.
+3. Otherwise, record what each receiver *would* output in run 2 (its z recomputed from its changed
+   query, key and value inputs, before freezing), then run x_clean again with only the receivers'
+   z replaced by those recorded values; everything downstream recomputes. Replacing a receiver's z
+   by the value computed from patched q/k/v is the same as patching its q/k/v inputs (the head
+   output is a function of them alone; with grouped-query attention this patches the receiver's
+   own use of its shared key/value head, not the other heads of the group).
+
+``normalised`` is then near 1 for unimportant senders; ``effect = normalised - 1`` is the
+fraction of the clean-corrupt gap lost through that path (Wang et al. report the same quantity
+as a relative change of the logit difference, which equals it when LD_corr is near 0).
+
+Both are :class:`~workbench.interventions.HeadIntervention` subclasses that write cached z into
+the kernel's output (:class:`ZPatch`); to keep CPU passes few, several senders or heads are
+patched in one forward pass on replicas of the batch (each replica has its own patch).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..attention import AttentionCall
+from ..hooks import decoder_layers
+from ..interventions import HeadIntervention
+from ..models import LoadedModel
+from ..tracer import Tracer
+from .tasks import PatchingTask
+
+Head = tuple[int, int]
+ZCache = dict[int, torch.Tensor]  # layer -> (B, Hq, N, D)
+
+
+def logit_diff(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """``logit[answer] - logit[wrong]`` at the last position: logits (B, N, V), ids (B,) -> (B,)."""
+    last = logits[:, -1].float()
+    return last.gather(1, answer[:, None])[:, 0] - last.gather(1, wrong[:, None])[:, 0]
+
+
+def normalised(ld_patched: float, ld_clean: float, ld_corr: float) -> float:
+    """(LD_patched - LD_corr) / (LD_clean - LD_corr) (Wang et al. 2022; Merullo et al. 2024)."""
+    return (ld_patched - ld_corr) / (ld_clean - ld_corr)
+
+
+@torch.no_grad()
+def run_with_z(lm: LoadedModel, ids: torch.Tensor, resid: bool = False):
+    """One forward pass: (logits (B, N, V), z cache layer -> (B, Hq, N, D)) via ``Tracer(z=True)``.
+
+    With ``resid=True`` also returns the residual stream entering each layer, (L, B, N, d_model).
+    """
+    tracer = Tracer(lm, z=True, resid_pre=resid)
+    with tracer:
+        logits = lm.model(input_ids=ids, use_cache=False).logits
+    tr = tracer.trace()
+    z = tr["z"]  # (layer, batch, query, head, d_head)
+    zc = {layer: z[i].transpose(1, 2).contiguous() for i, layer in enumerate(tracer.layers)}
+    return (logits, zc, tr["resid_pre"]) if resid else (logits, zc)
+
+
+@contextlib.contextmanager
+def start_at(lm: LoadedModel, layer: int, resid: torch.Tensor | None):
+    """Skip decoder layers ``0..layer-1``: the first returns ``resid`` (the known residual stream entering
+    ``layer``, (B, N, d_model)) and the others pass it through. Exact whenever those layers would
+    compute exactly that (e.g. nothing before ``layer`` is patched); it only saves time."""
+    if resid is None or layer <= 0:
+        yield
+        return
+    layers = decoder_layers(lm.model)
+    saved = [layers[i].__dict__.get("forward") for i in range(layer)]
+    layers[0].forward = lambda hidden_states, *a, **k: resid.to(hidden_states.dtype)
+    for i in range(1, layer):
+        layers[i].forward = lambda hidden_states, *a, **k: hidden_states
+    try:
+        yield
+    finally:
+        for i, f in enumerate(saved):
+            if f is None:
+                del layers[i].forward
+            else:
+                layers[i].forward = f
+
+
+def _forward_last(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the last position only, (B, 1, V) (the metric needs no other)."""
+    return lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
+
+
+class ZPatch(HeadIntervention):
+    """Replace the z of chosen heads by cached values (activation patching).
+
+    Args:
+        heads: (layer, head) pairs to patch.
+        source: layer -> (B, Hq, N, D) z from another run (e.g. :func:`run_with_z`), or a
+            :class:`~workbench.trace.Trace` recorded with ``z=True``. B must equal the patched batch.
+        positions: query positions to patch (default all).
+
+    Raises:
+        ValueError: shapes of source and the patched call disagree (raised during the forward pass).
+    """
+
+    def __init__(self, heads: Iterable[Head], source, positions: Sequence[int] | None = None, phase: str = "all"):
+        super().__init__(heads, phase)
+        if not isinstance(source, dict):  # a Trace
+            z = source["z"]
+            source = {layer: z[i].transpose(1, 2) for i, layer in enumerate(source.layers)}
+        self.source = source
+        self.positions = None if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
+
+    def modify(self, call: AttentionCall, out: torch.Tensor, heads: list[int]) -> None:
+        src = self.source[call.layer]
+        if src.shape[0] != out.shape[0] or src.shape[2] != out.shape[2]:
+            raise ValueError(f"cached z of layer {call.layer} has batch x positions {src.shape[0]} x {src.shape[2]} "
+                             f"but the patched run has {out.shape[0]} x {out.shape[2]}")
+        for h in heads:
+            if self.positions is None:
+                out[:, h] = src[:, h].to(out.dtype)
+            else:
+                out[:, h, self.positions] = src[:, h, self.positions].to(out.dtype)
+
+
+class ReplicaZPatch(HeadIntervention):
+    """Different z patches on replicas of one batch (several patching experiments per forward pass).
+
+    The patched batch is ``n_rep`` copies of a base batch of size B stacked along the batch axis;
+    replica r covers rows ``r*B:(r+1)*B``.
+
+    Args:
+        n_rep: number of replicas.
+        patches: per replica, a dict (layer, head) -> (B, N, D) z to write.
+        freeze: optional layer -> (B, Hq, N, D) z written to **every** head of every replica
+            before ``patches`` (path patching's freezing).
+        record: heads whose recomputed z (before freezing or patching) is kept in
+            ``recorded[r][(layer, head)]`` (B, N, D).
+    """
+
+    def __init__(self, n_rep: int, patches: Sequence[dict[Head, torch.Tensor]], freeze: ZCache | None = None,
+                 record: Iterable[Head] = ()):
+        record = set(record)
+        heads = set(record) | {hh for p in patches for hh in p}
+        if freeze is not None:
+            n_heads = next(iter(freeze.values())).shape[1]
+            heads |= {(layer, h) for layer in freeze for h in range(n_heads)}
+        super().__init__(heads)
+        if len(patches) != n_rep:
+            raise ValueError(f"{len(patches)} patches for {n_rep} replicas")
+        self.n_rep, self.patches, self.freeze, self.record = n_rep, patches, freeze, record
+        self.recorded: list[dict[Head, torch.Tensor]] = [{} for _ in range(n_rep)]
+
+    def modify(self, call: AttentionCall, out: torch.Tensor, heads: list[int]) -> None:
+        layer = call.layer
+        b = out.shape[0] // self.n_rep
+        for r in range(self.n_rep):
+            rows = slice(r * b, (r + 1) * b)
+            for h in heads:
+                if (layer, h) in self.record:
+                    self.recorded[r][(layer, h)] = call.output[rows, h].clone()
+            if self.freeze is not None:
+                out[rows] = self.freeze[layer].to(out.dtype)
+            for (pl, ph), z in self.patches[r].items():
+                if pl == layer:
+                    out[rows, ph] = z.to(out.dtype)
+
+
+def _all_heads(lm: LoadedModel) -> list[Head]:
+    return [(layer, h) for layer in range(lm.spec.n_layers) for h in range(lm.spec.n_heads)]
+
+
+@torch.no_grad()
+def _baselines(lm: LoadedModel, task: PatchingTask):
+    """Per group: (idx, clean ids, answer, wrong, clean z, corrupted z, LD clean, LD corr)."""
+    out = []
+    for idx in task.groups():
+        clean, corr, ans, wrong = task.batch(idx)
+        lc, zc, rc = run_with_z(lm, clean, resid=True)
+        lx, zx, rx = run_with_z(lm, corr, resid=True)
+        out.append(dict(idx=idx, clean=clean, corr=corr, ans=ans, wrong=wrong, z_clean=zc, z_corr=zx,
+                        resid_clean=rc, resid_corr=rx,
+                        ld_clean=logit_diff(lc, ans, wrong), ld_corr=logit_diff(lx, ans, wrong)))
+    return out
+
+
+def _rep(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.repeat(n, *([1] * (x.dim() - 1)))
+
+
+@torch.no_grad()
+def task_baseline(lm: LoadedModel, task: PatchingTask) -> dict:
+    """Clean and corrupted logit differences of a task: mean over pairs and per pair, and clean top-1 accuracy."""
+    ld_c, ld_x, acc = [], [], []
+    for idx in task.groups():
+        clean, corr, ans, wrong = task.batch(idx)
+        lc = lm.model(input_ids=clean, use_cache=False).logits
+        lx = lm.model(input_ids=corr, use_cache=False).logits
+        ld_c.append(logit_diff(lc, ans, wrong))
+        ld_x.append(logit_diff(lx, ans, wrong))
+        acc.append((lc[:, -1].argmax(-1) == ans).float())
+    ld_c, ld_x, acc = torch.cat(ld_c), torch.cat(ld_x), torch.cat(acc)
+    return {"task": task.name, "n": len(task), "ld_clean": float(ld_c.mean()), "ld_corrupted": float(ld_x.mean()),
+            "top1_clean": float(acc.mean()), "ld_clean_per_pair": ld_c.tolist(), "ld_corrupted_per_pair": ld_x.tolist()}
+
+
+def _table(heads: list[Head], ld_sum: dict[Head, float], n: int, ld_clean: float, ld_corr: float,
+           extra: dict | None = None) -> pd.DataFrame:
+    rows = []
+    for hh in heads:
+        ld = ld_sum[hh] / n
+        rows.append({"layer": hh[0], "head": hh[1], "ld_patched": ld, "normalised": normalised(ld, ld_clean, ld_corr),
+                     **(extra or {})})
+    df = pd.DataFrame(rows)
+    df.attrs.update(ld_clean=ld_clean, ld_corrupted=ld_corr)
+    return df
+
+
+@torch.no_grad()
+def activation_patching(lm: LoadedModel, task: PatchingTask, heads: Sequence[Head] | None = None,
+                        heads_per_pass: int = 9, progress: bool = True) -> pd.DataFrame:
+    """Denoising activation patching of each head's z (clean -> corrupted run), one head at a time.
+
+    Args:
+        heads: heads to patch (default all).
+        heads_per_pass: heads patched in one forward pass, on replicas of the batch.
+    Returns:
+        DataFrame ``layer, head, ld_patched, normalised`` (normalised: module docstring; 1 = the head
+        alone restores the clean logit difference); ``df.attrs`` has ``ld_clean``, ``ld_corrupted``.
+    """
+    heads = sorted(heads) if heads is not None else _all_heads(lm)
+    base = _baselines(lm, task)
+    ld_sum = {hh: 0.0 for hh in heads}
+    chunks = [heads[a:a + heads_per_pass] for a in range(0, len(heads), heads_per_pass)]
+    bar = tqdm(total=len(chunks) * len(base), desc=f"activation patching ({task.name})", disable=not progress)
+    for g in base:
+        for chunk in chunks:
+            patches = [{hh: g["z_clean"][hh[0]][:, hh[1]]} for hh in chunk]
+            iv = ReplicaZPatch(len(chunk), patches)
+            first = min(layer for layer, _ in chunk)  # layers before it see no patch: start there
+            with iv.applied(), start_at(lm, first, _rep(g["resid_corr"][first], len(chunk))):
+                logits = _forward_last(lm, _rep(g["corr"], len(chunk)))
+            ld = logit_diff(logits, _rep(g["ans"], len(chunk)), _rep(g["wrong"], len(chunk))).view(len(chunk), -1)
+            for hh, v in zip(chunk, ld.sum(1).tolist()):
+                ld_sum[hh] += v
+            bar.update()
+    bar.close()
+    ld_clean = float(torch.cat([g["ld_clean"] for g in base]).mean())
+    ld_corr = float(torch.cat([g["ld_corr"] for g in base]).mean())
+    df = _table(heads, ld_sum, len(task), ld_clean, ld_corr)
+    df["effect"] = df["normalised"]
+    return df
+
+
+@torch.no_grad()
+def path_patching(lm: LoadedModel, task: PatchingTask, receivers: Sequence[Head] | str = "logits",
+                  senders: Sequence[Head] | None = None, heads_per_pass: int = 9, progress: bool = True) -> pd.DataFrame:
+    """Path patching (Wang et al. 2022) from each sender head to ``receivers`` (module docstring).
+
+    Args:
+        receivers: ``"logits"`` or a list of (layer, head) receiver heads.
+        senders: heads to test one at a time (default every head in a layer before the last
+            receiver layer; all heads for ``"logits"``).
+        heads_per_pass: senders handled per forward pass (replicas of the batch).
+    Returns:
+        DataFrame ``layer, head, ld_patched, normalised, effect`` with ``effect = normalised - 1``
+        (negative: the path carries the clean behaviour), sorted by layer and head; ``df.attrs`` has
+        ``ld_clean``, ``ld_corrupted`` and ``receivers``.
+    Raises:
+        ValueError: a receiver is not an in-range head.
+    """
+    to_logits = isinstance(receivers, str)
+    if to_logits and receivers != "logits":
+        raise ValueError(f"receivers must be 'logits' or a list of (layer, head), not {receivers!r}")
+    recv = [] if to_logits else sorted({(int(a), int(b)) for a, b in receivers})
+    for layer, h in recv:
+        lm.spec.check_head(layer, h)
+    if senders is None:
+        last = lm.spec.n_layers if to_logits else max(layer for layer, _ in recv)
+        senders = [hh for hh in _all_heads(lm) if hh[0] < last]
+    senders = sorted(senders)
+    base = _baselines(lm, task)
+    ld_sum = {hh: 0.0 for hh in senders}
+    chunks = [senders[a:a + heads_per_pass] for a in range(0, len(senders), heads_per_pass)]
+    bar = tqdm(total=len(chunks) * len(base), desc=f"path patching ({task.name})", disable=not progress)
+    for g in base:
+        for chunk in chunks:
+            n = len(chunk)
+            step2 = _FreezeOthers(n, chunk, g["z_clean"], g["z_corr"], record=recv)
+            first = min(layer for layer, _ in chunk)  # before the sender everything is clean: start there
+            with step2.applied(), start_at(lm, first, _rep(g["resid_clean"][first], n)):
+                logits = _forward_last(lm, _rep(g["clean"], n))
+            if not to_logits:
+                step3 = ReplicaZPatch(n, step2.recorded)
+                first = recv[0][0]
+                with step3.applied(), start_at(lm, first, _rep(g["resid_clean"][first], n)):
+                    logits = _forward_last(lm, _rep(g["clean"], n))
+            ld = logit_diff(logits, _rep(g["ans"], n), _rep(g["wrong"], n)).view(n, -1)
+            for hh, v in zip(chunk, ld.sum(1).tolist()):
+                ld_sum[hh] += v
+            bar.update()
+    bar.close()
+    ld_clean = float(torch.cat([g["ld_clean"] for g in base]).mean())
+    ld_corr = float(torch.cat([g["ld_corr"] for g in base]).mean())
+    df = _table(senders, ld_sum, len(task), ld_clean, ld_corr)
+    df["effect"] = df["normalised"] - 1.0
+    df.attrs["receivers"] = "logits" if to_logits else [list(r) for r in recv]
+    return df
+
+
+class _FreezeOthers(ReplicaZPatch):
+    """Path patching step 2 on replicas: replica r has sender ``senders[r]`` at its corrupted z and every
+    other head frozen at its clean z; receivers' recomputed z are recorded."""
+
+    def __init__(self, n_rep: int, senders: list[Head], z_clean: ZCache, z_corr: ZCache, record: Iterable[Head]):
+        patches = [{s: z_corr[s[0]][:, s[1]]} for s in senders]
+        super().__init__(n_rep, patches, freeze=z_clean, record=record)

@@ -1,0 +1,262 @@
+"""Running a study: conditions, resumable rows, bootstrap confidence intervals, report.
+
+A **condition** is (task, head set, seed for random sets, ablation kind), plus one unablated
+baseline per task. Each finished condition is appended as one JSON line (its per-example values)
+to ``<out>/<name>/rows.jsonl``, flushed and fsynced; ``resume=True`` skips the conditions already
+there (a truncated last line from a kill is ignored and that condition re-runs), so an interrupted
+study loses at most the condition in flight. ``spec.json`` records the spec; resuming with a
+different spec is refused.
+
+**Results** (``results.csv`` / ``results.parquet``), one row per condition: the aggregate
+(mean logit difference, perplexity = exp(mean NLL), accuracy) with a percentile bootstrap
+confidence interval over examples (``n_bootstrap`` resamples, level ``ci``; Efron & Tibshirani
+1993), and ``delta`` = aggregate(condition) - aggregate(baseline) with a *paired* bootstrap
+interval (the same resampled examples for both, since every condition sees the same examples).
+Random head sets with several seeds also get a pooled row (``seed = "pooled"``): per example, the
+mean over seeds. ``report.md`` and ``report.html`` show the table.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..errors import WorkbenchError
+from ..interventions import HeadAblation
+from ..models import LoadedModel
+from .heads import resolve_head_set
+from .spec import StudySpec
+from .tasks import build_task
+
+ROWS = "rows.jsonl"
+
+
+class StudyStateError(WorkbenchError):
+    """The study folder holds results of another spec, or results exist and neither resume nor overwrite was asked."""
+
+
+@dataclass
+class Condition:
+    key: str
+    task: str
+    head_set: str
+    seed: int | None
+    kind: str
+    heads: list[tuple[int, int]]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Finished condition rows of a study folder (a truncated last line is skipped)."""
+    f = path / ROWS
+    if not f.exists():
+        return []
+    rows = []
+    for line in f.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: that condition runs again
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    f = path / ROWS
+    sep = ""
+    if f.exists() and f.stat().st_size:
+        with open(f, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            sep = "" if fh.read(1) == b"\n" else "\n"  # end a line cut by a kill, so this row stays whole
+    with open(f, "a") as fh:
+        fh.write(sep + json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def plan_conditions(spec: StudySpec, lm: LoadedModel, reports: str | Path = "reports") -> list[Condition]:
+    """All conditions of a study in run order (baselines first)."""
+    resolved: dict[str, list] = {}
+    sets: list[tuple[str, int | None, list]] = []
+    for hs in spec.head_sets:  # non-random first, so random sets can exclude them
+        if hs.source != "random":
+            resolved[hs.name] = resolve_head_set(hs, lm, resolved, reports=reports)
+            sets.append((hs.name, None, resolved[hs.name]))
+    for hs in spec.head_sets:
+        if hs.source == "random":
+            for seed in hs.options.get("seeds", [spec.seed]):
+                sets.append((hs.name, int(seed), resolve_head_set(hs, lm, resolved, seed=int(seed), reports=reports)))
+    conds = []
+    for t in spec.tasks:
+        conds.append(Condition(f"{t.name}|baseline", t.name, "none", None, "none", []))
+        for name, seed, heads in sets:
+            for kind in spec.ablations:
+                tag = name if seed is None else f"{name}/s{seed}"
+                conds.append(Condition(f"{t.name}|{tag}|{kind}", t.name, name, seed, kind, heads))
+    return conds
+
+
+def bootstrap_ci(values: np.ndarray, agg, n: int, level: float, rng: np.random.Generator,
+                 base: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``agg(values)`` (or of ``agg(values) - agg(base)``, paired)."""
+    m = len(values)
+    idx = rng.integers(0, m, size=(n, m))
+    stats = np.array([agg(values[i]) - (agg(base[i]) if base is not None else 0.0) for i in idx])
+    a = (1 - level) / 2
+    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+
+
+def results_table(spec: StudySpec, rows: list[dict]) -> pd.DataFrame:
+    """Aggregate rows into the results table (module docstring)."""
+    from .tasks import _mean, _ppl
+
+    aggs = {"perplexity": _ppl}
+    rng = np.random.default_rng(spec.seed)
+    base = {r["task"]: np.array(r["values"]) for r in rows if r["head_set"] == "none"}
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["seed"] is not None:
+            groups.setdefault((r["task"], r["head_set"], r["kind"]), []).append(r)
+    pooled = []
+    for (task, hs, kind), rs in groups.items():
+        if len(rs) > 1:
+            pooled.append({**rs[0], "seed": "pooled", "values": np.mean([r["values"] for r in rs], axis=0).tolist(),
+                           "heads": [], "n_heads": rs[0]["n_heads"]})
+    out = []
+    for r in rows + pooled:
+        agg = aggs.get(r["metric"], _mean)
+        v = np.array(r["values"])
+        lo, hi = bootstrap_ci(v, agg, spec.n_bootstrap, spec.ci, rng)
+        row = {"task": r["task"], "metric": r["metric"], "head_set": r["head_set"],
+               "seed": "" if r["seed"] is None else str(r["seed"]), "ablation": r["kind"], "n_heads": r["n_heads"],
+               "n_examples": len(v), "value": agg(v), "ci_low": lo, "ci_high": hi}
+        b = base.get(r["task"])
+        if b is not None and len(b) == len(v):
+            row["delta"] = agg(v) - agg(b)
+            row["delta_ci_low"], row["delta_ci_high"] = (0.0, 0.0) if r["head_set"] == "none" else \
+                bootstrap_ci(v, agg, spec.n_bootstrap, spec.ci, rng, base=b)
+        row["heads"] = ";".join(f"{a}.{h}" for a, h in r["heads"])
+        out.append(row)
+    df = pd.DataFrame(out)
+    order = {t.name: i for i, t in enumerate(spec.tasks)}
+    return df.sort_values(["task", "head_set", "ablation", "seed"], key=lambda s: s.map(order) if s.name == "task" else s,
+                          kind="stable").reset_index(drop=True)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = ["task", "metric", "head_set", "seed", "ablation", "n_heads", "n_examples", "value", "ci_low", "ci_high",
+            "delta", "delta_ci_low", "delta_ci_high"]
+    cols = [c for c in cols if c in df.columns]
+    fmt = lambda x: f"{x:.4g}" if isinstance(x, float) else str(x)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines)
+
+
+def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict) -> dict:
+    """Write results.csv/.parquet, report.md and report.html into ``out``; returns the file paths."""
+    df.to_csv(out / "results.csv", index=False)
+    df.to_parquet(out / "results.parquet", index=False)
+    level = int(round(spec.ci * 100))
+    intro = (f"Study `{spec.name}` on `{spec.model}` (spec: `{spec.path}`). Ablations: {', '.join(spec.ablations)} "
+             f"(zero: z = 0; mean: z = mean head output over {spec.mean_samples} train-split windows of "
+             f"{spec.mean_seq_len} tokens; uniform: uniform attention over visible keys), phase `{spec.phase}`. "
+             f"Intervals: {level}% percentile bootstrap over examples ({spec.n_bootstrap} resamples); delta intervals "
+             "are paired with the baseline.")
+    sets = "\n".join(f"- `{k}`: {', '.join(f'L{a}H{b}' for a, b in v)}" for k, v in heads_used.items())
+    md = f"# Study: {spec.name}\n\n{intro}\n\n## Head sets\n\n{sets}\n\n## Results\n\n{_markdown(df.drop(columns=['heads']))}\n"
+    (out / "report.md").write_text(md)
+    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>Study {spec.name}</title></head><body>"
+            f"<h1>Study: {spec.name}</h1><p>{intro}</p><h2>Head sets</h2><ul>"
+            + "".join(f"<li>{k}: {', '.join(f'L{a}H{b}' for a, b in v)}</li>" for k, v in heads_used.items())
+            + "</ul><h2>Results</h2>" + df.drop(columns=["heads"]).to_html(index=False, float_format=lambda x: f"{x:.4g}")
+            + "</body></html>")
+    (out / "report.html").write_text(html)
+    return {k: str(out / f) for k, f in [("results", "results.csv"), ("parquet", "results.parquet"),
+                                          ("report", "report.md"), ("html", "report.html"), ("rows", ROWS)]}
+
+
+@dataclass
+class StudyResult:
+    name: str
+    out: Path
+    table: pd.DataFrame
+    files: dict
+    n_run: int
+    n_resumed: int
+
+    def to_json(self) -> dict:
+        return {"study": self.name, "out": str(self.out), "files": self.files, "conditions_run": self.n_run,
+                "conditions_resumed": self.n_resumed, "results": json.loads(self.table.to_json(orient="records"))}
+
+
+def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Path = "reports/studies",
+              resume: bool = False, overwrite: bool = False, reports: str | Path = "reports",
+              progress: bool = True, max_conditions: int | None = None) -> StudyResult:
+    """Run (or resume) a study and write its results and report under ``out_root/<name>/``.
+
+    Args:
+        spec: a parsed spec (:func:`~.spec.load_spec`).
+        lm: the model (default ``load_model(spec.model)``).
+        resume: continue from ``rows.jsonl``; overwrite: delete earlier rows first.
+        reports: folder of the analyzers' tables (census, retrieval, head types).
+        max_conditions: stop after running this many new conditions (for testing interruption).
+    Raises:
+        StudyStateError: earlier rows exist without resume/overwrite, or were made by another spec.
+        StudySpecError, TaskUnavailableError: bad spec or a task that cannot run here.
+    """
+    from ..models import load_model
+    from ..text import token_windows
+
+    lm = lm or load_model(spec.model)
+    out = Path(out_root) / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    meta = out / "spec.json"
+    if overwrite:
+        for f in (ROWS, "spec.json"):
+            (out / f).unlink(missing_ok=True)
+    done = read_rows(out)
+    if done and not resume:
+        raise StudyStateError(f"{out} already has {len(done)} finished conditions: pass --resume to continue "
+                              "or --overwrite to start again")
+    if meta.exists():
+        old = json.loads(meta.read_text())
+        if old.get("digest") != spec.digest:
+            raise StudyStateError(f"{out} holds results of a different spec (digest {old.get('digest')} != "
+                                  f"{spec.digest}): use --overwrite or rename the study")
+    meta.write_text(json.dumps({"digest": spec.digest, "model": lm.spec.name, "spec": spec.raw}, indent=1, default=str))
+    conds = plan_conditions(spec, lm, reports)
+    finished = {r["key"] for r in done}
+    todo = [c for c in conds if c.key not in finished]
+    tasks = {t.name: build_task(lm, t) for t in spec.tasks if any(c.task == t.name for c in todo)}
+    means = {}
+    if "mean" in spec.ablations and any(c.kind == "mean" for c in todo):
+        heads = sorted({h for c in todo if c.kind == "mean" for h in c.heads})
+        means = HeadAblation.fit_means(lm, heads, token_windows(lm.tokenizer, spec.mean_seq_len, spec.mean_samples,
+                                                                split="train"))
+    n_run = 0
+    for c in tqdm(todo, desc=f"study {spec.name}", disable=not progress):
+        if max_conditions is not None and n_run >= max_conditions:
+            break
+        if c.kind == "none":
+            ctx = contextlib.nullcontext
+        else:
+            iv = HeadAblation(c.heads, c.kind, spec.phase, means if c.kind == "mean" else None).validate(lm.spec)
+            ctx = iv.applied
+        task = tasks[c.task]
+        values = task.evaluate(ctx)
+        _append(out, {"key": c.key, "task": c.task, "metric": task.metric, "head_set": c.head_set, "seed": c.seed,
+                      "kind": c.kind, "heads": [list(h) for h in c.heads], "n_heads": len(c.heads), "values": values})
+        n_run += 1
+    rows = read_rows(out)
+    df = results_table(spec, rows)
+    heads_used = {}
+    for c in conds:
+        if c.head_set != "none":
+            heads_used[c.head_set if c.seed is None else f"{c.head_set}/s{c.seed}"] = c.heads
+    files = write_report(spec, df, out, heads_used)
+    return StudyResult(spec.name, out, df, files, n_run, len(finished))
