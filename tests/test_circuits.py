@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.circuits import (PatchingTask, ReplicaZPatch, ZPatch, activation_patching, circuit_overlap,
+from circuits import (PatchingTask, ReplicaZPatch, ZPatch, activation_patching, circuit_overlap,
                                 extract_circuit, logit_diff, path_patching, run_with_z, set_overlap)
-from workbench.circuits.patching import _FreezeOthers
+from circuits.patching import _FreezeOthers
 
 
 def _random_task(n=6, length=9, vocab=97, seed=0):
@@ -119,7 +119,7 @@ def test_extract_circuit_stages_and_overlap(tiny3):
 
 @pytest.mark.slow
 def test_tasks_on_smollm2(smollm2):
-    from workbench.circuits import colored_objects_task, ioi_task, task_baseline
+    from circuits import colored_objects_task, ioi_task, task_baseline
 
     for make in (ioi_task, colored_objects_task):
         task = make(smollm2.tokenizer, n=8)

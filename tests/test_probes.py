@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.probes import ProbeData, ProbeError, control_labels, train_probe
+from probes import ProbeData, ProbeError, control_labels, train_probe
 
 
 def test_control_labels_are_a_function_of_token_type():
@@ -57,7 +57,7 @@ def test_split_is_by_sequence_and_errors_are_clear():
 
 @pytest.mark.slow
 def test_needle_and_sink_datasets_on_smollm2(smollm2):
-    from workbench.probes import needle_dataset, sink_dataset
+    from probes import needle_dataset, sink_dataset
 
     d = needle_dataset(smollm2, layer=10, n_seqs=8, seq_len=64)
     assert d.X.shape == (8 * 64, 576) and 0 < d.y.mean() < 0.5

@@ -64,7 +64,7 @@ def patch(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Activation and path patching of head outputs z on clean/corrupted prompt pairs; circuit per task."""
-    from ..circuits import (activation_patching, circuit_overlap, extract_circuit, make_task, set_overlap,
+    from circuits import (activation_patching, circuit_overlap, extract_circuit, make_task, set_overlap,
                             task_baseline)
     from ..models import load_model
     from ..viz import layer_head_heatmap, write_html

@@ -27,7 +27,7 @@ def probe(
     """Train a linear probe and its Hewitt-Liang control probe; report accuracy and selectivity."""
     from ..errors import WorkbenchError
     from ..models import load_model
-    from ..probes import needle_dataset, sink_dataset, train_probe
+    from probes import needle_dataset, sink_dataset, train_probe
 
     if task not in ("needle", "sink"):
         raise WorkbenchError(f"unknown probe task {task!r}: use needle or sink")

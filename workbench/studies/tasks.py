@@ -1,7 +1,7 @@
 """Study tasks: each returns one value per example, so confidence intervals can bootstrap over examples.
 
 * ``ioi`` / ``colored_objects``: per prompt, the logit difference ``logit[answer] - logit[wrong]`` on
-  the clean prompt (:mod:`workbench.circuits.tasks`); aggregate: mean.
+  the clean prompt (:mod:`circuits.tasks`); aggregate: mean.
 * ``perplexity``: per window of held-out real text (``workbench.text`` split ``heldout``), the mean
   next-token negative log-likelihood in nats; aggregate: ``exp(mean NLL)`` (perplexity).
 * ``needle``: per needle-in-a-haystack test, 1 if the greedy answer's ROUGE-1 recall is > 0.5
@@ -50,8 +50,8 @@ def _ppl(x: np.ndarray) -> float:
 
 
 def _logit_diff_task(lm: LoadedModel, ts: TaskSpec) -> Task:
-    from ..circuits.patching import logit_diff
-    from ..circuits.tasks import make_task
+    from circuits.patching import logit_diff
+    from circuits.tasks import make_task
 
     task = make_task(ts.kind, lm.tokenizer, n=int(ts.options.get("n", 32)), seed=int(ts.options.get("seed", 0)))
 

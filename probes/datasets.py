@@ -17,9 +17,9 @@ import random
 import numpy as np
 import torch
 
-from ..models import LoadedModel
-from ..text import token_windows
-from ..tracer import Tracer
+from workbench.models import LoadedModel
+from workbench.text import token_windows
+from workbench.tracer import Tracer
 from .probe import ProbeData
 
 NEEDLES = (

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..models import LoadedModel
+from workbench.models import LoadedModel
 from .patching import Head, path_patching
 from .tasks import PatchingTask
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import WorkbenchError
+from workbench.errors import WorkbenchError
 
 NAMES = ("Mary John Alice Bob Tom James Sarah Emma David Michael Anna Paul Mark Lisa Kate Jack Peter Laura "
          "Daniel Rachel Ben Sam Max Lucy Amy Grace Adam Ryan Kevin Steve Jane Rose Helen Eric Tim Jim Joe "

@@ -46,11 +46,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..attention import AttentionCall
-from ..hooks import decoder_layers
-from ..interventions import HeadIntervention
-from ..models import LoadedModel
-from ..tracer import Tracer
+from workbench.attention import AttentionCall
+from workbench.hooks import decoder_layers
+from workbench.interventions import HeadIntervention
+from workbench.models import LoadedModel
+from workbench.tracer import Tracer
 from .tasks import PatchingTask
 
 Head = tuple[int, int]
