@@ -132,7 +132,7 @@ def census(
 
 
 # Modules that add commands to ``app`` when imported (each analyzer appends its own).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["workbench.commands.dashboard"]
 
 
 def _load_commands() -> None:
@@ -165,4 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m workbench.cli``: command modules register on ``workbench.cli.app``, not on this
+    # ``__main__`` copy, so run the imported module's entry point.
+    from workbench.cli import main as _main
+
+    sys.exit(_main())
