@@ -131,12 +131,12 @@ def received_attention_chart(received, tokens: Sequence[str] | None = None, titl
         top: how many of the largest keys to label.
         threshold: draw a horizontal line at this sink threshold (Gu et al.'s eps = 0.3); None for none.
 
-    A line plot (WebGL) keeps long contexts responsive; no downsampling is needed for 1-D data.
+    An SVG line (no WebGL, which headless browsers emulate slowly) keeps long contexts responsive; no downsampling is needed for 1-D data.
     """
     r = _to_numpy(received).reshape(-1)
     pos = np.arange(len(r))
     text = [f"{j}:{tokens[j]}" for j in pos] if tokens is not None and len(tokens) >= len(r) else [str(j) for j in pos]
-    fig = go.Figure(go.Scattergl(x=pos, y=r, mode="lines+markers" if len(r) <= 256 else "lines", text=text,
+    fig = go.Figure(go.Scatter(x=pos, y=r, mode="lines+markers" if len(r) <= 256 else "lines", text=text,
                                  hovertemplate="key %{text}<br>s_k=%{y:.4f}<extra></extra>", name="s_k"))
     best = np.argsort(-r)[:top]
     fig.add_trace(go.Scatter(x=best, y=r[best], mode="markers+text", text=[text[j] for j in best],
