@@ -222,3 +222,17 @@ def test_app_runs_intervention_on_smollm2(smollm2):
     titles = _titles(at)
     assert any(t.startswith("layer 4 head 0: before / after") for t in titles), titles
     assert any("KL(before" in m.value for m in at.markdown)
+
+
+@pytest.mark.slow
+def test_app_traces_a_prompt_on_smollm2(smollm2):
+    at = _app().run()
+    at.sidebar.radio(key="model_mode").set_value("preset").run()
+    at.sidebar.button(key="load_model").click().run()
+    at.sidebar.radio(key="trace_mode").set_value("run a prompt").run()
+    at.text_area(key="prompt").set_value("The cat sat on the mat. The dog")
+    at.get("form_submit_button")[0].click().run()
+    assert not at.error and not at.exception, [e.value for e in at.error]
+    assert at.radio(key="head").options == [str(h) for h in range(9)]
+    assert len(at.selectbox(key="layer").options) == 30
+    assert "layer 0 head 0" in _titles(at)
