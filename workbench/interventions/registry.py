@@ -1,0 +1,124 @@
+"""A registry of interventions by name, so front ends (the dashboard, notebooks) can list and build them.
+
+Each entry is an :class:`InterventionSpec`: a name, a one-line description, the parameters a
+user may set (with defaults, for form widgets) and a ``build(lm, heads, **params)`` function
+returning a :class:`~workbench.interventions.base.HeadIntervention`. Analyzers add their own
+interventions (ACT calibration, VHR, VAR, ...) with :func:`register_intervention`, from a module
+listed in :data:`INTERVENTION_MODULES` (imported lazily by :func:`available_interventions`)::
+
+    register_intervention(InterventionSpec(
+        "act calibration", "ACT: scale sink attention by beta (Yu et al. 2024)",
+        build=lambda lm, heads, beta: ActCalibration(heads, beta=beta),
+        params=(Param("beta", "float", 0.4, low=0.0, high=1.0),)))
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..errors import WorkbenchError
+from .ablation import KINDS, HeadAblation
+from .base import PHASES, HeadIntervention
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-settable parameter of an intervention.
+
+    Attributes:
+        name: keyword passed to ``build``.
+        kind: ``"choice"``, ``"float"``, ``"int"`` or ``"bool"``.
+        default: default value.
+        choices: the options of a ``choice``.
+        low, high: bounds of a number (None = unbounded).
+        help: one-line explanation shown beside the widget.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    choices: Sequence[Any] = ()
+    low: float | None = None
+    high: float | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class InterventionSpec:
+    """A named intervention: ``build(lm, heads, **params) -> HeadIntervention``."""
+
+    name: str
+    description: str
+    build: Callable[..., HeadIntervention]
+    params: tuple[Param, ...] = field(default_factory=tuple)
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+
+INTERVENTIONS: dict[str, InterventionSpec] = {}
+
+# Modules that register further interventions when imported (each analyzer appends its own).
+INTERVENTION_MODULES: list[str] = []
+
+
+def register_intervention(spec: InterventionSpec) -> None:
+    """Add (or replace) an intervention under ``spec.name``."""
+    INTERVENTIONS[spec.name] = spec
+
+
+def available_interventions() -> dict[str, InterventionSpec]:
+    """All registered interventions, after importing :data:`INTERVENTION_MODULES` (missing modules skipped)."""
+    for mod in INTERVENTION_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            continue
+    return dict(INTERVENTIONS)
+
+
+class UnknownInterventionError(WorkbenchError, KeyError):
+    """The intervention name is not registered."""
+
+
+def build_intervention(name: str, lm, heads: Sequence[tuple[int, int]], **params) -> HeadIntervention:
+    """Build the registered intervention ``name`` for ``heads`` with ``params`` (defaults fill the rest).
+
+    Raises:
+        UnknownInterventionError: ``name`` is not registered.
+        HeadIndexError: a head lies outside ``lm``.
+        WorkbenchError: no heads given.
+    """
+    specs = available_interventions()
+    if name not in specs:
+        raise UnknownInterventionError(f"unknown intervention {name!r}: choose one of {sorted(specs)}")
+    if not heads:
+        raise WorkbenchError("choose at least one (layer, head) to intervene on, e.g. 3.1")
+    spec = specs[name]
+    unknown = set(params) - {p.name for p in spec.params}
+    if unknown:
+        raise WorkbenchError(f"intervention {name!r} has no parameters {sorted(unknown)}; it takes {[p.name for p in spec.params]}")
+    kwargs = {**spec.defaults(), **params}
+    for layer, h in heads:
+        lm.spec.check_head(layer, h)
+    return spec.build(lm, list(heads), **kwargs).validate(lm.spec)
+
+
+def _build_ablation(lm, heads, kind: str = "zero", phase: str = "all", mean_samples: int = 4) -> HeadAblation:
+    means = None
+    if kind == "mean":
+        from ..text import token_windows
+
+        means = HeadAblation.fit_means(lm, heads, token_windows(lm.tokenizer, 128, int(mean_samples), "train"))
+    return HeadAblation(heads, kind=kind, phase=phase, means=means)
+
+
+register_intervention(InterventionSpec(
+    "head ablation",
+    "replace the head output z: zero, mean over real text, or uniform attention over visible keys (Wu et al. 2024)",
+    _build_ablation,
+    (Param("kind", "choice", "zero", KINDS, help="zero: z=0; mean: mean z over prose; uniform: mean of visible values"),
+     Param("phase", "choice", "all", PHASES, help="all positions, the prompt only, or generated tokens only"),
+     Param("mean_samples", "int", 4, low=1, high=64, help="128-token windows of prose used to fit mean outputs")),
+))
