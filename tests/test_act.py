@@ -129,3 +129,28 @@ def test_closed_form_equals_eager_smollm2(smollm2):
     assert oracle.calls == 4
     assert sum(int(m.sum()) for m in act.detected.values()) > 0  # hidden sinks were found and calibrated
     assert oracle.max_err < 1e-5
+
+
+def test_act_is_available_by_name_to_front_ends(tiny_lm):
+    """The dashboard builds interventions by name: ACT must be one, and calibrate only its head."""
+    import torch
+
+    from workbench.attention import attention_hooks
+    from workbench.interventions.registry import available_interventions, build_intervention
+
+    assert "act calibration" in available_interventions()
+    iv = build_intervention("act calibration", tiny_lm, [(1, 2)], beta=0.0)
+    seen = {}
+
+    class Catch:
+        def on_attention(self, call):
+            seen[call.layer] = call.output.clone()
+
+    ids = torch.randint(3, 97, (1, 24))
+    with torch.no_grad(), attention_hooks(Catch()):
+        tiny_lm.model(ids)
+    base = dict(seen)
+    with torch.no_grad(), attention_hooks(iv, Catch()):
+        tiny_lm.model(ids)
+    assert torch.equal(seen[0], base[0])  # layer 0 untouched
+    assert torch.equal(seen[1][:, [0, 1, 3]], base[1][:, [0, 1, 3]])  # other heads of layer 1 untouched

@@ -186,3 +186,19 @@ class ACTCalibration(HeadIntervention):
             o, _ = attention_with_lse(q[:, :, a:z], k, v, add, call.scale)
             res[:, a:z] = o[:, 0].float()
         return res
+
+
+def _register() -> None:
+    """Make ACT calibration available by name to the dashboard and notebooks."""
+    from .registry import InterventionSpec, Param, register_intervention
+
+    register_intervention(InterventionSpec(
+        "act calibration",
+        "ACT (Yu et al. 2024): scale attention on each head's hidden sinks by beta, give the rest to other keys",
+        lambda lm, heads, beta=DEFAULT_BETA, phase="all": ACTCalibration(heads, beta=beta, phase=phase),
+        (Param("beta", "float", DEFAULT_BETA, low=0.0, high=1.0, help="share of sink attention kept"),
+         Param("phase", "choice", "all", ("all", "prefill", "decode"), help="where the calibration applies")),
+    ))
+
+
+_register()

@@ -60,7 +60,7 @@ class InterventionSpec:
 INTERVENTIONS: dict[str, InterventionSpec] = {}
 
 # Modules that register further interventions when imported (each analyzer appends its own).
-INTERVENTION_MODULES: list[str] = []
+INTERVENTION_MODULES: list[str] = ["workbench.interventions.act"]
 
 
 def register_intervention(spec: InterventionSpec) -> None:
