@@ -308,3 +308,16 @@ def load() -> LoadedModel:
 
 register_preset(Preset(name=NAME, description="SmolLM2-135M + a CLIP tower trained on sklearn digits (LLaVA, 16 image tokens)",
                        load=load, is_cached=lambda: WEIGHTS.exists() and (_cache() / "model.safetensors").exists()))
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def make_input(lm: LoadedModel, question: str, pixels: torch.Tensor | None):
+    """The digits-vlm input for a question about an image (1, 32, 32); ``pixels=None`` gives the
+    prompt without image tokens (the "image removed" control). Returns a :class:`~workbench.vlm.VLMInput`."""
+    from .vlm import VLMInput
+
+    n = 0 if pixels is None else N_IMAGE_TOKENS
+    ids = lm.tokenizer(D.prompt_text(question, n), return_tensors="pt").input_ids
+    return VLMInput(ids, None if pixels is None else pixels[None], {})

@@ -16,7 +16,9 @@ Definitions (../shared/REFERENCES.md):
 * **Sink tokens** (Kang et al. 2025, "See what you are told: visual attention sink in large
   multimodal models"): phi(x) = max over the backbone's sink dimensions d of |x_d / rms(x)| on the
   residual stream entering a layer; a token is a sink at that layer if phi >= tau (20). The sink
-  dimensions are the massive-activation dimensions of the base language model, found by
+  dimensions are the massive-activation dimensions of the base language model (note
+  phi <= sqrt(d_model): 24 for SmolLM2's 576, so tau = 20 asks that one sink dimension hold
+  about 70% of the token's squared norm, against 10% in LLaVA-1.5's 4096), found by
   :func:`workbench.massive.massive_activations` on real text; nothing is hard-coded. **Visual
   sinks** are sink tokens inside the image span.
 * **Image-centric heads** (same paper), per layer, head and query: total attention on image tokens
