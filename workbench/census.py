@@ -90,7 +90,7 @@ def attention_section(ctx: CensusContext) -> CensusSection:
 register_section("attention", attention_section)
 
 # Modules that register further sections when imported (each analyzer appends its own).
-SECTION_MODULES: list[str] = []
+SECTION_MODULES: list[str] = ["workbench.vision_report"]
 
 
 def load_sections() -> None:

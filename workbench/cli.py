@@ -132,7 +132,7 @@ def census(
 
 
 # Modules that add commands to ``app`` when imported (each analyzer appends its own).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["workbench.commands.vision"]
 
 
 def _load_commands() -> None:
@@ -165,4 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's app: command modules register on ``workbench.cli.app``, not on ``__main__``'s
+    from workbench.cli import main as _main
+
+    sys.exit(_main())

@@ -238,3 +238,39 @@ def with_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], dict], n_boot: int = 
             vals = np.array([b[k] for b in boots])
             out[f"{k}_ci"] = [float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))]
     return out
+
+
+@torch.no_grad()
+def image_ablation(lm: LoadedModel, images: Sequence[D.Composite], seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Does the model use the image? Accuracy with the image, with a blank image, and with the image removed.
+
+    Per image: the listing answer (exact match of the digit sequence, and digit-set match) and two
+    yes/no questions (one present digit, one random absent digit).
+
+    Returns:
+        DataFrame (condition, list_exact, list_set, yesno_accuracy, yes_ratio, n) with conditions
+        ``image``, ``blank image``, ``no image`` (image tokens removed).
+    """
+    from .digits_vlm import make_input
+
+    rng = np.random.default_rng(seed)
+    qs = []
+    for comp in images:
+        absent = [d for d in range(10) if d not in comp.digits]
+        qs.append([(int(rng.choice(comp.digits)), True), (int(rng.choice(absent)), False)])
+    rows = []
+    for cond in ("image", "blank image", "no image"):
+        exact, same, correct, yes, n_yn = 0, 0, 0, 0, 0
+        for comp, q in zip(tqdm(images, desc=f"accuracy ({cond})", disable=not progress), qs):
+            px = comp.pixels if cond == "image" else (D.blank_pixels() if cond == "blank image" else None)
+            m = mentioned_digits(answer(lm, make_input(lm, D.LIST_QUESTION, px), "none", 8))
+            exact += m == comp.digits
+            same += set(m) == set(comp.digits)
+            for d, label in q:
+                y = is_yes(answer(lm, make_input(lm, D.YESNO_QUESTION.format(d=d), px)))
+                correct += y == label
+                yes += y
+                n_yn += 1
+        n = len(images)
+        rows.append((cond, exact / n, same / n, correct / n_yn, yes / n_yn, n))
+    return pd.DataFrame(rows, columns=["condition", "list_exact", "list_set", "yesno_accuracy", "yes_ratio", "n"])

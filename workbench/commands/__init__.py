@@ -1,0 +1,1 @@
+"""CLI command modules; each adds commands to ``workbench.cli.app`` when imported."""
