@@ -46,7 +46,7 @@ def main() -> int:
     report: dict = {}
     md = ["# digits-vlm: image use, vision heads, object hallucination", ""]
 
-    abl = H.image_ablation(lm, H.test_images(a.ablation_images, seed=99))
+    abl = H.image_ablation(lm, H.heldout_images(a.ablation_images, seed=99))
     report["image_ablation"] = abl.to_dict(orient="records")
     md += ["## Does the model use the image?", "", md_table(abl), ""]
 
@@ -62,7 +62,7 @@ def main() -> int:
            "Image-centric heads (share of images; A_I >= 0.2 and non-sink ratio >= 0.5):", "",
            md_table(res.image_centric.head(15)), ""]
 
-    imgs = H.test_images(a.images)
+    imgs = H.heldout_images(a.images)
     items = H.pope_items(imgs)
     cache = d / "hallucination" / f"answers-{a.images}.jsonl"
     pope, chair = {}, {}

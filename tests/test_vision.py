@@ -291,13 +291,13 @@ def test_vhr_scales_exactly_the_selected_heads():
 
 def test_digit_composites_and_pope_negatives():
     from workbench import digits as D
-    from workbench.hallucination import pope_items, test_images
+    from workbench.hallucination import pope_items, heldout_images
 
     a = D.make_composite(np.random.default_rng(3), "test")
     b = D.make_composite(np.random.default_rng(3), "test")
     assert torch.equal(a.pixels, b.pixels) and a.cells == b.cells and a.pixels.shape == (1, 32, 32)
     assert 1 <= len(a.digits) <= 3 and len(set(a.digits)) == len(a.digits)
-    imgs = test_images(20)
+    imgs = heldout_images(20)
     items = pope_items(imgs)
     freq, co = D.training_stats()
     for r in items.itertuples():
@@ -325,3 +325,49 @@ def test_pope_and_chair_metrics():
     cm = chair_metrics(c)
     assert cm["chair_s"] == 0.5 and cm["chair_i"] == pytest.approx(1 / 3) and cm["recall"] == pytest.approx(2 / 3)
     assert cm["length"] == 1.5
+
+
+def test_census_vision_section_skips_text_only_models(tiny_lm):
+    from workbench.census import CensusContext
+    from workbench.vision_report import census_section
+
+    sec = census_section(CensusContext(tiny_lm, torch.zeros(1, 4, dtype=torch.long), progress=False))
+    assert sec.heads is None and "text-only" in sec.summary["skipped"]
+
+
+def test_cli_rejects_unknown_method():
+    from workbench.cli import main
+
+    assert main(["hallucination", "--method", "dola", "--json"]) == 2
+
+
+# --- the real digits VLM -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_vlm():
+    from workbench import load_model
+
+    return load_model("digits-vlm")
+
+
+@pytest.mark.slow
+def test_digits_vlm_reads_the_image_and_vhd_runs(digits_vlm):
+    from workbench import digits as D
+    from workbench.digits_vlm import N_IMAGE_TOKENS, make_input
+    from workbench.hallucination import answer, mentioned_digits, heldout_images
+    from workbench.vision import vhd_steps
+    from workbench.vlm import image_positions
+
+    lm = digits_vlm
+    imgs = heldout_images(6, seed=5)
+    inp = make_input(lm, D.LIST_QUESTION, imgs[0].pixels)
+    assert image_positions(lm.model, inp.input_ids).numel() == N_IMAGE_TOKENS
+    hits = {"image": 0, "blank": 0}
+    for c in imgs:
+        for cond, px in (("image", c.pixels), ("blank", D.blank_pixels())):
+            said = mentioned_digits(answer(lm, make_input(lm, D.LIST_QUESTION, px), "none", 8))
+            hits[cond] += len(set(said) & set(c.digits))
+    assert hits["image"] > hits["blank"] + 3  # the answers follow the pixels, not a prior
+    v, n = vhd_steps(lm, inp)
+    assert v.shape == (1, 30, 9) and bool(torch.isfinite(v).all()) and float(v.max()) > 0

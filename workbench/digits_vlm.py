@@ -3,32 +3,39 @@
 No pretrained vision-language model can be downloaded here, so the workbench builds one:
 
 * vision tower: a tiny CLIP vision transformer (2 layers, width 64, 4 heads, 1 input channel,
-  16 x 16 images, 4 x 4 patches -> 16 patch tokens), randomly initialised and trained;
+  32 x 32 composites of 4 x 4 cells, 8 x 8 patches -> one patch token per cell, 16 tokens),
+  randomly initialised and trained;
 * projector: LLaVA-1.5's two-layer GELU MLP (64 -> 576 -> 576), trained;
-* language model: the frozen SmolLM2-135M-Instruct (``workbench.load_model("smollm2-135m")``).
+* language model: the frozen SmolLM2-135M-Instruct (``workbench.load_model("smollm2-135m")``)
+  with one added token, ``<image>``.
 
 Together they are a genuine Hugging Face ``LlavaForConditionalGeneration`` (Liu et al. 2023,
-"Visual instruction tuning"): the prompt holds 16 ``<image>`` placeholder tokens whose input
-embeddings are replaced by the projected patch features, so every analyzer that works on
-llava-hf checkpoints works on this model.
+"Visual instruction tuning"): the prompt ``Image: <image>*16\nQuestion: ...\nAnswer:`` holds 16
+placeholder tokens whose input embeddings are replaced by the projected patch features, so every
+analyzer that works on llava-hf checkpoints works on this model.
 
 Training (:func:`train`, script ``scripts/train_digits_vlm.py``) is deterministic (fixed seeds,
-fixed data order) and runs on 2 CPU cores in a few minutes:
+fixed data order), backbone frozen, on CPU:
 
-1. the vision tower learns to classify each 8 x 8 cell (digit or blank) with a linear probe on
-   its patch features (no language model involved; seconds);
-2. tower and projector are trained end to end through the frozen language model on answers to
+1. the tower learns to classify each cell (digit or blank) with a linear probe on its patch
+   feature (no language model involved);
+2. tower and projector learn to map each cell token onto the word embedding of what it shows
+   (the digit's token, or a space for a blank cell) -- a feature-alignment stage without
+   language-model passes;
+3. tower and projector are trained end to end through the frozen language model on answers to
    "What digits are in the image?" (`` 3 7``) and "Is there a 5 in the image?" (`` Yes``/`` No``).
+   This is the slow stage (tens of seconds a step on a shared 2-core CPU), hence few steps.
 
-Only the trained tower and projector ship (``workbench/data/digits_vlm.safetensors``, ~2 MB);
+Only the trained tower and projector ship (``workbench/data/digits_vlm.safetensors``, 1.8 MB);
 the first :func:`load` assembles the full checkpoint from the SmolLM2 cache into
-``cache_dir()/digits-vlm-<hash>`` (a few seconds) and later loads read it.
+``cache_dir()/digits-vlm-<hash>`` and later loads read it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -41,7 +48,8 @@ from . import digits as D
 from .models import LoadedModel, Preset, cache_dir, register_preset
 
 NAME = "digits-vlm"
-WEIGHTS = Path(__file__).parent / "data" / "digits_vlm.safetensors"
+# the shipped weights; WORKBENCH_DIGITS_VLM_WEIGHTS points elsewhere (e.g. a retrained file)
+WEIGHTS = Path(os.environ.get("WORKBENCH_DIGITS_VLM_WEIGHTS", Path(__file__).parent / "data" / "digits_vlm.safetensors"))
 N_IMAGE_TOKENS = D.N_CELLS  # one 8 x 8 patch per cell
 BLANK_TOKEN = " "
 VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_channels=1,
@@ -201,10 +209,10 @@ def _align_projector(model, tok, steps: int, seed: int, log) -> None:
             log(f"stage 2 step {step}: relative embedding error {loss.item():.4f}")
 
 
-TRAIN_DEFAULTS = dict(steps_tower=200, steps_align=200, steps_lm=60, batch=8, lr=2e-3)
+TRAIN_DEFAULTS = dict(steps_tower=100, steps_align=100, steps_lm=30, batch=8, lr=2e-3)
 
 
-def train(steps_tower: int = 200, steps_align: int = 200, steps_lm: int = 60, batch: int = 8, seed: int = 0,
+def train(steps_tower: int = 100, steps_align: int = 100, steps_lm: int = 30, batch: int = 8, seed: int = 0,
           lr: float = 2e-3, out: Path | None = WEIGHTS, log=print) -> dict:
     """Train tower + projector deterministically; save them to ``out`` (safetensors). Returns timings (s).
 

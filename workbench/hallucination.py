@@ -49,7 +49,7 @@ def check_method(method: str, split: str | None = None) -> None:
         raise UnknownMethodError(f"unknown POPE split {split!r}: use one of {', '.join(SPLITS)}")
 
 
-def test_images(n_images: int, seed: int = 1234) -> list[D.Composite]:
+def heldout_images(n_images: int, seed: int = 1234) -> list[D.Composite]:
     """Held-out composites (digit images from the ``test`` split), deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
     return [D.make_composite(rng, "test") for _ in range(n_images)]

@@ -75,13 +75,13 @@ def vision_analysis(lm: LoadedModel, n_images: int = 8, seed: int = 1234, tau: f
         NotAVisionModelError / NoImageSourceError: the model cannot take the digit images.
     """
     from .digits_vlm import make_input
-    from .hallucination import _sink_dims, test_images
+    from .hallucination import _sink_dims, heldout_images
     from .vision import (head_vhd, image_attention_table, image_centric_heads, sink_table, t_vhd, vhd_table,
                          vision_aware_heads, visual_sink_summary)
 
     require_digits_model(lm)
     dims = _sink_dims(lm)
-    images = test_images(n_images, seed)
+    images = heldout_images(n_images, seed)
     inputs = [make_input(lm, D.LIST_QUESTION, c.pixels) for c in images]
     answers = [greedy_answer(lm, inp, max_new_tokens) for inp in inputs]
     vhd = vhd_table(lm, inputs, answers, progress=progress)

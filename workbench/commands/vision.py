@@ -67,14 +67,14 @@ def hallucination(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """POPE-style yes/no (and optionally CHAIR-style listing) hallucination metrics with 95% bootstrap CIs."""
-    from ..hallucination import check_method, chair_metrics, pope_items, pope_metrics, run_chair, run_pope, test_images, with_ci
+    from ..hallucination import check_method, chair_metrics, pope_items, pope_metrics, run_chair, run_pope, heldout_images, with_ci
     from ..models import load_model
     from ..vision_report import require_digits_model
 
     check_method(method, split)
     lm = load_model(model)
     require_digits_model(lm)
-    imgs = test_images(images)
+    imgs = heldout_images(images)
     cache = _out_dir(out, lm.spec.name) / "hallucination" / f"answers-{images}.jsonl"
     df = run_pope(lm, imgs, pope_items(imgs), method, [split], cache=cache, progress=not as_json)
     result = {"model": lm.spec.name, "method": method, "split": split, **with_ci(df, pope_metrics)}
