@@ -185,26 +185,9 @@ def test_sink_scores_and_detector_find_a_planted_massive_dimension():
 # --- VAR -----------------------------------------------------------------------------------------------
 
 
-def var_reference(call, sinks, image, p, summ, rho):
-    """Eager VAR: materialise A = softmax(scores), edit the map row by row, multiply by V."""
-    s = call.scores()  # (B, H, Nq, Nk) with -inf where hidden
-    a = torch.softmax(s, dim=-1)
-    ip = image & ~sinks
-    a_i = a[..., image].sum(-1)
-    a_ip = a[..., ip].sum(-1)
-    a_s = a[..., sinks].sum(-1)
-    sel = (a_i >= summ) & (a_ip >= rho * a_i) & (a_ip > 0)
-    new = a.clone()
-    new[..., sinks] = a[..., sinks] * (1 - p)
-    new[..., ip] = a[..., ip] + p * a_s[..., None] * a[..., ip] / a_ip.clamp_min(1e-30)[..., None]
-    a2 = torch.where(sel[..., None], new, a)
-    v = call.value.repeat_interleave(call.n_rep, dim=1).float()
-    return torch.matmul(a2, v), sel
-
-
 @pytest.mark.parametrize("summ,rho", [(0.0, 0.0), (0.2, 0.5)])
 def test_var_closed_form_equals_eager_reference(summ, rho):
-    from workbench.interventions.var import var_output
+    from workbench.interventions.var import var_eager, var_output
 
     lm = tiny_llava()
     inp = llava_input(lm)
@@ -220,7 +203,7 @@ def test_var_closed_form_equals_eager_reference(summ, rho):
         image = torch.zeros(nk, dtype=torch.bool)
         image[2:18] = True
         got, sel = var_output(call, sinks, image, p=0.6, summ=summ, rho=rho)
-        want, sel_ref = var_reference(call, sinks, image, 0.6, summ, rho)
+        want, sel_ref = var_eager(call, sinks, image, 0.6, summ, rho)
         assert torch.equal(sel, sel_ref)
         worst = max(worst, float((got.float() - want).abs().max()))
         n_sel += int(sel.sum())

@@ -75,6 +75,24 @@ def var_output(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p:
     return torch.where(selected[..., None], new.to(out.dtype), out), selected
 
 
+def var_eager(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p: float = P, summ: float = SUMM,
+              rho: float = RHO) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager VAR, the oracle of :func:`var_output`: materialise A = softmax(scores) (B, Hq, Nq, Nk),
+    edit the map row by row as Kang et al. do, multiply by V. For tests and checks only (O(N^2) memory).
+
+    Returns (output (B, Hq, Nq, D) float32, selected (B, Hq, Nq) bool).
+    """
+    a = torch.softmax(call.scores(), dim=-1)
+    ip = image & ~sinks
+    a_i, a_ip, a_s = a[..., image].sum(-1), a[..., ip].sum(-1), a[..., sinks].sum(-1)
+    sel = (a_i >= summ) & (a_ip >= rho * a_i) & (a_ip > 0)
+    new = a.clone()
+    new[..., sinks] = a[..., sinks] * (1 - p)
+    new[..., ip] = a[..., ip] + p * a_s[..., None] * a[..., ip] / a_ip.clamp_min(1e-30)[..., None]
+    a2 = torch.where(sel[..., None], new, a)
+    return torch.matmul(a2, call.value.repeat_interleave(call.n_rep, dim=1).float()), sel
+
+
 class VisualAttentionRedistribution:
     """VAR as an attention hook for one input (see module docstring).
 
