@@ -75,7 +75,7 @@ def hallucination(
     lm = load_model(model)
     require_digits_model(lm)
     imgs = heldout_images(images)
-    cache = _out_dir(out, lm.spec.name) / "hallucination" / f"answers-{images}.jsonl"
+    cache = _out_dir(out, lm.spec.name) / "hallucination" / f"answers-{images}-{lm.extras.get('weights', 'x')}.jsonl"
     df = run_pope(lm, imgs, pope_items(imgs), method, [split], cache=cache, progress=not as_json)
     result = {"model": lm.spec.name, "method": method, "split": split, **with_ci(df, pope_metrics)}
     if chair:
