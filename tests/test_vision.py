@@ -354,3 +354,12 @@ def test_digits_vlm_image_reaches_the_language_model_and_analyzers_run(digits_vl
     assert float((a - b).abs().max()) > 1e-3  # the pixels reach the answer position
     v, n = vhd_steps(lm, inp)
     assert v.shape == (1, 30, 9) and bool(torch.isfinite(v).all()) and float(v.max()) > 0
+    # the model reads the image: it names more of the present digits with the image than with a blank one
+    from workbench.hallucination import answer, mentioned_digits
+
+    hits = {"image": 0, "blank": 0}
+    for comp in heldout_images(6, seed=5):
+        for cond, px in (("image", comp.pixels), ("blank", D.blank_pixels())):
+            said = mentioned_digits(answer(lm, make_input(lm, D.LIST_QUESTION, px), "none", 8))
+            hits[cond] += len(set(said) & set(comp.digits))
+    assert hits["image"] >= hits["blank"] + 4
