@@ -194,6 +194,10 @@ def workbench_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
         )
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
     mask = attention_mask
+    causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
+    if mask is None and causal is False and query.shape[2] > 1:
+        # bidirectional attention (a VLM's vision tower): an all-visible mask, never the causal default
+        mask = torch.zeros(1, 1, query.shape[2], key.shape[2], dtype=query.dtype, device=query.device)
     if mask is not None:
         if mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, float("-inf"))
@@ -201,7 +205,7 @@ def workbench_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
             mask = mask.to(query.dtype).masked_fill(mask <= torch.finfo(mask.dtype).min / 2, float("-inf"))
         mask = mask[:, :, :, : key.shape[2]]
     out, lse = attention_with_lse(query, key, value, mask, scale)
-    if _ACTIVE_HOOKS:
+    if _ACTIVE_HOOKS and causal is not False:  # hooks see decoder self-attention only, not vision towers
         call = AttentionCall(layer=getattr(module, "layer_idx", -1), query=query, key=key, value=value,
                              mask=mask, output=out, lse=lse, scale=scale, module=module)
         for hook in list(_ACTIVE_HOOKS):

@@ -94,6 +94,7 @@ SECTION_MODULES: list[str] = [
     "workbench.sinks_report",
     "workbench.retrieval.census_section",
     "workbench.head_types",
+    "workbench.vision_report",
 ]
 
 

@@ -139,6 +139,7 @@ COMMAND_MODULES: list[str] = [
     "workbench.commands.study",
     "workbench.commands.probes",
     "workbench.commands.dashboard",
+    "workbench.commands.vision",
 ]
 
 

@@ -228,9 +228,12 @@ def _load_hf(name_or_path: str, name: str | None = None) -> LoadedModel:
             f"unknown model {name_or_path!r}: not a preset ({', '.join(sorted(PRESETS))}), "
             f"not a local checkpoint directory, and not loadable from the Hugging Face hub ({type(err).__name__})"
         ) from None
-    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    is_vlm = hasattr(config, "vision_config")
+    auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    # a VLM's vision tower keeps SDPA: the workbench kernel and its hooks are for the language model
+    attn = {"text_config": ATTN_IMPLEMENTATION, "vision_config": "sdpa"} if is_vlm else ATTN_IMPLEMENTATION
     try:
-        model = auto.from_pretrained(name_or_path, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION)
+        model = auto.from_pretrained(name_or_path, dtype=torch.float32, attn_implementation=attn)
     except ValueError as err:
         if "attn_implementation" in str(err) or "attention" in str(err).lower():
             raise UnsupportedArchitectureError(
@@ -262,13 +265,27 @@ def load_model(name_or_path: str) -> LoadedModel:
     from .attention import register_attention
 
     register_attention()
+    load_preset_modules()
     if name_or_path in PRESETS:
         return PRESETS[name_or_path].load()
     return _load_hf(name_or_path)
 
 
+# Modules that register further presets when imported (e.g. the digits VLM).
+PRESET_MODULES: list[str] = ["workbench.digits_vlm"]
+
+
+def load_preset_modules() -> None:
+    """Import the modules of :data:`PRESET_MODULES` so their presets register."""
+    import importlib
+
+    for mod in PRESET_MODULES:
+        importlib.import_module(mod)
+
+
 def model_table() -> list[dict]:
     """One row per preset: name, description, and whether its converted weights are cached."""
+    load_preset_modules()
     return [
         {"name": p.name, "description": p.description, "cached": bool(p.is_cached())} for p in PRESETS.values()
     ]

@@ -1,0 +1,85 @@
+"""CLI: ``workbench vision`` (vision-aware heads, visual sinks, image-centric heads) and
+``workbench hallucination`` (POPE-style and CHAIR-style object hallucination, with VHR or VAR)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..cli import app, emit
+
+
+def _out_dir(out: Path, model: str) -> Path:
+    d = out / model.replace("/", "--")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@app.command()
+def vision(
+    model: str = typer.Option("digits-vlm", help="a VLM preset (digits-vlm)"),
+    images: int = typer.Option(8, help="held-out digit composites to analyse"),
+    tau: float = typer.Option(20.0, help="sink threshold on phi = max |x_d / rms(x)| over the sink dimensions"),
+    rho: float = typer.Option(0.5, help="visual non-sink ratio threshold of image-centric heads"),
+    top: int = typer.Option(20, help="heads listed in the summary"),
+    out: Path = typer.Option(Path("reports"), help="reports directory (writes <out>/<model>/vision.*)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Vision-aware heads (VHD, T-VHD), visual sink tokens and image-centric heads of a VLM."""
+    from ..models import load_model
+    from ..viz import layer_head_heatmap, write_html
+    from ..vision_report import vision_analysis
+
+    lm = load_model(model)
+    res = vision_analysis(lm, n_images=images, tau=tau, rho=rho, progress=not as_json)
+    d = _out_dir(out, lm.spec.name)
+    res.per_head.to_csv(d / "vhd_heads.csv", index=False)
+    res.t_vhd.to_csv(d / "t_vhd.csv", index=False)
+    res.visual_sinks.to_csv(d / "visual_sinks.csv", index=False)
+    res.image_centric.to_csv(d / "image_centric_heads.csv", index=False)
+    result = {"model": lm.spec.name, "n_images": images, **res.to_json(top)}
+    (d / "vision.json").write_text(json.dumps(result, indent=1, default=str))
+    share = res.image_attention.groupby(["layer", "head"], as_index=False).agg(
+        image_centric_share=("image_centric", "mean"), image_attention=("image_attention", "mean"))
+    write_html([("VHD at the first generated token", layer_head_heatmap(res.per_head, "vhd", "VHD per head")),
+                ("image attention", layer_head_heatmap(share, "image_attention", "attention on image tokens")),
+                ("image-centric share", layer_head_heatmap(share, "image_centric_share", "image-centric share"))],
+               d / "vision.html", f"Vision heads: {lm.spec.name}",
+               f"{images} held-out digit composites, question: 'What digits are in the image?'")
+    result["files"] = {"json": str(d / "vision.json"), "html": str(d / "vision.html")}
+    va = res.vision_aware.head(8)
+    human = (f"sink dims {res.sink_dims}; visual sink image positions: "
+             f"{res.visual_sinks[res.visual_sinks.n_samples_sink > 0].image_index.tolist()}\n"
+             f"top vision-aware heads (layer, head, VHD):\n{va.to_string(index=False)}\n"
+             f"image-centric heads:\n{res.image_centric.head(8).to_string(index=False)}\nfiles: {d}")
+    emit(result, as_json, human)
+
+
+@app.command()
+def hallucination(
+    model: str = typer.Option("digits-vlm", help="a VLM preset (digits-vlm)"),
+    method: str = typer.Option("none", help="none | vhr | var"),
+    split: str = typer.Option("random", help="POPE negatives: random | popular | adversarial"),
+    images: int = typer.Option(40, help="held-out composites (POPE: 1 positive + 1 negative question each)"),
+    chair: bool = typer.Option(False, "--chair", help="also run the CHAIR-style listing task"),
+    out: Path = typer.Option(Path("reports"), help="answers are cached under <out>/<model>/hallucination/ (resumable)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """POPE-style yes/no (and optionally CHAIR-style listing) hallucination metrics with 95% bootstrap CIs."""
+    from ..hallucination import check_method, chair_metrics, pope_items, pope_metrics, run_chair, run_pope, heldout_images, with_ci
+    from ..models import load_model
+    from ..vision_report import require_digits_model
+
+    check_method(method, split)
+    lm = load_model(model)
+    require_digits_model(lm)
+    imgs = heldout_images(images)
+    cache = _out_dir(out, lm.spec.name) / "hallucination" / f"answers-{images}-{lm.extras.get('weights', 'x')}.jsonl"
+    df = run_pope(lm, imgs, pope_items(imgs), method, [split], cache=cache, progress=not as_json)
+    result = {"model": lm.spec.name, "method": method, "split": split, **with_ci(df, pope_metrics)}
+    if chair:
+        result["chair"] = with_ci(run_chair(lm, imgs, method, cache=cache, progress=not as_json), chair_metrics)
+    human = (f"{lm.spec.name} POPE-{split} with {method}: accuracy {result['accuracy']:.3f} precision "
+             f"{result['precision']:.3f} recall {result['recall']:.3f} F1 {result['f1']:.3f} yes-ratio {result['yes_ratio']:.3f}")
+    emit(result, as_json, human)

@@ -1,0 +1,276 @@
+"""Object hallucination on digit images: POPE-style yes/no questions and CHAIR-style listing.
+
+* **POPE** (Li et al. 2023, "Evaluating object hallucination in large vision-language models"):
+  "Is there a <d> in the image?" for one present digit (positive) and one absent digit (negative)
+  per held-out composite. Negatives: ``random`` (uniform over absent digits), ``popular`` (the
+  absent digit most frequent in the training composites), ``adversarial`` (the absent digit that
+  co-occurs most with the present ones in the training composites). The answer is the greedy
+  first token (``Yes`` counts as yes, anything else as no). Metrics: accuracy, precision, recall,
+  F1 (yes = positive class) and yes-ratio.
+* **CHAIR** (Rohrbach et al. 2018, "Object hallucination in image captioning"), with digits as
+  objects: the greedy answer to "What digits are in the image?"; CHAIR_S = share of answers that
+  mention a digit not in the image, CHAIR_I = share of mentioned digits not in the image, length =
+  digits mentioned per answer, recall = share of present digits mentioned.
+
+Confidence intervals: 95% percentile bootstrap over images (1000 resamples, fixed seed); items
+of one image are resampled together. Methods: ``none``, ``vhr`` (:mod:`workbench.interventions.vhr`),
+``var`` (:mod:`workbench.interventions.var`).
+
+Results are appended item by item to JSON-lines files, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import digits as D
+from .errors import WorkbenchError
+from .models import LoadedModel
+
+METHODS = ("none", "vhr", "var")
+SPLITS = ("random", "popular", "adversarial")
+
+
+class UnknownMethodError(WorkbenchError):
+    """A hallucination-mitigation method or POPE split name that does not exist."""
+
+
+def check_method(method: str, split: str | None = None) -> None:
+    if method not in METHODS:
+        raise UnknownMethodError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if split is not None and split not in SPLITS:
+        raise UnknownMethodError(f"unknown POPE split {split!r}: use one of {', '.join(SPLITS)}")
+
+
+def heldout_images(n_images: int, seed: int = 1234) -> list[D.Composite]:
+    """Held-out composites (digit images from the ``test`` split), deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [D.make_composite(rng, "test") for _ in range(n_images)]
+
+
+def pope_items(images: Sequence[D.Composite], seed: int = 0) -> pd.DataFrame:
+    """POPE questions: DataFrame (image, split, digit, label) with one positive and one negative per image and split."""
+    freq, co = D.training_stats()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, comp in enumerate(images):
+        present = comp.digits
+        absent = [d for d in range(10) if d not in present]
+        pos = int(rng.choice(present))
+        neg = {"random": int(rng.choice(absent)),
+               "popular": max(absent, key=lambda d: freq[d]),
+               "adversarial": max(absent, key=lambda d: (co[present, d].sum(), freq[d]))}
+        for split in SPLITS:
+            rows.append((i, split, pos, True))
+            rows.append((i, split, neg[split], False))
+    return pd.DataFrame(rows, columns=["image", "split", "digit", "label"])
+
+
+# --- answering with an intervention ------------------------------------------------------------
+
+
+def _sink_dims(lm: LoadedModel) -> list[int]:
+    if "sink_dims" not in lm.extras:
+        from .vision import sink_dimensions
+
+        lm.extras["sink_dims"] = sink_dimensions(lm)[0]
+    return lm.extras["sink_dims"]
+
+
+def intervention(lm: LoadedModel, inp, method: str):
+    """The context manager applying ``method`` to one input (``none``: a no-op)."""
+    import contextlib
+
+    check_method(method)
+    if method == "none":
+        return contextlib.nullcontext()
+    if method == "vhr":
+        from .interventions.vhr import VisionAwareHeadReinforcement
+
+        return VisionAwareHeadReinforcement.prepare(lm, inp).applied()
+    from .interventions.var import VisualAttentionRedistribution
+    from .vlm import image_positions
+
+    return VisualAttentionRedistribution(lm, image_positions(lm.model, inp.input_ids), _sink_dims(lm)).applied()
+
+
+@torch.no_grad()
+def answer(lm: LoadedModel, inp, method: str = "none", max_new_tokens: int = 1) -> str:
+    """Greedy answer text of one input under ``method`` (stops at a newline)."""
+    with intervention(lm, inp, method):
+        if max_new_tokens == 1:
+            logits = lm.model(input_ids=inp.input_ids, use_cache=False, **inp.kwargs()).logits[0, -1]
+            return lm.tokenizer.decode(int(logits.argmax()))
+        out = lm.model.generate(input_ids=inp.input_ids, attention_mask=torch.ones_like(inp.input_ids),
+                                max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=lm.tokenizer.pad_token_id, **inp.kwargs())
+    return lm.tokenizer.decode(out[0, inp.input_ids.shape[1]:]).split("\n")[0]
+
+
+def is_yes(text: str) -> bool:
+    return text.strip().lower().startswith("yes")
+
+
+def mentioned_digits(text: str) -> list[int]:
+    """Digits mentioned in an answer, in order, without repeats."""
+    out: list[int] = []
+    for m in re.findall(r"\d", text):
+        if int(m) not in out:
+            out.append(int(m))
+    return out
+
+
+# --- resumable runs ----------------------------------------------------------------------------------
+
+
+def _resume(path: Path | None) -> dict:
+    done = {}
+    if path is not None and path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[r["key"]] = r
+    return done
+
+
+def _append(path: Path | None, row: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def run_pope(lm: LoadedModel, images: Sequence[D.Composite], items: pd.DataFrame, method: str = "none",
+             splits: Sequence[str] = SPLITS, cache: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Answer the POPE questions of ``splits`` under ``method``; returns ``items`` rows with ``answer``, ``pred``.
+
+    Questions shared by several splits (the positives) are answered once. ``cache`` (JSON lines)
+    keeps finished answers so a rerun resumes.
+    """
+    from .digits_vlm import make_input
+
+    for s in splits:
+        check_method(method, s)
+    sub = items[items.split.isin(splits)].copy()
+    done = _resume(cache)
+    answers = {}
+    todo = sorted({(int(r.image), int(r.digit)) for r in sub.itertuples()})
+    for img, digit in tqdm(todo, desc=f"POPE {method}", disable=not progress):
+        key = f"pope/{method}/{img}/{digit}"
+        if key not in done:
+            inp = make_input(lm, D.YESNO_QUESTION.format(d=digit), images[img].pixels)
+            done[key] = {"key": key, "answer": answer(lm, inp, method)}
+            _append(cache, done[key])
+        answers[(img, digit)] = done[key]["answer"]
+    sub["answer"] = [answers[(int(r.image), int(r.digit))] for r in sub.itertuples()]
+    sub["pred"] = sub["answer"].map(is_yes)
+    sub["method"] = method
+    return sub.reset_index(drop=True)
+
+
+def run_chair(lm: LoadedModel, images: Sequence[D.Composite], method: str = "none", max_new_tokens: int = 8,
+              cache: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Answer "What digits are in the image?" for every image under ``method``.
+
+    Returns DataFrame (image, method, answer, truth, mentioned, hallucinated, covered).
+    """
+    from .digits_vlm import make_input
+
+    check_method(method)
+    done = _resume(cache)
+    rows = []
+    for i, comp in enumerate(tqdm(images, desc=f"CHAIR {method}", disable=not progress)):
+        key = f"chair/{method}/{i}"
+        if key not in done:
+            inp = make_input(lm, D.LIST_QUESTION, comp.pixels)
+            done[key] = {"key": key, "answer": answer(lm, inp, method, max_new_tokens)}
+            _append(cache, done[key])
+        text = done[key]["answer"]
+        m = mentioned_digits(text)
+        rows.append((i, method, text, comp.digits, m, [d for d in m if d not in comp.digits],
+                     [d for d in comp.digits if d in m]))
+    return pd.DataFrame(rows, columns=["image", "method", "answer", "truth", "mentioned", "hallucinated", "covered"])
+
+
+# --- metrics with bootstrap intervals ---------------------------------------------------------------------
+
+
+def pope_metrics(df: pd.DataFrame) -> dict:
+    """accuracy, precision, recall, f1, yes_ratio of POPE answers (``label``, ``pred`` bool columns)."""
+    y, p = df["label"].to_numpy(bool), df["pred"].to_numpy(bool)
+    tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    return {"accuracy": float((y == p).mean()), "precision": prec, "recall": rec,
+            "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "yes_ratio": float(p.mean()), "n": int(len(y))}
+
+
+def chair_metrics(df: pd.DataFrame) -> dict:
+    """CHAIR_S, CHAIR_I, length (digits mentioned per answer) and recall of listing answers."""
+    n_mentioned = df["mentioned"].map(len).sum()
+    return {"chair_s": float((df["hallucinated"].map(len) > 0).mean()),
+            "chair_i": float(df["hallucinated"].map(len).sum() / n_mentioned) if n_mentioned else 0.0,
+            "length": float(df["mentioned"].map(len).mean()),
+            "recall": float(df["covered"].map(len).sum() / df["truth"].map(len).sum()), "n": int(len(df))}
+
+
+def with_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], dict], n_boot: int = 1000, seed: int = 0,
+            level: float = 0.95) -> dict:
+    """``fn(df)`` plus ``<metric>_ci`` = [lo, hi] from a percentile bootstrap over ``df.image`` clusters."""
+    point = fn(df)
+    groups = [g for _, g in df.groupby("image")]
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(groups), len(groups))
+        boots.append(fn(pd.concat([groups[i] for i in pick], ignore_index=True)))
+    a = (1 - level) / 2
+    out = dict(point)
+    for k, v in point.items():
+        if k != "n" and isinstance(v, float):
+            vals = np.array([b[k] for b in boots])
+            out[f"{k}_ci"] = [float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))]
+    return out
+
+
+@torch.no_grad()
+def image_ablation(lm: LoadedModel, images: Sequence[D.Composite], seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Does the model use the image? Accuracy with the image, with a blank image, and with the image removed.
+
+    Per image: the listing answer (exact match of the digit sequence, and digit-set match) and two
+    yes/no questions (one present digit, one random absent digit).
+
+    Returns:
+        DataFrame (condition, list_exact, list_set, yesno_accuracy, yes_ratio, n) with conditions
+        ``image``, ``blank image``, ``no image`` (image tokens removed).
+    """
+    from .digits_vlm import make_input
+
+    rng = np.random.default_rng(seed)
+    qs = []
+    for comp in images:
+        absent = [d for d in range(10) if d not in comp.digits]
+        qs.append([(int(rng.choice(comp.digits)), True), (int(rng.choice(absent)), False)])
+    rows = []
+    for cond in ("image", "blank image", "no image"):
+        exact, same, correct, yes, n_yn = 0, 0, 0, 0, 0
+        for comp, q in zip(tqdm(images, desc=f"accuracy ({cond})", disable=not progress), qs):
+            px = comp.pixels if cond == "image" else (D.blank_pixels() if cond == "blank image" else None)
+            m = mentioned_digits(answer(lm, make_input(lm, D.LIST_QUESTION, px), "none", 8))
+            exact += m == comp.digits
+            same += set(m) == set(comp.digits)
+            for d, label in q:
+                y = is_yes(answer(lm, make_input(lm, D.YESNO_QUESTION.format(d=d), px)))
+                correct += y == label
+                yes += y
+                n_yn += 1
+        n = len(images)
+        rows.append((cond, exact / n, same / n, correct / n_yn, yes / n_yn, n))
+    return pd.DataFrame(rows, columns=["condition", "list_exact", "list_set", "yesno_accuracy", "yes_ratio", "n"])
