@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or refresh the local virtual environment .venv with everything the workbench needs.
-# Sourced by scripts/census.sh and scripts/test.sh; safe to run repeatedly.
+# Run by scripts/census.sh and scripts/test.sh (with --browser); safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
@@ -16,7 +16,8 @@ VPY=.venv/bin/python
 # Jupyter kernel on this venv's python, for the notebooks in notebooks/.
 "$VPY" -m ipykernel install --sys-prefix --name workbench --display-name "workbench (.venv)" >/dev/null
 # Headless Chromium + chromedriver for the dashboard's browser test (Debian packages; needs root).
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+# Only the test command asks for it (`setup.sh --browser`); the census does not need a browser.
+if [ "${1:-}" = "--browser" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
   else
