@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .hooks import decoder_layers
+from .jsonl import append_jsonl, read_jsonl
 from .interventions.act import DEFAULT_BETA, ACTCalibration
 from .models import LoadedModel
 from .tasks import ChoiceTask, choice_scores, correct
@@ -118,11 +119,8 @@ def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, 
     key = hashlib.sha1(json.dumps([task.name, task.split, task.contexts.tolist(), task.choices.tolist(), beta])
                        .encode()).hexdigest()[:16]
     path = Path(checkpoint) if checkpoint else None
-    if path is not None and path.exists():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("key") == key:
-                done[(rec["layer"], rec["head"])] = rec
+    if path is not None:
+        done = {(r["layer"], r["head"]): r for r in read_jsonl(path) if r.get("key") == key}
     for layer, h in tqdm(candidates, desc="ACT search: heads", disable=not progress):
         if (layer, h) in done:
             continue
@@ -132,9 +130,7 @@ def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, 
                "baseline_accuracy": base_acc, "margin_delta": float((_margin(s, task) - base_margin).mean())}
         done[(layer, h)] = rec
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_jsonl(path, rec)
     df = pd.DataFrame([done[c] for c in candidates]).drop(columns=["key"])
     df["delta"] = df["accuracy"] - df["baseline_accuracy"]
     df["helps"] = df["delta"] > 0

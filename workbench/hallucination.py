@@ -20,7 +20,6 @@ Results are appended item by item to JSON-lines files, so an interrupted run res
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from . import digits as D
 from .errors import WorkbenchError
+from .jsonl import append_jsonl, read_jsonl
 from .models import LoadedModel
 
 METHODS = ("none", "vhr", "var")
@@ -131,20 +131,12 @@ def mentioned_digits(text: str) -> list[int]:
 
 
 def _resume(path: Path | None) -> dict:
-    done = {}
-    if path is not None and path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[r["key"]] = r
-    return done
+    return {} if path is None else {r["key"]: r for r in read_jsonl(path)}
 
 
 def _append(path: Path | None, row: dict) -> None:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(path, row)
 
 
 def run_pope(lm: LoadedModel, images: Sequence[D.Composite], items: pd.DataFrame, method: str = "none",

@@ -12,7 +12,6 @@ score, score distribution, length x depth accuracy heatmap).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -23,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import WorkbenchError
+from ..jsonl import append_jsonl, read_jsonl
 from .needle import Needle, build_prompt, load_needles
 from .score import MAX_NEW_TOKENS, RETRIEVAL_THRESHOLD, ROUGE_THRESHOLD, greedy_decode, retrieval_hits, rouge1_recall
 
@@ -60,23 +60,8 @@ def run_test(lm, needle: Needle, length: int, depth: float, haystack: str | None
 
 def read_results(out_dir: str | Path) -> list[dict]:
     """Finished test records of a sweep directory (a truncated last line is skipped)."""
-    path = Path(out_dir) / RESULTS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(Path(out_dir) / RESULTS_FILE)
 
-
-def _append(path: Path, rec: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(rec) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @dataclass
@@ -135,9 +120,6 @@ def run_sweep(lm, lengths: Sequence[int] = DEFAULT_LENGTHS, depths: Sequence[flo
     if other:
         raise WorkbenchError(f"{path} holds results of model {sorted(other)}, not {lm.spec.name}: "
                              "choose another --out directory")
-    if done and path.read_text() and not path.read_text().endswith("\n"):
-        # a test was cut off while its line was written: drop the partial line
-        path.write_text("".join(json.dumps(r) + "\n" for r in done))
     finished = {r["key"] for r in done}
     plan = [(int(n), float(d), nd) for n in lengths for d in depths for nd in needles]
     todo = [t for t in plan if test_key(t[0], t[1], t[2].name) not in finished]
@@ -145,7 +127,7 @@ def run_sweep(lm, lengths: Sequence[int] = DEFAULT_LENGTHS, depths: Sequence[flo
     n_ok = sum(r["correct"] for r in done if r["key"] in {test_key(a, b, c.name) for a, b, c in plan})
     for length, depth, nd in todo:
         rec = run_test(lm, nd, length, depth, haystack, max_new_tokens)
-        _append(path, rec)
+        append_jsonl(path, rec)
         n_ok += rec["correct"]
         bar.update(1)
         bar.set_postfix(correct=n_ok)

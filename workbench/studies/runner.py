@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..errors import WorkbenchError
+from ..jsonl import append_jsonl, read_jsonl
 from ..interventions import HeadAblation
 from ..models import LoadedModel
 from .heads import resolve_head_set
@@ -53,29 +53,8 @@ class Condition:
 
 def read_rows(path: Path) -> list[dict]:
     """Finished condition rows of a study folder (a truncated last line is skipped)."""
-    f = path / ROWS
-    if not f.exists():
-        return []
-    rows = []
-    for line in f.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: that condition runs again
-    return rows
+    return read_jsonl(path / ROWS)
 
-
-def _append(path: Path, row: dict) -> None:
-    f = path / ROWS
-    sep = ""
-    if f.exists() and f.stat().st_size:
-        with open(f, "rb") as fh:
-            fh.seek(-1, os.SEEK_END)
-            sep = "" if fh.read(1) == b"\n" else "\n"  # end a line cut by a kill, so this row stays whole
-    with open(f, "a") as fh:
-        fh.write(sep + json.dumps(row) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def plan_conditions(spec: StudySpec, lm: LoadedModel, reports: str | Path = "reports") -> list[Condition]:
@@ -249,7 +228,7 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
             ctx = iv.applied
         task = tasks[c.task]
         values = task.evaluate(ctx)
-        _append(out, {"key": c.key, "task": c.task, "metric": task.metric, "head_set": c.head_set, "seed": c.seed,
+        append_jsonl(out / ROWS, {"key": c.key, "task": c.task, "metric": task.metric, "head_set": c.head_set, "seed": c.seed,
                       "kind": c.kind, "heads": [list(h) for h in c.heads], "n_heads": len(c.heads), "values": values})
         n_run += 1
     rows = read_rows(out)
