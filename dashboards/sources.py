@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.errors import TraceFileError, WorkbenchError
+from workbench.models import parse_heads as parse_head_list
 from workbench.trace import Trace
 
 MAX_UPLOAD_MB = 256  # per file; also passed to Streamlit as server.maxUploadSize
@@ -218,22 +219,10 @@ def parse_uploads(files: dict[str, bytes], max_mb: float = MAX_UPLOAD_MB) -> tup
 
 
 def parse_heads(spec: str) -> list[tuple[int, int]]:
-    """Parse ``"3.1, 7.4"`` (or ``3:1``) into [(3, 1), (7, 4)].
+    """Parse ``"3.1, 7.4"`` (or ``3:1``) into [(3, 1), (7, 4)]; the model range-checks them when building.
 
     Raises:
         WorkbenchError: malformed entry.
     """
-    out = []
-    for part in spec.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        sep = "." if "." in part else ":" if ":" in part else None
-        try:
-            if sep is None:
-                raise ValueError
-            a, b = part.split(sep)
-            out.append((int(a), int(b)))
-        except ValueError:
-            raise WorkbenchError(f"cannot read head {part!r}: write heads as layer.head, e.g. 3.1, 7.4") from None
-    return out
+    normalised = ",".join(p.strip().replace(":", ".") for p in spec.replace(";", ",").split(","))
+    return parse_head_list(normalised, hint="layer.head, e.g. 3.1, 7.4")

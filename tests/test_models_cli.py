@@ -98,3 +98,14 @@ def test_census_json_agrees_with_eager_maps(capsys, tmp_path, smollm2):
         assert abs(r["first_token_mass"] - first[layer, head].item()) < 1e-4
         assert abs(r["entropy"] - ent[layer, head].item()) < 1e-3
         assert abs(r["mean_distance"] - dist[layer, head].item()) < 1e-2
+
+
+def test_parse_heads_reads_lists_and_names_bad_items():
+    from workbench.errors import HeadIndexError, WorkbenchError
+    from workbench.models import parse_heads
+
+    assert parse_heads("3.1, 7.4") == [(3, 1), (7, 4)]
+    with pytest.raises(WorkbenchError, match="cannot read head '3-1'"):
+        parse_heads("3.1,3-1")
+    with pytest.raises(HeadIndexError, match="head 2.9 is out of range"):
+        parse_heads("2.9", n_layers=30, n_heads=9)

@@ -98,6 +98,35 @@ class ModelSpec:
             )
 
 
+def parse_heads(text: str, n_layers: int | None = None, n_heads: int | None = None,
+                hint: str = "LAYER.HEAD,LAYER.HEAD, e.g. 3.1,7.4") -> list[tuple[int, int]]:
+    """Parse a comma-separated head list ``"3.1,7.4"`` into [(3, 1), (7, 4)], in order.
+
+    With ``n_layers`` and ``n_heads`` every head is range-checked. Empty items are skipped, so an
+    empty string gives [] (callers that need heads say so).
+
+    Raises:
+        WorkbenchError: an item is not LAYER.HEAD (the message ends with ``hint``).
+        HeadIndexError: a head lies outside the model.
+    """
+    from .errors import WorkbenchError
+
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        pieces = part.split(".")
+        if len(pieces) != 2 or not all(p.isdigit() for p in pieces):
+            raise WorkbenchError(f"cannot read head {part!r}: use {hint}")
+        layer, h = int(pieces[0]), int(pieces[1])
+        if n_layers is not None and n_heads is not None and not (0 <= layer < n_layers and 0 <= h < n_heads):
+            raise HeadIndexError(f"head {part} is out of range: the model has layers 0..{n_layers - 1} "
+                                 f"and heads 0..{n_heads - 1}")
+        out.append((layer, h))
+    return out
+
+
 @dataclass
 class LoadedModel:
     """A model ready for tracing: the transformers model, its tokenizer and its :class:`ModelSpec`."""

@@ -8,27 +8,18 @@ from typing import Optional
 import typer
 
 from ..cli import app, emit
-from ..errors import HeadIndexError, WorkbenchError
+from ..errors import WorkbenchError
 
 
 def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
-    """Parse ``"3.1,7.4"`` into [(3, 1), (7, 4)].
+    """Parse ``--heads 3.1,7.4`` into [(3, 1), (7, 4)] (see :func:`workbench.models.parse_heads`).
 
     Raises:
-        WorkbenchError: malformed item. HeadIndexError: out of range.
+        WorkbenchError: malformed or empty. HeadIndexError: out of range.
     """
-    out = []
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        parts = item.split(".")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise WorkbenchError(f"bad head {item!r}: write heads as LAYER.HEAD, e.g. --heads 3.1,7.4")
-        layer, h = int(parts[0]), int(parts[1])
-        if not (0 <= layer < n_layers and 0 <= h < n_heads):
-            raise HeadIndexError(f"head {item} is out of range: the model has layers 0..{n_layers - 1} and heads 0..{n_heads - 1}")
-        out.append((layer, h))
+    from ..models import parse_heads as parse_head_list
+
+    out = parse_head_list(spec, n_layers, n_heads, hint="LAYER.HEAD, e.g. --heads 3.1,7.4")
     if not out:
         raise WorkbenchError("--heads is empty: give heads as LAYER.HEAD,... or use --search")
     return out

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from ..errors import HeadIndexError, WorkbenchError
+from ..errors import WorkbenchError
 from ..interventions import HeadAblation
+from ..models import parse_heads
 from .needle import Needle, build_prompt, load_needles
 from .score import MAX_NEW_TOKENS, ROUGE_THRESHOLD, greedy_decode, prefill, rouge1_recall
 from .sweep import RETRIEVAL_THRESHOLD
@@ -57,16 +57,11 @@ def select_heads(spec_str: str, n_layers: int, n_heads: int, scores: pd.DataFram
         if k > len(pool):
             raise WorkbenchError(f"random:{k} asks for more than the {len(pool)} non-retrieval heads")
         return sorted(random.Random(seed).sample(pool, k))
-    heads = []
-    for part in s.split(","):
-        mm = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", part)
-        if not mm:
-            raise WorkbenchError(f"cannot read head {part!r}: use retrieval:top-K, random:K or LAYER.HEAD,LAYER.HEAD")
-        a, b = int(mm.group(1)), int(mm.group(2))
-        if not (0 <= a < n_layers and 0 <= b < n_heads):
-            raise HeadIndexError(f"head {a}.{b} is outside the model ({n_layers} layers x {n_heads} heads)")
-        heads.append((a, b))
-    return sorted(set(heads))
+    hint = "retrieval:top-K, random:K or LAYER.HEAD,LAYER.HEAD"
+    empty = [p for p in s.split(",") if not p.strip()]
+    if empty:
+        raise WorkbenchError(f"cannot read head {empty[0]!r}: use {hint}")
+    return sorted(set(parse_heads(s, n_layers, n_heads, hint=hint)))
 
 
 @dataclass
