@@ -14,14 +14,25 @@ Definitions (../shared/REFERENCES.md):
   where ``s_ij`` is the scaled score.
 * mean attention distance of query i, in tokens: ``sum_j A_ij (i - j)``.
 * top key of query i: ``argmax_j A_ij`` (the retrieval-score statistic of Wu et al. 2024).
+
+Sampled received attention (optional, our addition; no paper prescribes it): the exact column
+sums cost one extra QK^T product per layer, as much as the fused kernel itself at long contexts
+(``benchmarks/profile_attention.py``). :func:`sampled_received` instead averages ``A[i,k]`` over
+a uniform random subset of m query rows (without replacement) and states a per-entry error bound,
+:func:`hoeffding_serfling_bound`; its cost is O(m N) per head instead of O(N^2).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .attention import AttentionCall
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 23  # 8M floats = 32 MiB per score block
+# 1M floats = 4 MiB per score block: measured fastest on a 2-core AMD EPYC (1 MiB L2 per core,
+# 32 MiB L3) at 2048-8192 tokens; 8M-float blocks were up to 3x slower (benchmarks/profile_attention.py).
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+DEFAULT_BOUND_DELTA = 0.05
 
 
 def _chunk_rows(call: AttentionCall, chunk_elements: int) -> int:
@@ -30,7 +41,8 @@ def _chunk_rows(call: AttentionCall, chunk_elements: int) -> int:
 
 
 def head_statistics(call: AttentionCall, heads: list[int] | None = None, received: bool = True,
-                    rows: bool = True, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> dict[str, torch.Tensor]:
+                    rows: bool = True, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                    sample_rows: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
     """Per-head attention statistics of one attention call, computed in query chunks.
 
     Args:
@@ -39,18 +51,120 @@ def head_statistics(call: AttentionCall, heads: list[int] | None = None, receive
         received: compute column sums for the mean received attention.
         rows: compute per-query entropy, distance and top key.
         chunk_elements: size of one score block in floats (memory knob; results do not depend on it).
+        sample_rows: estimate the received attention from this many uniformly sampled query rows
+            (:func:`sampled_received`) when ``rows`` is False and the call has more queries; None = exact.
+            Row statistics need every row anyway, so with ``rows`` True the received attention is exact.
+        seed: seed of the row sample.
 
     Returns:
         dict with, where requested (H = len(heads)):
             ``received_sum`` (B, H, Nk) float32: sum over this call's queries of A[i,k];
             ``received_count`` (B or 1, 1, Nk) float32: how many of this call's queries see key k;
             ``entropy`` (B, H, Nq) nats; ``distance`` (B, H, Nq) tokens;
-            ``top_key`` (B, H, Nq) int64 key index; ``top_prob`` (B, H, Nq) its probability.
+            ``top_key`` (B, H, Nq) int64 key index; ``top_prob`` (B, H, Nq) its probability;
+            with sampling also ``received_population`` (B or 1, 1, Nk), the queries that see key k
+            (``received_count`` is then the sampled ones).
     """
-    hq = call.query.shape[1]
+    hq, nq = call.query.shape[1], call.query.shape[2]
+    if received and not rows and sample_rows is not None and sample_rows < nq:
+        return sampled_received(call, sample_query_rows(nq, sample_rows, seed), heads, chunk_elements)
     if call.mask is None and (heads is None or list(heads) == list(range(hq))):
         return _causal_statistics(call, received, rows, chunk_elements)
     return _masked_statistics(call, heads, received, rows, chunk_elements)
+
+
+def sample_query_rows(n_queries: int, n_rows: int, seed: int = 0) -> torch.Tensor:
+    """A sorted uniform random subset of ``n_rows`` of the query indices ``0..n_queries-1`` (without
+    replacement; all of them when ``n_rows >= n_queries``), reproducible from ``seed``. Shape (m,) int64."""
+    if n_rows >= n_queries:
+        return torch.arange(n_queries)
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_queries, generator=g)[:n_rows].sort().values
+
+
+def sampled_received(call: AttentionCall, rows: torch.Tensor, heads: list[int] | None = None,
+                     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> dict[str, torch.Tensor]:
+    """Received attention estimated from a subset of query rows.
+
+    ``s_k`` is estimated by the mean of ``A[i,k]`` over the sampled rows i that see key k. The rows are
+    a uniform random subset (:func:`sample_query_rows`), so for each key the sampled rows that see it are
+    a uniform random subset of the queries that see it, and the estimate is unbiased given its count.
+
+    Args:
+        call: the attention call (queries (B, Hq, Nq, D)).
+        rows: (m,) sorted int64 query indices into this call's queries.
+        heads: query heads (default all).
+        chunk_elements: score-block size in floats.
+    Returns:
+        ``received_sum`` (B, H, Nk): sum of A[i,k] over the sampled rows;
+        ``received_count`` (B or 1, 1, Nk): sampled rows that see key k (m_k);
+        ``received_population`` (B or 1, 1, Nk): all of this call's queries that see key k (n_k).
+    Cost: O(m * Nk * D) per head and O(chunk_elements) extra memory.
+    """
+    b, hq, nq, d = call.query.shape
+    hkv, nk = call.key.shape[1], call.key.shape[2]
+    rep, off = hq // hkv, call.q_offset
+    hsel = list(range(hq)) if heads is None else list(heads)
+    bm = 1 if call.mask is None else call.mask.shape[0]
+    rsum = torch.zeros(b, len(hsel), nk)
+    rcount = torch.zeros(bm, 1, nk)
+    if call.mask is None:
+        kidx = torch.arange(nk, dtype=torch.float32)
+        population = (nq - (kidx - off).clamp_min(0)).clamp_min(0).view(1, 1, nk)
+    else:
+        population = torch.zeros(bm, 1, nk)
+        step_all = max(1, chunk_elements // max(1, bm * nk))
+        for a in range(0, nq, step_all):
+            population += call.visible(a, min(nq, a + step_all)).sum(dim=2, dtype=torch.float32)
+    k = call.key.float()
+    lse = call.lse if heads is None else call.lse[:, hsel]
+    step = max(1, chunk_elements // max(1, b * hq * nk))
+    kpos = torch.arange(nk)
+    for a in range(0, rows.numel(), step):
+        r = rows[a: a + step]
+        c = r.numel()
+        kmax = nk if call.mask is not None else min(nk, int(r[-1]) + off + 1)
+        q = call.query[:, :, r].float().reshape(b, hkv, rep * c, d)
+        s = torch.matmul(q, k[:, :, :kmax].transpose(-1, -2)).view(b, hq, c, kmax)
+        if heads is not None:
+            s = s[:, hsel]
+        s = s.mul_(call.scale).sub_(lse[:, :, r, None])
+        if call.mask is None:
+            vis = (kpos[None, :kmax] <= (r + off)[:, None])[None, None]
+        else:
+            vis = torch.isfinite(call.mask[:, :, r, :kmax])
+        p = s.exp_().masked_fill_(~vis, 0.0)
+        rsum[..., :kmax] += p.sum(dim=2)
+        rcount[..., :kmax] += vis.sum(dim=2, dtype=torch.float32)
+    return {"received_sum": rsum, "received_count": rcount, "received_population": population}
+
+
+def hoeffding_serfling_bound(sampled: torch.Tensor, population: torch.Tensor,
+                             delta: float = DEFAULT_BOUND_DELTA) -> torch.Tensor:
+    """Half-width of a two-sided (1 - delta) confidence interval for a mean estimated by sampling
+    without replacement, for values in [0, 1] (attention probabilities).
+
+    Hoeffding-Serfling inequality (Serfling 1974; Bardenet & Maillard 2015, Bernoulli 21(3), Cor. 2.5):
+    ``P(|mean_n - mu| >= eps) <= 2 exp(-2 n eps^2 / ((1 - n/N)(1 + 1/n)))``, solved for eps:
+    ``eps = sqrt((1 - n/N)(1 + 1/n) ln(2/delta) / (2n))``. 0 where n = N (nothing was left out), 1 where
+    n = 0 (no information). The statement holds for each entry separately; for all K entries at once,
+    use delta / K (union bound).
+
+    Args:
+        sampled: n, the number of sampled rows that see each key (any shape).
+        population: N, the number of all rows that see each key (same shape).
+        delta: failure probability per entry.
+    Returns:
+        eps, same shape, in attention-probability units.
+    """
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    n = sampled.float()
+    big_n = population.float().clamp_min(1.0)
+    frac = (1.0 - n / big_n).clamp_min(0.0)
+    eps = torch.sqrt(frac * (1.0 + 1.0 / n.clamp_min(1.0)) * math.log(2.0 / delta) / (2.0 * n.clamp_min(1.0)))
+    eps = torch.where(n >= big_n, torch.zeros_like(eps), eps)
+    return torch.where(n <= 0, torch.ones_like(eps), eps.clamp_max(1.0))
 
 
 def _causal_statistics(call: AttentionCall, received: bool, rows: bool, chunk_elements: int) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ name               axes                                        meaning
 =================  ==========================================  ==========================
 ``pattern``        (layer, batch, head, query, key)             A[i,j] for a query window
 ``received``       (layer, batch, head, key)                   mean received attention s_k
+``received_bound`` (layer, batch, key)                         its error bound, when row-sampled
 ``entropy``        (layer, batch, head, query)                 attention entropy (nats)
 ``distance``       (layer, batch, head, query)                 mean attention distance (tokens)
 ``top_key``        (layer, batch, head, query)                 argmax_j A[i,j]
@@ -96,16 +97,20 @@ class Trace:
         """Long-form DataFrame of one array: a column per axis (model layer/head numbers) plus ``value``."""
         arr = self[name]
         dims = self.dims[name]
-        index = pd.MultiIndex.from_product([self._coords(d, n) for d, n in zip(dims, arr.shape)], names=list(dims))
+        index = pd.MultiIndex.from_product([self._coords(d, n, name) for d, n in zip(dims, arr.shape)],
+                                           names=list(dims))
         return pd.DataFrame({"value": arr.detach().float().reshape(-1).numpy()}, index=index).reset_index()
 
-    def _coords(self, dim: str, n: int) -> list[int]:
+    def _coords(self, dim: str, n: int, name: str = "") -> list[int]:
+        """Model numbers along an axis: recorded layers/heads, absolute query positions."""
         if dim == "layer" and len(self.layers) == n:
             return self.layers
         if dim == "head" and len(self.heads) == n:
             return self.heads
-        if dim == "query" and "query_start" in self.meta:
-            return list(range(self.meta["query_start"], self.meta["query_start"] + n))
+        if dim == "query":
+            # the pattern window starts at ``query_start``; row statistics at ``rows_from``
+            start = self.meta.get("query_start", 0) if name == "pattern" else self.meta.get("rows_from", 0)
+            return list(range(start, start + n))
         return list(range(n))
 
     # --- files -----------------------------------------------------------------------------

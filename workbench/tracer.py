@@ -15,6 +15,7 @@ which is bounded by ``memory_budget_bytes``. Calls during ``generate()`` append 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import Iterable, Sequence
 
 import torch
@@ -47,6 +48,17 @@ class Tracer:
         resid_pre: record the residual stream entering each layer (layer, batch, pos, d_model).
         memory_budget_bytes: bound on the bytes of ``pattern``; exceeding it raises MemoryBudgetError.
         chunk_elements: score-block size for the chunked statistics.
+        received_sample_rows: estimate ``received`` from this many uniformly sampled query rows per
+            attention call instead of all of them (O(m N) instead of O(N^2) per head), when no row
+            statistic is recorded. The trace then also holds ``received_bound`` (layer, batch, key), the
+            Hoeffding-Serfling half-width (:func:`workbench.stats.hoeffding_serfling_bound`) that each
+            entry of ``received`` is within with probability ``1 - bound_delta``. None = exact.
+        bound_delta: failure probability of that bound, per entry.
+        seed: seed of the row sample (the same rows in every layer).
+        rows_from: record nothing for queries before this absolute position (statistics, key-set mass,
+            ``z``); e.g. the prompt length, to record only the tokens ``generate()`` decodes, as retrieval
+            scoring needs, without computing statistics for every prompt row. Row arrays then start at
+            query ``rows_from`` (``meta["rows_from"]``) and ``received`` averages over those queries only.
 
     Raises:
         HeadIndexError: a layer or head is out of range.
@@ -56,7 +68,9 @@ class Tracer:
     def __init__(self, lm: LoadedModel, layers: Iterable[int] | None = None, heads: Iterable[int] | None = None,
                  stats: Sequence[str] = (), key_sets: dict[str, torch.Tensor] | None = None,
                  pattern_window: tuple[int, int] | None = None, z: bool = False, resid_pre: bool = False,
-                 memory_budget_bytes: int = DEFAULT_BUDGET, chunk_elements: int = S.DEFAULT_CHUNK_ELEMENTS):
+                 memory_budget_bytes: int = DEFAULT_BUDGET, chunk_elements: int = S.DEFAULT_CHUNK_ELEMENTS,
+                 received_sample_rows: int | None = None, bound_delta: float = S.DEFAULT_BOUND_DELTA, seed: int = 0,
+                 rows_from: int = 0):
         spec = lm.spec
         self.lm = lm
         self.layers = list(range(spec.n_layers)) if layers is None else sorted(set(int(x) for x in layers))
@@ -77,6 +91,14 @@ class Tracer:
         self.resid_pre = resid_pre
         self.budget = memory_budget_bytes
         self.chunk_elements = chunk_elements
+        if received_sample_rows is not None and received_sample_rows < 1:
+            raise ValueError(f"received_sample_rows must be a positive number of query rows, got {received_sample_rows}")
+        if not 0 < bound_delta < 1:
+            raise ValueError(f"bound_delta must be in (0, 1), got {bound_delta}")
+        self.sample_rows, self.bound_delta, self.seed = received_sample_rows, bound_delta, seed
+        if rows_from < 0:
+            raise ValueError(f"rows_from must be >= 0, got {rows_from}")
+        self.rows_from = int(rows_from)
         self._head_arg = None if self.heads == list(range(spec.n_heads)) else self.heads
         self._layer_set = set(self.layers)
         self.reset()
@@ -88,6 +110,7 @@ class Tracer:
         self._rows: dict[str, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
         self._recv_sum: dict[int, torch.Tensor] = {}
         self._recv_count: dict[int, torch.Tensor] = {}
+        self._recv_pop: dict[int, torch.Tensor] = {}
         self._pattern: dict[int, list[torch.Tensor]] = defaultdict(list)
         self._resid: dict[int, list[torch.Tensor]] = defaultdict(list)
         self._handles: list = []
@@ -157,20 +180,30 @@ class Tracer:
         if layer not in self._layer_set:
             return None
         heads = self._head_arg
+        pattern_call = call
+        if self.rows_from > call.q_offset:
+            call = _later_queries(call, self.rows_from - call.q_offset)
+            if call is None:
+                return self._pattern_rows(pattern_call, heads)
         want_rows = any(s in self.stats for s in ROW_STATS)
         if "received" in self.stats or want_rows:
             st = S.head_statistics(call, heads, received="received" in self.stats, rows=want_rows,
-                                   chunk_elements=self.chunk_elements)
+                                   chunk_elements=self.chunk_elements, sample_rows=self.sample_rows, seed=self.seed)
             for name in ROW_STATS:
                 if name in self.stats:
                     self._rows[name][layer].append(st[name])
             if "received" in self.stats:
-                self._accumulate_received(layer, st["received_sum"], st["received_count"])
+                self._accumulate_received(layer, st["received_sum"], st["received_count"],
+                                          st.get("received_population", st["received_count"]))
         for name, keys in self.key_sets.items():
             self._rows["mass." + name][layer].append(S.key_mass(call, keys, heads))
         if self.z:
             out = call.output if heads is None else call.output[:, heads]
             self._rows["z"][layer].append(out.transpose(1, 2).detach().float().clone())
+        return self._pattern_rows(pattern_call, heads)
+
+    def _pattern_rows(self, call: AttentionCall, heads: list[int] | None) -> None:
+        """Store the rows of the pattern window that this call computes (if any)."""
         if self.pattern_window is not None:
             q0, q1 = self.pattern_window
             first = call.q_offset
@@ -180,18 +213,20 @@ class Tracer:
                 rows = S.pattern_rows(call, a - first, b - first, q1, heads)
                 if rows.shape[-1] < q1:
                     rows = torch.nn.functional.pad(rows, (0, q1 - rows.shape[-1]))
-                self._pattern[layer].append(rows)
+                self._pattern[call.layer].append(rows)
         return None
 
-    def _accumulate_received(self, layer: int, rsum: torch.Tensor, rcount: torch.Tensor) -> None:
-        old = self._recv_sum.get(layer)
-        if old is not None:
-            rsum = rsum.clone()
-            rsum[..., : old.shape[-1]] += old
-            c = rcount.clone()
-            c[..., : old.shape[-1]] += self._recv_count[layer]
-            rcount = c
-        self._recv_sum[layer], self._recv_count[layer] = rsum, rcount
+    def _accumulate_received(self, layer: int, rsum: torch.Tensor, rcount: torch.Tensor, pop: torch.Tensor) -> None:
+        """Add one call's sums and counts to the layer's (calls during generate() see more keys each time)."""
+        def add(store: dict[int, torch.Tensor], new: torch.Tensor) -> None:
+            old = store.get(layer)
+            if old is not None:
+                new = new.clone()
+                new[..., : old.shape[-1]] += old
+            store[layer] = new
+        add(self._recv_sum, rsum)
+        add(self._recv_count, rcount)
+        add(self._recv_pop, pop)
 
     # --- result -----------------------------------------------------------------------------
 
@@ -213,10 +248,19 @@ class Tracer:
             s = torch.stack([self._recv_sum[layer] for layer in self.layers])
             c = torch.stack([self._recv_count[layer] for layer in self.layers])
             tr.add("received", s / c.clamp_min(1.0), ("layer", "batch", "head", "key"))
+            if self.sample_rows is not None:
+                pop = torch.stack([self._recv_pop[layer] for layer in self.layers])
+                bound = S.hoeffding_serfling_bound(c, pop, self.bound_delta)[:, :, 0]
+                tr.add("received_bound", bound, ("layer", "batch", "key"))
+                tr.meta["received_sampling"] = {
+                    "rows": self.sample_rows, "seed": self.seed, "delta": self.bound_delta,
+                    "bound": "Hoeffding-Serfling (Bardenet & Maillard 2015, Cor. 2.5), two-sided, per entry"}
         if self._pattern:
             tr.add("pattern", torch.stack([torch.cat(self._pattern[layer], dim=2) for layer in self.layers]),
                    ("layer", "batch", "head", "query", "key"))
             tr.meta["query_start"] = self.pattern_window[0]
+        if self.rows_from:
+            tr.meta["rows_from"] = self.rows_from
         if self._resid:
             tr.add("resid_pre", torch.stack([torch.cat(self._resid[layer], dim=1) for layer in self.layers]),
                    ("layer", "batch", "pos", "d_model"))
@@ -224,3 +268,12 @@ class Tracer:
             tr.add("tokens", input_ids.detach().long().cpu(), ("batch", "pos"))
             tr.meta["token_strings"] = [self.lm.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
         return tr
+
+
+def _later_queries(call: AttentionCall, start: int) -> AttentionCall | None:
+    """The same call restricted to its queries ``start:`` (None if there are none). Without a mask the
+    causal alignment stays bottom-right, so the sliced call's ``q_offset`` is the right one."""
+    if start >= call.query.shape[2]:
+        return None
+    return replace(call, query=call.query[:, :, start:], output=call.output[:, :, start:], lse=call.lse[:, :, start:],
+                   mask=None if call.mask is None else call.mask[:, :, start:])

@@ -1,0 +1,105 @@
+"""Row-sampled received attention and decode-only recording: what they estimate, and their stated bound."""
+import pytest
+import torch
+
+from tests.test_tracer import eager_maps, stats_from_maps
+from workbench import Tracer
+from workbench.stats import hoeffding_serfling_bound, sample_query_rows
+
+
+def test_sample_query_rows_is_a_sorted_reproducible_subset():
+    r = sample_query_rows(100, 30, seed=4)
+    assert r.numel() == 30 and torch.equal(r, r.sort().values) and r.unique().numel() == 30
+    assert torch.equal(r, sample_query_rows(100, 30, seed=4))
+    assert not torch.equal(r, sample_query_rows(100, 30, seed=5))
+    assert torch.equal(sample_query_rows(10, 50), torch.arange(10))
+
+
+def test_bound_is_zero_when_all_rows_are_sampled_and_shrinks_with_more_rows():
+    pop = torch.full((4,), 1000.0)
+    eps = hoeffding_serfling_bound(torch.tensor([0.0, 10.0, 100.0, 1000.0]), pop, delta=0.05)
+    assert eps[0] == 1.0 and eps[3] == 0.0
+    assert 1.0 > eps[1] > eps[2] > 0.0
+    # with replacement-free sampling from a huge population it tends to Hoeffding's sqrt(ln(2/delta)/(2n))
+    huge = hoeffding_serfling_bound(torch.tensor([100.0]), torch.tensor([1e9]), 0.05)
+    assert huge.item() == pytest.approx((torch.log(torch.tensor(40.0)) / 200).sqrt().item() * (1.01) ** 0.5, rel=1e-4)
+    with pytest.raises(ValueError, match="delta"):
+        hoeffding_serfling_bound(pop, pop, delta=1.5)
+
+
+def test_sampled_received_equals_exact_mean_over_the_sampled_rows(tiny_lm):
+    """With a planted row sample, the estimate is exactly the eager mean over those rows."""
+    ids = torch.randint(3, 97, (2, 64))
+    A, _ = eager_maps(tiny_lm, ids)
+    tr = Tracer(tiny_lm, stats=("received",), received_sample_rows=20, seed=7, chunk_elements=200).run(ids)
+    rows = sample_query_rows(64, 20, seed=7)
+    sub = A[:, :, :, rows]  # (L, B, H, m, N); hidden entries are 0
+    seen = (torch.arange(64)[None, :] <= rows[:, None]).sum(0).float()  # sampled rows that see key k
+    ref = sub.sum(3) / seen.clamp_min(1)
+    assert torch.allclose(tr["received"], ref, atol=1e-5)
+    n_k = torch.arange(64, 0, -1).float()
+    assert torch.allclose(tr["received_bound"][0, 0], hoeffding_serfling_bound(seen, n_k, 0.05))
+    assert tr.meta["received_sampling"]["rows"] == 20
+
+
+def test_sampling_all_rows_is_exact_and_padding_is_respected(tiny_lm):
+    torch.manual_seed(3)
+    a = torch.randint(3, 97, (1, 24))
+    ids = torch.cat([a, torch.cat([torch.zeros(1, 6, dtype=torch.long), a[:, :18]], 1)])
+    mask = torch.ones_like(ids)
+    mask[1, :6] = 0
+    exact = Tracer(tiny_lm, stats=("received",)).run(ids, attention_mask=mask)
+    full_sample = Tracer(tiny_lm, stats=("received",), received_sample_rows=24).run(ids, attention_mask=mask)
+    assert torch.allclose(exact["received"], full_sample["received"], atol=1e-6)
+    # a real subsample under padding: the padded row's hidden keys get no sampled rows and bound 1
+    part = Tracer(tiny_lm, stats=("received",), received_sample_rows=12, seed=1).run(ids, attention_mask=mask)
+    assert torch.all(part["received_bound"][:, 1, :6] == 1.0)
+    assert torch.all(part["received"][:, 1, :, :6] == 0.0)
+
+
+@pytest.mark.slow
+def test_real_model_sampled_received_is_within_its_bound(smollm2):
+    """SmolLM2 on 1024 tokens of real prose: every (layer, head, key) estimate from 128 of 1024 rows
+    is within the stated bound of the exact value (the bound is for 95% per entry; it is loose)."""
+    from workbench.text import token_windows
+
+    ids = token_windows(smollm2.tokenizer, 1024, 1)
+    exact = Tracer(smollm2, stats=("received",)).run(ids)["received"]
+    tr = Tracer(smollm2, stats=("received",), received_sample_rows=128, seed=0).run(ids)
+    err = (tr["received"] - exact).abs()
+    bound = tr["received_bound"][:, :, None, :].expand_as(err)
+    assert (err <= bound).float().mean() > 0.99
+    # the sink statistic of interest, first-token mass, is close and finds the same sink heads
+    assert (err[..., 0] <= bound[..., 0]).float().mean() > 0.95
+    assert ((tr["received"][..., 0] > 0.3) == (exact[..., 0] > 0.3)).float().mean() > 0.97
+
+
+def test_rows_from_records_only_decoded_queries(tiny_lm):
+    ids = torch.randint(3, 97, (1, 12))
+    tracer = Tracer(tiny_lm, stats=("entropy", "top_key"), z=True, rows_from=12)
+    with torch.no_grad(), tracer:
+        seq = tiny_lm.model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    gen = tracer.trace(seq)
+    full = Tracer(tiny_lm, stats=("entropy", "top_key"), z=True).run(seq[:, :-1])
+    assert gen["top_key"].shape[-1] == seq.shape[1] - 1 - 12
+    assert torch.equal(gen["top_key"], full["top_key"][..., 12:])
+    assert torch.allclose(gen["entropy"], full["entropy"][..., 12:], atol=1e-4)
+    assert torch.allclose(gen["z"], full["z"][:, :, 12:], atol=1e-5)
+    frame = gen.to_frame("entropy")
+    assert frame["query"].min() == 12 and frame["query"].max() == seq.shape[1] - 2
+
+
+def test_row_arrays_and_pattern_window_have_their_own_query_coordinates(tiny_lm):
+    ids = torch.randint(3, 97, (1, 20))
+    tr = Tracer(tiny_lm, stats=("entropy",), pattern_window=(5, 12)).run(ids)
+    assert tr.to_frame("entropy")["query"].min() == 0
+    assert tr.to_frame("pattern")["query"].min() == 5
+
+
+def test_bad_sampling_arguments(tiny_lm):
+    with pytest.raises(ValueError, match="received_sample_rows"):
+        Tracer(tiny_lm, stats=("received",), received_sample_rows=0)
+    with pytest.raises(ValueError, match="bound_delta"):
+        Tracer(tiny_lm, stats=("received",), received_sample_rows=4, bound_delta=0.0)
+    with pytest.raises(ValueError, match="rows_from"):
+        Tracer(tiny_lm, rows_from=-1)
