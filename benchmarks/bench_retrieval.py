@@ -24,7 +24,7 @@ def worker(method: str, length: int, repeats: int) -> dict:
 
     from workbench import load_model
     from workbench.retrieval.needle import NEEDLES, build_prompt
-    from workbench.retrieval.score import greedy_decode, prefill
+    from workbench.retrieval.score import greedy_decode
 
     lm = load_model("smollm2-135m")
     p = build_prompt(lm.tokenizer, NEEDLES[0], length, 50)

@@ -11,16 +11,25 @@ peak extra resident memory of:
 
 =====================  ==========================================================================
 ``plain``              stock transformers SDPA forward: the floor every ratio is taken against
-``ours_sinks``         workbench Tracer: mean received attention (sink statistic), all layers/heads
+``ours_sinks``         workbench Tracer: mean received attention (sink statistic), all layers/heads, exact
+``ours_sinks_sampled`` the same estimated from 1024 sampled query rows per layer, with its stated
+                       Hoeffding-Serfling bound (``Tracer(received_sample_rows=1024)``; the max error
+                       against ``ours_sinks`` and the bound on the first token are in the row)
 ``ours_sinks_needle``  the same plus attention mass on a 16-token needle span for every query
 ``ours_uniform_mask``  uniform-attention masking (Wu et al. 2024) of 20 heads, closed form
 ``ours_act``           ACT calibration (Yu et al. 2024) of 20 heads, closed form, sink sets detected per input
 ``hf_eager``           transformers eager attention with ``output_attentions=True``
 ``tl_bridge``          TransformerLens ``TransformerBridge.run_with_cache`` keeping every ``hook_pattern``
 ``nnsight``            nnsight trace saving every layer's attention probabilities (eager)
-``gen_plain``          greedy generation of 32 tokens after the context (per-token seconds)
-``gen_traced``         the same with the tracer recording each step's top key (retrieval scoring)
+``gen_plain``          stock SDPA greedy ``generate()`` after a prompt of min(N, 2048) tokens
+``gen_traced``         the same with the Tracer recording each decoded token's top key
+                       (``rows_from`` = prompt length: the statistic retrieval scoring uses)
+``gen_retrieval``      the retrieval scorer itself (``greedy_decode`` with its top-key recorder)
 =====================  ==========================================================================
+
+Generation rows report seconds per decoded token, measured as the difference between a run of
+1 + ``--gen-tokens`` new tokens and a run of 1, so the prefill is not counted; their ratios are
+against ``gen_plain``'s per-token time. A second table gives ours against each other tool.
 
 A configuration whose estimated memory exceeds 60% of the memory available at that moment is
 skipped and reported as such instead of crashing the machine.
@@ -47,6 +56,7 @@ from workbench.models import cache_dir  # noqa: E402
 from workbench.text import token_windows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MIN_BASE_MIB = 16
 HEADS20 = [(layer, h) for layer in range(10, 30, 2) for h in (0, 4)]  # 20 heads spread over the depth
 
 
@@ -102,7 +112,16 @@ def run(lengths: list[int], long_lengths: list[int], repeats: int, threads: int,
 
         record(n, "plain", measure(plain, reps))
         sinks = Tracer(lm, stats=("received",))
-        record(n, "ours_sinks", measure(lambda: sinks.run(ids, allow_longer=True), reps))
+        kept = {}  # the last trace of each measured run, to compare the estimate with the exact statistic
+        record(n, "ours_sinks", measure(lambda: kept.__setitem__("exact", sinks.run(ids, allow_longer=True)), reps))
+        sampled = Tracer(lm, stats=("received",), received_sample_rows=1024)
+        row = measure(lambda: kept.__setitem__("est", sampled.run(ids, allow_longer=True)), reps)
+        exact, est = kept.pop("exact"), kept.pop("est")
+        row["max_abs_error"] = float((exact["received"] - est["received"]).abs().max())
+        row["max_abs_error_first_token"] = float((exact["received"][..., 0] - est["received"][..., 0]).abs().max())
+        row["bound_first_token"] = float(est["received_bound"][0, 0, 0])
+        del exact, est
+        record(n, "ours_sinks_sampled", row)
         if ours_only:  # past the comparison lengths: the tracer alone, to show it still fits
             continue
         needle = Tracer(lm, stats=("received",), key_sets={"needle": torch.arange(n // 2, n // 2 + 16)})
@@ -146,40 +165,85 @@ def run(lengths: list[int], long_lengths: list[int], repeats: int, threads: int,
             from nnsight_probs import save_attention_probs
 
             record(n, "nnsight", measure(lambda: save_attention_probs(nnmodel, ids, spec.n_layers), max(1, reps - 1)))
-        # generation: per-token cost with and without retrieval-score tracing
-        prompt = ids[:, : min(n, 2048)]
-
-        def gen(traced: bool):
-            def f():
-                kw = dict(max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=False,
-                          pad_token_id=tok.eos_token_id)
-                with torch.no_grad():
-                    if traced:
-                        with Tracer(lm, stats=("top_key",)):
-                            model.generate(prompt, **kw)
-                    else:
-                        model.generate(prompt, **kw)
-            return f
-
         if n == lengths[0] or n == 2048:
-            g0 = measure(gen(False), 1)
-            g1 = measure(gen(True), 1)
-            g0["seconds_per_token"] = g0["seconds"] / gen_tokens
-            g1["seconds_per_token"] = g1["seconds"] / gen_tokens
-            record(prompt.shape[1], "gen_plain", g0)
-            record(prompt.shape[1], "gen_traced", g1)
+            for method, fn in generation_methods(lm, ids[:, : min(n, 2048)], gen_tokens).items():
+                record(min(n, 2048), method, per_token(fn, gen_tokens))
     # ratios against plain at the same length
     base = {r["tokens"]: r for r in rows if r["method"] == "plain"}
     gbase = {r["tokens"]: r for r in rows if r["method"] == "gen_plain"}
     for r in rows:
-        ref = gbase.get(r["tokens"]) if r["method"].startswith("gen_") else base.get(r["tokens"])
+        gen = r["method"].startswith("gen_")
+        ref = gbase.get(r["tokens"]) if gen else base.get(r["tokens"])
         if ref and "seconds" in r:
-            r["time_ratio"] = r["seconds"] / ref["seconds"]
-            r["memory_ratio"] = r["peak_mib"] / max(ref["peak_mib"], 1.0)
+            key = "seconds_per_token" if gen else "seconds"
+            r["time_ratio"] = r[key] / ref[key]
+            if ref["peak_mib"] >= MIN_BASE_MIB:  # a smaller baseline is allocator reuse, not a measurement
+                r["memory_ratio"] = r["peak_mib"] / ref["peak_mib"]
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
                "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d %H:%M")}
-    return {"model": spec.name, "machine": machine, "rows": rows}
+    return {"model": spec.name, "machine": machine, "rows": rows, "versus": versus_others(rows)}
+
+
+def generation_methods(lm, prompt: torch.Tensor, gen_tokens: int) -> dict:
+    """name -> fn(new_tokens) for the generation rows (each returns the number of tokens it emitted)."""
+    from workbench.retrieval.score import greedy_decode
+
+    model, tok = lm.model, lm.tokenizer
+
+    def hf(traced: bool):
+        def f(k: int) -> int:
+            kw = {"max_new_tokens": k, "min_new_tokens": k, "do_sample": False, "pad_token_id": tok.eos_token_id}
+            with torch.no_grad():
+                if traced:
+                    with Tracer(lm, stats=("top_key",), rows_from=prompt.shape[1]):
+                        out = model.generate(prompt, **kw)
+                else:
+                    model.set_attn_implementation("sdpa")
+                    try:
+                        out = model.generate(prompt, **kw)
+                    finally:
+                        model.set_attn_implementation("workbench")
+            return out.shape[1] - prompt.shape[1]
+        return f
+
+    def retrieval(k: int) -> int:
+        return len(greedy_decode(lm, prompt, max_new_tokens=k, stop_at_newline=False).tokens)
+
+    return {"gen_plain": hf(False), "gen_traced": hf(True), "gen_retrieval": retrieval}
+
+
+def per_token(fn, gen_tokens: int) -> dict:
+    """Seconds per decoded token, (t(1 + k tokens) - t(1 token)) / k: the prefill cancels out."""
+    fn(2)  # warm-up
+    short = _measure(lambda: fn(1), 1, warmup=0)
+    emitted = []
+    long = _measure(lambda: emitted.append(fn(1 + gen_tokens)), 1, warmup=0)
+    k = max(1, emitted[-1] - 1)
+    return {"seconds": long["seconds"], "peak_mib": long["peak_mib"], "prefill_seconds": short["seconds"],
+            "decoded_tokens": k, "seconds_per_token": (long["seconds"] - short["seconds"]) / k}
+
+
+def versus_others(rows: list[dict]) -> list[dict]:
+    """Ours (exact sink statistics, and sampled) against each other tool at each length: time and memory ratios,
+    or why the other tool could not run."""
+    by = {(r["tokens"], r["method"]): r for r in rows}
+    out = []
+    for n in sorted({r["tokens"] for r in rows if r["method"] == "plain"}):
+        for ours in ("ours_sinks", "ours_sinks_sampled"):
+            o = by.get((n, ours))
+            if o is None or "seconds" not in o:
+                continue
+            for other in ("hf_eager", "tl_bridge", "nnsight"):
+                t = by.get((n, other))
+                if t is None:
+                    cell = {"note": "not run at this length (ours only)"}
+                elif "skipped" in t:
+                    cell = {"note": "could not run: " + t["skipped"]}
+                else:
+                    cell = {"time_ratio": o["seconds"] / t["seconds"], "memory_ratio": o["peak_mib"] / max(t["peak_mib"], 1.0)}
+                out.append({"tokens": n, "ours": ours, "other": other, **cell})
+    return out
 
 
 def _fmt(r: dict) -> str:
@@ -199,9 +263,26 @@ def markdown(doc: dict) -> str:
         if "skipped" in r:
             out.append(f"| {r['tokens']} | {r['method']} | skipped: {r['skipped']} | | | |")
         else:
-            sec = f"{r['seconds']:.3f}" + (f" ({r['seconds_per_token'] * 1000:.1f} ms/token)" if "seconds_per_token" in r else "")
+            sec = f"{r['seconds']:.3f}"
+            if "seconds_per_token" in r:
+                sec += (f" ({r['seconds_per_token'] * 1000:.1f} ms/token over {r['decoded_tokens']} tokens; "
+                        f"prefill + 1 token {r['prefill_seconds']:.2f} s)")
+            if "max_abs_error" in r:
+                sec += (f" (max error vs exact {r['max_abs_error']:.3f}; first token {r['max_abs_error_first_token']:.4f}, "
+                        f"bound {r['bound_first_token']:.3f})")
+            mem = f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else "n/a"
             out.append(f"| {r['tokens']} | {r['method']} | {sec} | {r['peak_mib']:.0f} | "
-                       f"{r.get('time_ratio', float('nan')):.2f} | {r.get('memory_ratio', float('nan')):.2f} |")
+                       f"{r.get('time_ratio', float('nan')):.2f} | {mem} |")
+    out += ["", f"Memory ratio n/a: the baseline's extra resident memory was under {MIN_BASE_MIB} MiB (the "
+            "allocator reused memory freed earlier), too small to divide by.", "",
+            "## Ours against each other tool", "",
+            "Ratio = ours / theirs at the same length in the same run (below 1: ours is cheaper).", "",
+            "| tokens | ours | other tool | time ratio | memory ratio |", "|---|---|---|---|---|"]
+    for v in doc.get("versus", []):
+        if "note" in v:
+            out.append(f"| {v['tokens']} | {v['ours']} | {v['other']} | {v['note']} | |")
+        else:
+            out.append(f"| {v['tokens']} | {v['ours']} | {v['other']} | {v['time_ratio']:.2f} | {v['memory_ratio']:.2f} |")
     return "\n".join(out) + "\n"
 
 

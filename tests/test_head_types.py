@@ -1,7 +1,6 @@
 """Classic head types: kernel-backed scores equal TransformerLens' head_detector; planted heads are found."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tests.test_tracer import eager_maps, stats_from_maps
+from tests.test_tracer import eager_maps
 from workbench import Tracer
 from workbench.stats import hoeffding_serfling_bound, sample_query_rows
 

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from tests.conftest import make_tiny_lm
 from workbench import Tracer
 from workbench.errors import ContextTooLongError, HeadIndexError, MemoryBudgetError
 

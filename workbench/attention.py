@@ -93,11 +93,16 @@ class AttentionCall:
         b, hq, nq, d = q.shape
         hkv = k.shape[1]
         rep = hq // hkv
-        # Group queries by key/value head so that GQA keys are never repeated in memory.
-        s = torch.matmul(q.reshape(b, hkv, rep * nq, d), k.transpose(-1, -2)).view(b, hq, nq, k.shape[2])
+        if heads is not None and len(heads) < hq:
+            # only the chosen heads' scores: each query head against its own key/value head
+            hidx = torch.as_tensor(list(heads), dtype=torch.long, device=q.device)
+            s = torch.matmul(q[:, hidx], k[:, hidx // rep].transpose(-1, -2))
+        else:
+            # all heads: group queries by key/value head so that GQA keys are never repeated in memory
+            s = torch.matmul(q.reshape(b, hkv, rep * nq, d), k.transpose(-1, -2)).view(b, hq, nq, k.shape[2])
+            if heads is not None:
+                s = s[:, heads]
         s = s.float() * self.scale
-        if heads is not None:
-            s = s[:, heads]
         q_stop = self.query.shape[2] if q_stop is None else q_stop
         vis = self.visible(q_start, q_stop)
         if keys is not None:

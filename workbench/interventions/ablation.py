@@ -24,7 +24,7 @@ def uniform_output(call: AttentionCall, heads: list[int], chunk: int = 256) -> t
     """Output of uniform attention over visible keys for query heads ``heads``: (B, len(heads), Nq, D)."""
     kv = [h // call.n_rep for h in heads]
     v = call.value[:, kv].float()  # (B, H', Nk, D)
-    nq, nk = call.query.shape[2], call.key.shape[2]
+    nq = call.query.shape[2]
     if call.mask is None:
         csum = v.cumsum(dim=2)[:, :, call.q_offset: call.q_offset + nq]
         count = torch.arange(call.q_offset + 1, call.q_offset + nq + 1, dtype=torch.float32)

@@ -114,7 +114,6 @@ class ACTCalibration(HeadIntervention):
 
     def sink_mask(self, call: AttentionCall, head: int) -> torch.Tensor:
         """(B, Nk) bool sink set of ``head`` for this call (fixed, or detected in prefill and kept for decoding)."""
-        b, nk = call.query.shape[0], call.key.shape[2]
         if (call.layer, head) in self.fixed:
             return self._fixed_mask(call, head)
         if call.q_offset == 0:
