@@ -1,12 +1,22 @@
 """Shared helpers for benchmark scripts: wall time and peak extra resident memory of a callable."""
 from __future__ import annotations
 
+import ctypes
 import gc
 import statistics
 import threading
 import time
 
 import psutil
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by earlier runs back to the OS (glibc ``malloc_trim``), so that a run's extra resident
+    memory is measured from what is live, not hidden by re-use of pages an earlier run left mapped."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: measure as is
+        pass
 
 
 class PeakRSS:
@@ -19,6 +29,7 @@ class PeakRSS:
 
     def __enter__(self):
         gc.collect()
+        _release_freed_memory()
         self._proc = psutil.Process()
         self._base = self._proc.memory_info().rss
         self._max = self._base

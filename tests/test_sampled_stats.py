@@ -103,3 +103,41 @@ def test_bad_sampling_arguments(tiny_lm):
         Tracer(tiny_lm, stats=("received",), received_sample_rows=4, bound_delta=0.0)
     with pytest.raises(ValueError, match="rows_from"):
         Tracer(tiny_lm, rows_from=-1)
+
+
+def _random_call(nq=40, nk=40, mask=False):
+    from workbench.attention import AttentionCall, attention_with_lse
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, nq, 8), torch.randn(2, 2, nk, 8), torch.randn(2, 2, nk, 8)
+    m = None
+    if mask:  # left padding of the second sequence, causal otherwise
+        vis = torch.tril(torch.ones(nq, nk, dtype=torch.bool), diagonal=nk - nq)[None, None].repeat(2, 1, 1, 1)
+        vis[1, :, :, :5] = False
+        m = torch.zeros(vis.shape).masked_fill(~vis, float("-inf"))
+    out, lse = attention_with_lse(q, k, v, m, 0.3)
+    return AttentionCall(0, q, k, v, m, out, lse, 0.3)
+
+
+@pytest.mark.parametrize("mask,heads", [(False, None), (True, None), (False, [3, 0])])
+def test_a_subset_of_row_statistics_equals_the_full_computation(mask, heads):
+    from workbench.stats import head_statistics
+
+    call = _random_call(mask=mask)
+    full = head_statistics(call, heads, received=True, rows=True, chunk_elements=300)
+    top = head_statistics(call, heads, received=False, rows=("top_key",), chunk_elements=300)
+    assert set(top) == {"top_key", "top_prob"}
+    assert torch.equal(top["top_key"], full["top_key"])
+    ent = head_statistics(call, heads, received=True, rows=("entropy",), chunk_elements=300)
+    assert torch.allclose(ent["entropy"], full["entropy"]) and "distance" not in ent
+    assert torch.allclose(ent["received_sum"], full["received_sum"])
+    with pytest.raises(ValueError, match="unknown row statistics"):
+        head_statistics(call, heads, rows=("entropyy",))
+
+
+def test_visibility_of_chosen_keys_equals_columns_of_the_full_visibility():
+    for mask in (False, True):
+        call = _random_call(nq=12, nk=30, mask=mask)
+        keys = torch.tensor([0, 7, 17, 29])
+        assert torch.equal(call.visible(2, 9, keys=keys), call.visible(2, 9)[..., keys])
+        assert torch.allclose(call.probs(2, 9, keys=keys), call.probs(2, 9)[..., keys])

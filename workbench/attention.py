@@ -66,15 +66,20 @@ class AttentionCall:
         """Position of the first query among the keys (Nk - Nq): nonzero while decoding with a cache."""
         return self.key.shape[2] - self.query.shape[2]
 
-    def visible(self, q_start: int = 0, q_stop: int | None = None, k_stop: int | None = None) -> torch.Tensor:
-        """Boolean visibility of keys for queries ``q_start:q_stop``: shape (B or 1, 1, nq, k_stop)."""
+    def visible(self, q_start: int = 0, q_stop: int | None = None, k_stop: int | None = None,
+                keys: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean visibility of keys for queries ``q_start:q_stop``: shape (B or 1, 1, nq, nk').
+
+        The keys are ``0:k_stop``, or ``keys`` (a slice or index tensor) when given; only those columns
+        are built, so a few keys cost O(nq) rather than O(nq * Nk)."""
         nq, nk = self.query.shape[2], self.key.shape[2]
         q_stop = nq if q_stop is None else q_stop
-        k_stop = nk if k_stop is None else k_stop
+        if keys is None:
+            keys = slice(0, nk if k_stop is None else k_stop)
         if self.mask is not None:
-            return torch.isfinite(self.mask[:, :, q_start:q_stop, :k_stop])
+            return torch.isfinite(self.mask[:, :, q_start:q_stop][..., keys])
         qpos = torch.arange(q_start, q_stop, device=self.query.device) + self.q_offset
-        kpos = torch.arange(k_stop, device=self.query.device)
+        kpos = torch.arange(nk, device=self.query.device)[keys]
         return (kpos[None, :] <= qpos[:, None])[None, None]
 
     def scores(self, q_start: int = 0, q_stop: int | None = None, keys: slice | torch.Tensor | None = None,
@@ -104,10 +109,7 @@ class AttentionCall:
                 s = s[:, heads]
         s = s.float() * self.scale
         q_stop = self.query.shape[2] if q_stop is None else q_stop
-        vis = self.visible(q_start, q_stop)
-        if keys is not None:
-            vis = vis[..., keys]
-        return s.masked_fill(~vis, float("-inf"))
+        return s.masked_fill(~self.visible(q_start, q_stop, keys=keys), float("-inf"))
 
     def probs(self, q_start: int = 0, q_stop: int | None = None, keys: slice | torch.Tensor | None = None,
               heads: list[int] | None = None) -> torch.Tensor:

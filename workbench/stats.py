@@ -33,6 +33,7 @@ from .attention import AttentionCall
 # 32 MiB L3) at 2048-8192 tokens; 8M-float blocks were up to 3x slower (benchmarks/profile_attention.py).
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
 DEFAULT_BOUND_DELTA = 0.05
+ROW_STATS = ("entropy", "distance", "top_key", "top_prob")
 
 
 def _chunk_rows(call: AttentionCall, chunk_elements: int) -> int:
@@ -49,7 +50,8 @@ def head_statistics(call: AttentionCall, heads: list[int] | None = None, receive
         call: the attention call (queries (B, Hq, Nq, D), keys (B, Hkv, Nk, D)).
         heads: query heads to compute (default all Hq).
         received: compute column sums for the mean received attention.
-        rows: compute per-query entropy, distance and top key.
+        rows: compute per-query entropy, distance and top key (True), or only the named ones of
+            ``ROW_STATS`` (e.g. ``("top_key",)``, which needs no exp), or none (False).
         chunk_elements: size of one score block in floats (memory knob; results do not depend on it).
         sample_rows: estimate the received attention from this many uniformly sampled query rows
             (:func:`sampled_received`) when ``rows`` is False and the call has more queries; None = exact.
@@ -66,11 +68,14 @@ def head_statistics(call: AttentionCall, heads: list[int] | None = None, receive
             (``received_count`` is then the sampled ones).
     """
     hq, nq = call.query.shape[1], call.query.shape[2]
-    if received and not rows and sample_rows is not None and sample_rows < nq:
+    want = set(ROW_STATS) if rows is True else set(rows or ())
+    if want - set(ROW_STATS):
+        raise ValueError(f"unknown row statistics {sorted(want - set(ROW_STATS))}; choose from {ROW_STATS}")
+    if received and not want and sample_rows is not None and sample_rows < nq:
         return sampled_received(call, sample_query_rows(nq, sample_rows, seed), heads, chunk_elements)
     if call.mask is None and (heads is None or list(heads) == list(range(hq))):
-        return _causal_statistics(call, received, rows, chunk_elements)
-    return _masked_statistics(call, heads, received, rows, chunk_elements)
+        return _causal_statistics(call, received, want, chunk_elements)
+    return _masked_statistics(call, heads, received, want, chunk_elements)
 
 
 def sample_query_rows(n_queries: int, n_rows: int, seed: int = 0) -> torch.Tensor:
@@ -167,7 +172,7 @@ def hoeffding_serfling_bound(sampled: torch.Tensor, population: torch.Tensor,
     return torch.where(n <= 0, torch.ones_like(eps), eps.clamp_max(1.0))
 
 
-def _causal_statistics(call: AttentionCall, received: bool, rows: bool, chunk_elements: int) -> dict[str, torch.Tensor]:
+def _causal_statistics(call: AttentionCall, received: bool, want: set[str], chunk_elements: int) -> dict[str, torch.Tensor]:
     """Fast path for unmasked causal calls (all heads): one batched GEMM per chunk with the
     log-sum-exp subtracted inside the GEMM, an in-place exp, and masking of the chunk's
     diagonal block only (keys before the chunk are visible to all of its queries)."""
@@ -183,12 +188,14 @@ def _causal_statistics(call: AttentionCall, received: bool, rows: bool, chunk_el
         # query i (absolute position i + off) sees key k iff k <= i + off
         kidx = torch.arange(nk, dtype=torch.float32)
         out["received_count"] = (nq - (kidx - off).clamp_min(0)).clamp_min(0).view(1, 1, nk)
-    if rows:
-        ent = torch.empty(b * hkv, rep, nq)
-        dist = torch.empty(b * hkv, rep, nq)
+    probs_rows = bool(want & {"entropy", "distance"})  # these need exp(s); the top key does not
+    top_rows = bool(want & {"top_key", "top_prob"})
+    ent = torch.empty(b * hkv, rep, nq) if "entropy" in want else None
+    dist = torch.empty(b * hkv, rep, nq) if "distance" in want else None
+    if top_rows:
         top = torch.empty(b * hkv, rep, nq, dtype=torch.long)
         topp = torch.empty(b * hkv, rep, nq)
-        kpos = torch.arange(nk, dtype=torch.float32)
+    kpos = torch.arange(nk, dtype=torch.float32)
     step = max(1, min(nq, chunk_elements // max(1, b * hq * nk)))
     for a in range(0, nq, step):
         z = min(nq, a + step)
@@ -199,14 +206,18 @@ def _causal_statistics(call: AttentionCall, received: bool, rows: bool, chunk_el
         # the diagonal block: keys a+off .. kmax-1, hidden above the diagonal
         d0 = a + off
         hidden = torch.ones(c, kmax - d0, dtype=torch.bool).triu_(1)
-        if rows:
+        if want:
             s[..., d0:].masked_fill_(hidden, float("-inf"))
-            p = torch.exp(s)
-            ent[:, :, a:z] = -torch.where(p > 0, p * s, torch.zeros(())).sum(-1)
-            qpos = torch.arange(a, z, dtype=torch.float32) + off
-            dist[:, :, a:z] = qpos - torch.matmul(p, kpos[:kmax])
-            tp, tk = s.max(dim=-1)
-            top[:, :, a:z], topp[:, :, a:z] = tk, torch.exp(tp)
+            if top_rows:
+                tp, tk = s.max(dim=-1)
+                top[:, :, a:z], topp[:, :, a:z] = tk, torch.exp(tp)
+            if probs_rows or received:
+                p = torch.exp(s)
+            if ent is not None:
+                ent[:, :, a:z] = -torch.where(p > 0, p * s, torch.zeros(())).sum(-1)
+            if dist is not None:
+                qpos = torch.arange(a, z, dtype=torch.float32) + off
+                dist[:, :, a:z] = qpos - torch.matmul(p, kpos[:kmax])
         else:
             p = s.exp_()
             p[..., d0:].masked_fill_(hidden, 0.0)
@@ -214,13 +225,15 @@ def _causal_statistics(call: AttentionCall, received: bool, rows: bool, chunk_el
             rsum[..., :kmax] += p.sum(dim=2)
     if received:
         out["received_sum"] = rsum.view(b, hq, nk)
-    if rows:
-        out.update(entropy=ent.view(b, hq, nq), distance=dist.view(b, hq, nq), top_key=top.view(b, hq, nq),
-                   top_prob=topp.view(b, hq, nq))
+    for name, arr in (("entropy", ent), ("distance", dist)):
+        if arr is not None:
+            out[name] = arr.view(b, hq, nq)
+    if top_rows:
+        out.update(top_key=top.view(b, hq, nq), top_prob=topp.view(b, hq, nq))
     return out
 
 
-def _masked_statistics(call: AttentionCall, heads: list[int] | None, received: bool, rows: bool,
+def _masked_statistics(call: AttentionCall, heads: list[int] | None, received: bool, want: set[str],
                        chunk_elements: int) -> dict[str, torch.Tensor]:
     """General path: explicit masks (padding) or a subset of heads."""
     b, hq, nq, _ = call.query.shape
@@ -232,9 +245,10 @@ def _masked_statistics(call: AttentionCall, heads: list[int] | None, received: b
     if received:
         rsum = torch.zeros(b, h, nk)
         rcount = torch.zeros(call.visible(0, 1).shape[0], 1, nk)
-    if rows:
-        ent = torch.empty(b, h, nq)
-        dist = torch.empty(b, h, nq)
+    ent = torch.empty(b, h, nq) if "entropy" in want else None
+    dist = torch.empty(b, h, nq) if "distance" in want else None
+    top_rows = bool(want & {"top_key", "top_prob"})
+    if top_rows:
         top = torch.empty(b, h, nq, dtype=torch.long)
         topp = torch.empty(b, h, nq)
     step = _chunk_rows(call, chunk_elements)
@@ -245,22 +259,27 @@ def _masked_statistics(call: AttentionCall, heads: list[int] | None, received: b
         kmax = nk if call.mask is not None else min(nk, z + call.q_offset)
         s = call.scores(a, z, keys=slice(0, kmax), heads=all_heads)
         lse = call.lse[:, :, a:z] if all_heads is None else call.lse[:, all_heads, a:z]
-        p = torch.exp(s - lse[..., None])
+        if received or ent is not None or dist is not None:
+            p = torch.exp(s - lse[..., None])
         if received:
             rsum[..., :kmax] += p.sum(dim=2)
             rcount[..., :kmax] += call.visible(a, z, kmax).sum(dim=2, dtype=torch.float32)
-        if rows:
-            ps = torch.where(p > 0, p * s, torch.zeros((), dtype=p.dtype)).sum(-1)
-            ent[..., a:z] = lse - ps
+        if ent is not None:
+            ent[..., a:z] = lse - torch.where(p > 0, p * s, torch.zeros((), dtype=p.dtype)).sum(-1)
+        if dist is not None:
             qpos = torch.arange(a, z, dtype=torch.float32) + call.q_offset
             dist[..., a:z] = qpos - torch.matmul(p, kpos[:kmax])
+        if top_rows:
             tp, tk = s.max(dim=-1)
             top[..., a:z] = tk
             topp[..., a:z] = torch.exp(tp - lse)
     if received:
         out["received_sum"], out["received_count"] = rsum, rcount
-    if rows:
-        out.update(entropy=ent, distance=dist, top_key=top, top_prob=topp)
+    for name, arr in (("entropy", ent), ("distance", dist)):
+        if arr is not None:
+            out[name] = arr
+    if top_rows:
+        out.update(top_key=top, top_prob=topp)
     return out
 
 

@@ -27,7 +27,7 @@ from .hooks import decoder_layers
 from .models import LoadedModel
 from .trace import Trace
 
-ROW_STATS = ("entropy", "distance", "top_key", "top_prob")
+ROW_STATS = S.ROW_STATS
 ALL_STATS = ("received",) + ROW_STATS
 DEFAULT_BUDGET = 2 << 30  # 2 GiB of attention maps
 
@@ -185,7 +185,7 @@ class Tracer:
             call = _later_queries(call, self.rows_from - call.q_offset)
             if call is None:
                 return self._pattern_rows(pattern_call, heads)
-        want_rows = any(s in self.stats for s in ROW_STATS)
+        want_rows = tuple(s for s in ROW_STATS if s in self.stats)
         if "received" in self.stats or want_rows:
             st = S.head_statistics(call, heads, received="received" in self.stats, rows=want_rows,
                                    chunk_elements=self.chunk_elements, sample_rows=self.sample_rows, seed=self.seed)

@@ -57,7 +57,7 @@ def var_output(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p:
     a_s_cols = call.probs(0, nq, keys=s_idx)  # (B, Hq, Nq, |S|)
     a_s = a_s_cols.sum(-1)
     a_img_sink = a_s_cols[..., image[s_idx]].sum(-1)
-    vis = call.visible(0, nq)[..., ip_idx]  # (B|1, 1, Nq, |I'|)
+    vis = call.visible(0, nq, keys=ip_idx)  # (B|1, 1, Nq, |I'|)
     any_vis = vis.any(-1)  # (B|1, 1, Nq)
     mask = torch.zeros(vis.shape, dtype=call.query.dtype).masked_fill(~vis, float("-inf"))
     o_ip, lse_ip = attention_with_lse(call.query, call.key[:, :, ip_idx], call.value[:, :, ip_idx], mask, call.scale)
