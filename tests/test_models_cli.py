@@ -76,6 +76,23 @@ def test_cli_trace_json_and_html(capsys, tmp_path, smollm2):
 
 
 @pytest.mark.slow
+def test_cli_trace_sampled_received_has_a_bound(capsys, tmp_path, smollm2):
+    code, _, err = run_cli(capsys, "trace", "--prompt", "hello there", "--sample-rows", "4", "--out", str(tmp_path / "t"))
+    assert code == 2 and "--stats received" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "trace", "--prompt", "hello", "--stats", "recieved", "--out", str(tmp_path / "t"))
+    assert code == 2 and "unknown statistics" in err
+    text = "The cat sat on the mat because the mat was warm and the cat was tired. " * 4
+    code, out, _ = run_cli(capsys, "trace", "--prompt", text, "--stats", "received", "--sample-rows", "16",
+                           "--out", str(tmp_path / "t"), "--json")
+    doc = json.loads(out)
+    assert code == 0 and set(doc["arrays"]) == {"received", "received_bound", "tokens"}
+    from workbench.trace import Trace
+
+    tr = Trace.load(tmp_path / "t")
+    assert tr.meta["received_sampling"]["rows"] == 16 and float(tr["received_bound"].max()) <= 1.0
+
+
+@pytest.mark.slow
 def test_census_json_agrees_with_eager_maps(capsys, tmp_path, smollm2):
     code, out, _ = run_cli(capsys, "census", "--samples", "2", "--seq-len", "96", "--out", str(tmp_path),
                            "--sections", "attention", "--json")

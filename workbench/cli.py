@@ -74,6 +74,11 @@ def trace(
     resid: bool = typer.Option(False, "--resid", help="record the residual stream entering each layer"),
     chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the chat template"),
     budget_mb: float = typer.Option(2048, help="memory budget for attention maps, MiB"),
+    stats: str = typer.Option("received,entropy,distance,top_key,top_prob",
+                              help="statistics to record, comma-separated"),
+    sample_rows: Optional[int] = typer.Option(
+        None, help="estimate received attention from this many sampled query rows, with an error bound "
+                   "(only when no per-query statistic is recorded: use --stats received)"),
     html: Optional[Path] = typer.Option(None, help="write an HTML attention plot of the window"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
@@ -86,6 +91,12 @@ def trace(
     if file is not None and not file.exists():
         raise WorkbenchError(f"prompt file {file} does not exist")
     text = prompt if prompt is not None else file.read_text()
+    chosen = tuple(x.strip() for x in stats.split(",") if x.strip())
+    if set(chosen) - set(ALL_STATS):
+        raise WorkbenchError(f"unknown statistics {sorted(set(chosen) - set(ALL_STATS))}: choose from {', '.join(ALL_STATS)}")
+    if sample_rows is not None and (sample_rows < 1 or set(chosen) != {"received"}):
+        raise WorkbenchError("--sample-rows needs a positive number of rows and --stats received "
+                             "(per-query statistics need every row)")
     lm = load_model(model)
     ids = lm.encode(text, chat=chat)
     win = None
@@ -93,8 +104,8 @@ def trace(
         a, b = window.split(":")
         win = (int(a), min(int(b), ids.shape[1]))
     tr = Tracer(lm, layers=parse_indices(layers, lm.spec.n_layers, "layer"),
-                heads=parse_indices(heads, lm.spec.n_heads, "head"), stats=ALL_STATS, pattern_window=win, z=z,
-                resid_pre=resid, memory_budget_bytes=int(budget_mb * 2**20))
+                heads=parse_indices(heads, lm.spec.n_heads, "head"), stats=chosen, pattern_window=win, z=z,
+                resid_pre=resid, memory_budget_bytes=int(budget_mb * 2**20), received_sample_rows=sample_rows)
     t = tr.run(ids)
     t.save(out)
     result = {"trace": str(out), "n_tokens": int(ids.shape[1]), "arrays": {k: list(v.shape) for k, v in t.arrays.items()}}

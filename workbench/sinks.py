@@ -40,15 +40,18 @@ def _min_queries(min_queries: int | None, n_tokens: int) -> int:
 
 @torch.no_grad()
 def received_attention(lm: LoadedModel, samples: torch.Tensor, batch_size: int = 4, progress: bool = True,
-                       desc: str = "sinks: received attention") -> torch.Tensor:
+                       desc: str = "sinks: received attention", sample_rows: int | None = None) -> torch.Tensor:
     """Mean received attention s_k of every key in every head, per sample.
 
     Args:
         samples: (n, N) token ids (equal lengths, no padding).
+        sample_rows: estimate s_k from this many sampled query rows per sample (``Tracer(received_sample_rows=)``,
+            O(m N) instead of O(N^2) per head, each entry within a Hoeffding-Serfling bound with 95%
+            probability); None = exact.
     Returns:
         (n, L, H, N) float32 s_k.
     """
-    tracer = Tracer(lm, stats=("received",))
+    tracer = Tracer(lm, stats=("received",), received_sample_rows=sample_rows)
     out = []
     for a in tqdm(range(0, samples.shape[0], batch_size), desc=desc, disable=not progress):
         tr = tracer.run(samples[a: a + batch_size])
