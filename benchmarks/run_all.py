@@ -179,10 +179,21 @@ def run(lengths: list[int], long_lengths: list[int], repeats: int, threads: int,
             r["time_ratio"] = r[key] / ref[key]
             if ref["peak_mib"] >= MIN_BASE_MIB:  # a smaller baseline is allocator reuse, not a measurement
                 r["memory_ratio"] = r["peak_mib"] / ref["peak_mib"]
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
                "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d %H:%M")}
     return {"model": spec.name, "machine": machine, "rows": rows, "versus": versus_others(rows)}
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def generation_methods(lm, prompt: torch.Tensor, gen_tokens: int) -> dict:

@@ -32,6 +32,9 @@ from .attention import AttentionCall
 # 1M floats = 4 MiB per score block: measured fastest on a 2-core AMD EPYC (1 MiB L2 per core,
 # 32 MiB L3) at 2048-8192 tokens; 8M-float blocks were up to 3x slower (benchmarks/profile_attention.py).
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
+# ...but never fewer than 32 query rows per block: thinner GEMMs were 19% slower at 16384 tokens
+# (the block is then 32 x H x N floats, still O(N) per head)
+MIN_BLOCK_ROWS = 32
 DEFAULT_BOUND_DELTA = 0.05
 LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
@@ -39,8 +42,9 @@ ROW_STATS = ("entropy", "distance", "top_key", "top_prob")
 
 
 def _chunk_rows(call: AttentionCall, chunk_elements: int) -> int:
+    """Query rows per score block: ``chunk_elements`` floats, at least MIN_BLOCK_ROWS rows, at most all rows."""
     b, h, nq, _ = call.query.shape
-    return max(1, min(nq, chunk_elements // max(1, b * h * call.key.shape[2])))
+    return max(1, min(nq, max(MIN_BLOCK_ROWS, chunk_elements // max(1, b * h * call.key.shape[2]))))
 
 
 def head_statistics(call: AttentionCall, heads: list[int] | None = None, received: bool = True,
@@ -125,7 +129,7 @@ def sampled_received(call: AttentionCall, rows: torch.Tensor, heads: list[int] |
             population += call.visible(a, min(nq, a + step_all)).sum(dim=2, dtype=torch.float32)
     k = call.key.float()
     lse = call.lse if heads is None else call.lse[:, hsel]
-    step = max(1, chunk_elements // max(1, b * hq * nk))
+    step = _chunk_rows(call, chunk_elements)
     kpos = torch.arange(nk)
     for a in range(0, rows.numel(), step):
         r = rows[a: a + step]
@@ -200,7 +204,7 @@ def _causal_statistics(call: AttentionCall, received: bool, want: set[str], chun
         top = torch.empty(b * hkv, rep, nq, dtype=torch.long)
         topp = torch.empty(b * hkv, rep, nq)
     kpos = torch.arange(nk, dtype=torch.float32)
-    step = max(1, min(nq, chunk_elements // max(1, b * hq * nk)))
+    step = _chunk_rows(call, chunk_elements)
     # one score block reused by every chunk: no allocation (and no fresh pages to fault in) per chunk
     block = torch.empty(b * hq * step * nk)
     for a in range(0, nq, step):
