@@ -17,6 +17,8 @@ peak extra resident memory of:
                        against ``ours_sinks`` and the bound on the first token are in the row)
 ``ours_sinks_needle``  the same plus attention mass on a 16-token needle span for every query
 ``ours_uniform_mask``  uniform-attention masking (Wu et al. 2024) of 20 heads, closed form
+``ours_zero_ablation`` zero ablation of the same 20 heads' outputs
+``ours_mean_ablation`` mean ablation of the same 20 heads (means fitted beforehand on 4 x 256 tokens, not timed)
 ``ours_act``           ACT calibration (Yu et al. 2024) of 20 heads, closed form, sink sets detected per input
 ``hf_eager``           transformers eager attention with ``output_attentions=True``
 ``tl_bridge``          TransformerLens ``TransformerBridge.run_with_cache`` keeping every ``hook_pattern``
@@ -87,6 +89,8 @@ def run(lengths: list[int], long_lengths: list[int], repeats: int, threads: int,
     bridge = nnmodel = None
     rows: list[dict] = []
     act = _act_intervention()
+    # mean ablation's reference means, fitted once on other text (not timed)
+    means = HeadAblation.fit_means(lm, HEADS20, token_windows(tok, 256, 4, split="train"))
 
     def record(n, method, result):
         row = {"tokens": n, "method": method, **result}
@@ -134,6 +138,8 @@ def run(lengths: list[int], long_lengths: list[int], repeats: int, threads: int,
             return f
 
         record(n, "ours_uniform_mask", measure(with_hook(HeadAblation(HEADS20, kind="uniform")), reps))
+        record(n, "ours_zero_ablation", measure(with_hook(HeadAblation(HEADS20, kind="zero")), reps))
+        record(n, "ours_mean_ablation", measure(with_hook(HeadAblation(HEADS20, kind="mean", means=means)), reps))
         if act is not None:
             record(n, "ours_act", measure(with_hook(act), reps))
         avail = psutil.virtual_memory().available
