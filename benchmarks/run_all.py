@@ -5,8 +5,8 @@ One command, same model, same real-text inputs, same machine, one run::
     python benchmarks/run_all.py                       # writes reports/benchmarks.md and reports/benchmarks.json
 
 For each context length (default 512, 2048, 4096, 8192, plus 16384 for our own methods only,
-past SmolLM2's 8192-token trained window, which is fine for cost; there only ``plain`` and
-``ours_sinks``) it measures median wall time and
+past SmolLM2's 8192-token trained window, which is fine for cost; there only ``plain``,
+``ours_sinks`` and ``ours_sinks_sampled``) it measures median wall time and
 peak extra resident memory of:
 
 =====================  ==========================================================================
