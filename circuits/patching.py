@@ -225,13 +225,22 @@ def task_baseline(lm: LoadedModel, task: PatchingTask) -> dict:
             "top1_clean": float(acc.mean()), "ld_clean_per_pair": ld_c.tolist(), "ld_corrupted_per_pair": ld_x.tolist()}
 
 
-def _table(heads: list[Head], ld_sum: dict[Head, float], n: int, ld_clean: float, ld_corr: float,
-           extra: dict | None = None) -> pd.DataFrame:
+def _add_logit_diffs(ld_sum: dict[Head, float], chunk: list[Head], logits: torch.Tensor, g: dict) -> None:
+    """Add each replica's summed logit difference (replica i patched head ``chunk[i]``) to ``ld_sum``."""
+    n = len(chunk)
+    ld = logit_diff(logits, _rep(g["ans"], n), _rep(g["wrong"], n)).view(n, -1)
+    for hh, v in zip(chunk, ld.sum(1).tolist()):
+        ld_sum[hh] += v
+
+
+def _table(heads: list[Head], ld_sum: dict[Head, float], n: int, base: list[dict]) -> pd.DataFrame:
+    """Per-head mean patched logit difference over ``n`` pairs, normalised by the baselines' clean/corrupted means."""
+    ld_clean = float(torch.cat([g["ld_clean"] for g in base]).mean())
+    ld_corr = float(torch.cat([g["ld_corr"] for g in base]).mean())
     rows = []
     for hh in heads:
         ld = ld_sum[hh] / n
-        rows.append({"layer": hh[0], "head": hh[1], "ld_patched": ld, "normalised": normalised(ld, ld_clean, ld_corr),
-                     **(extra or {})})
+        rows.append({"layer": hh[0], "head": hh[1], "ld_patched": ld, "normalised": normalised(ld, ld_clean, ld_corr)})
     df = pd.DataFrame(rows)
     df.attrs.update(ld_clean=ld_clean, ld_corrupted=ld_corr)
     return df
@@ -261,14 +270,10 @@ def activation_patching(lm: LoadedModel, task: PatchingTask, heads: Sequence[Hea
             first = min(layer for layer, _ in chunk)  # layers before it see no patch: start there
             with iv.applied(), start_at(lm, first, _rep(g["resid_corr"][first], len(chunk))):
                 logits = _forward_last(lm, _rep(g["corr"], len(chunk)))
-            ld = logit_diff(logits, _rep(g["ans"], len(chunk)), _rep(g["wrong"], len(chunk))).view(len(chunk), -1)
-            for hh, v in zip(chunk, ld.sum(1).tolist()):
-                ld_sum[hh] += v
+            _add_logit_diffs(ld_sum, chunk, logits, g)
             bar.update()
     bar.close()
-    ld_clean = float(torch.cat([g["ld_clean"] for g in base]).mean())
-    ld_corr = float(torch.cat([g["ld_corr"] for g in base]).mean())
-    df = _table(heads, ld_sum, len(task), ld_clean, ld_corr)
+    df = _table(heads, ld_sum, len(task), base)
     df["effect"] = df["normalised"]
     return df
 
@@ -316,14 +321,10 @@ def path_patching(lm: LoadedModel, task: PatchingTask, receivers: Sequence[Head]
                 first = recv[0][0]
                 with step3.applied(), start_at(lm, first, _rep(g["resid_clean"][first], n)):
                     logits = _forward_last(lm, _rep(g["clean"], n))
-            ld = logit_diff(logits, _rep(g["ans"], n), _rep(g["wrong"], n)).view(n, -1)
-            for hh, v in zip(chunk, ld.sum(1).tolist()):
-                ld_sum[hh] += v
+            _add_logit_diffs(ld_sum, chunk, logits, g)
             bar.update()
     bar.close()
-    ld_clean = float(torch.cat([g["ld_clean"] for g in base]).mean())
-    ld_corr = float(torch.cat([g["ld_corr"] for g in base]).mean())
-    df = _table(senders, ld_sum, len(task), ld_clean, ld_corr)
+    df = _table(senders, ld_sum, len(task), base)
     df["effect"] = df["normalised"] - 1.0
     df.attrs["receivers"] = "logits" if to_logits else [list(r) for r in recv]
     return df
