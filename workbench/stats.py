@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .attention import AttentionCall
+from .attention import LOG2E, AttentionCall
 
 # 1M floats = 4 MiB per score block: measured fastest on a 2-core AMD EPYC (1 MiB L2 per core,
 # 32 MiB L3) at 2048-8192 tokens; 8M-float blocks were up to 3x slower (benchmarks/profile_attention.py).
@@ -36,7 +36,6 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 20
 # (the block is then 32 x H x N floats, still O(N) per head)
 MIN_BLOCK_ROWS = 32
 DEFAULT_BOUND_DELTA = 0.05
-LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
 ROW_STATS = ("entropy", "distance", "top_key", "top_prob")
 
