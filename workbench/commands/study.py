@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -17,15 +18,16 @@ def run(
     spec: Path = typer.Argument(..., help="study spec (TOML)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its rows.jsonl"),
     overwrite: bool = typer.Option(False, "--overwrite", help="discard earlier results of this study"),
-    out: Path = typer.Option(Path("reports/studies"), help="studies folder (a <name>/ folder is written in it)"),
-    reports: Path = typer.Option(Path("reports"), help="folder of analyzer tables (census, retrieval, head types)"),
+    out: Path = typer.Option(Path("runs"), "--out", help="output root: the study is written in ROOT/<model>/studies/<name>/"),
+    tables: Optional[Path] = typer.Option(None, help="root of the analyzer tables the head sets read (census, "
+                                                     "retrieval, head types; default: the output root)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Run a study: every head set x ablation kind x task, with bootstrap confidence intervals."""
     from ..studies import load_spec, run_study
 
     s = load_spec(spec)
-    res = run_study(s, out_root=out, resume=resume, overwrite=overwrite, reports=reports, progress=True)
+    res = run_study(s, out_root=out, resume=resume, overwrite=overwrite, reports=tables, progress=True)
     cols = ["task", "head_set", "seed", "ablation", "value", "ci_low", "ci_high", "delta"]
     human = (f"study {res.name}: ran {res.n_run} conditions, {res.n_resumed} from an earlier run\n"
              + res.table[[c for c in cols if c in res.table.columns]].to_string(index=False, float_format=lambda x: f"{x:.3f}")
