@@ -167,6 +167,7 @@ COMMAND_MODULES: list[str] = [
     "workbench.commands.probes",
     "workbench.commands.dashboard",
     "workbench.commands.vision",
+    "workbench.commands.reproduce",
 ]
 
 
