@@ -487,3 +487,26 @@ def test_real_model_in_bfloat16_rows_sum_to_one():
     with torch.no_grad(), attention_hooks(Rows()):
         lm.model(ids)
     assert worst < 1e-3
+
+
+# --- benchmarks/gpu_check.py: its CPU-runnable parts ----------------------------------------------------
+
+
+def test_gpu_check_runs_its_checks_on_the_cpu(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    cpu = torch.device("cpu")
+    rows = gc.kernel_oracle(cpu, 32) + gc.model_oracle(cpu, 24)
+    assert {r["backend"] for r in rows if r["check"] == "kernel"} == {"cpu-flash", "reference"}
+    assert {r["arch"] for r in rows if r["check"] == "model"} == {"llama", "mistral", "gemma2", "gpt_oss"}
+    assert all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    bench = gc.benchmark(cpu, tiny=True, lengths=[64], repeats=1)
+    assert bench[0]["tracer_seconds"] > 0 and bench[-1]["check"] == "eager_oom"
+    if not torch.cuda.is_available():  # without CUDA the default command says so and exits 0
+        assert gc.main([]) == 0
+        assert "no CUDA device" in capsys.readouterr().out
