@@ -20,6 +20,11 @@ from .runs import DEFAULT_ROOT, run_dir
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Attention-head workbench: sinks, retrieval heads, vision-aware heads, interventions.")
 
+# every command that loads a model takes these two (see workbench.models.load_model)
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+DTYPE_OPTION = typer.Option("auto", "--dtype",
+                            help="auto (float32 on CPU, the checkpoint's dtype on GPU), float32, bfloat16 or float16")
+
 
 def emit(obj: dict, as_json: bool, human: str | None = None) -> None:
     """Print ``obj`` as one JSON object (``--json``) or a human summary."""
@@ -82,6 +87,8 @@ def trace(
         None, help="estimate received attention from this many sampled query rows, with an error bound "
                    "(only when no per-query statistic is recorded: use --stats received)"),
     html: Optional[Path] = typer.Option(None, help="write an HTML attention plot of the window"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Trace a prompt: sink statistics, entropy, distance for all heads; maps for a window."""
@@ -99,7 +106,7 @@ def trace(
     if sample_rows is not None and (sample_rows < 1 or set(chosen) != {"received"}):
         raise WorkbenchError("--sample-rows needs a positive number of rows and --stats received "
                              "(per-query statistics need every row)")
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     out = run_dir(out, lm.spec.name, "trace")
     ids = lm.encode(text, chat=chat)
     win = None
@@ -138,13 +145,15 @@ def census(
     retrieval_from: Optional[Path] = typer.Option(
         None, help="take retrieval scores from this saved sweep (`workbench retrieval`, same weights) instead of "
                    "the census's own quick needle sweep"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """The head census: per-head statistics over real text, written to ROOT/<model>/ (default runs/)."""
     from .census import run_census
     from .models import load_model
 
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     res = run_census(lm, n_samples=samples, seq_len=seq_len, out_dir=out,
                      sections=sections.split(",") if sections else None, progress=True,
                      options={"retrieval_from": str(retrieval_from)} if retrieval_from else None)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..cli import app, emit
+from ..cli import DEVICE_OPTION, DTYPE_OPTION, app, emit
 
 
 def _model_dir(out: Path | None, model_name: str) -> Path:
@@ -25,6 +25,8 @@ def heads(
     seed: int = typer.Option(0, help="seed of the random tokens"),
     top: int = typer.Option(5, help="top heads listed per type"),
     out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/head_types.parquet and .csv)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Classic head types: previous-token, duplicate-token and induction scores of every head
@@ -33,7 +35,7 @@ def heads(
     from ..models import load_model
     from ..text import token_windows
 
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     text = token_windows(lm.tokenizer, seq_len, samples)
     df = classic_head_scores(lm, text, n_random=random_seqs, half_len=half_len, seed=seed, progress=True)
     from ..provenance import code_sha256, collect, write_parquet
@@ -66,6 +68,8 @@ def patch(
     overlap_k: int = typer.Option(10, help="top-k heads compared for the overlap"),
     activation: bool = typer.Option(True, help="also run activation patching of every head"),
     out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/circuits/ and circuits.html)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Activation and path patching of head outputs z on clean/corrupted prompt pairs; circuit per task."""
@@ -75,7 +79,7 @@ def patch(
     from ..viz import layer_head_heatmap, write_html
 
     names = ["ioi", "colored_objects"] if task == "both" else [task]
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     d = _model_dir(out, lm.spec.name) / "circuits"
     from ..provenance import collect, write_json, write_parquet
 

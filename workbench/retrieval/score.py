@@ -145,7 +145,7 @@ def greedy_decode(lm, ids: torch.Tensor, max_new_tokens: int = MAX_NEW_TOKENS, r
                 if stop_at_newline and w in nl:
                     stop = "newline"
                     break
-                inp = torch.tensor([[w]], dtype=torch.long)
+                inp = torch.tensor([[w]], dtype=torch.long, device=ids.device)
     finally:
         extra = cache.get_seq_length() - (n - 1)
         if extra > 0:
