@@ -245,41 +245,71 @@ def load_workbench(path: Path, dtype: torch.dtype, device: str | torch.device = 
 
 
 def run_workbench(path: Path, dtype: torch.dtype, inputs: dict, device: str | torch.device = "cpu") -> dict:
-    """The product path: load_model + Tracer (pattern, received, entropy, top_key, z, resid_pre) and the logits."""
+    """The product path: load_model + Tracer (pattern, received, entropy, top_key, z, resid_pre), the logits,
+    and ``sink_mass`` (L, B, H, N), each row's learned-sink probability (0 without sinks)."""
+    from .attention import attention_hooks
     from .tracer import Tracer
 
     lm = load_workbench(path, dtype, device)
     n = inputs["input_ids"].shape[1]
     tracer = Tracer(lm, stats=("received", "entropy", "top_key"), pattern_window=(0, n), z=True, resid_pre=True)
     tracer.reset()
-    with torch.no_grad(), tracer:
+    sink_mass: dict[int, torch.Tensor] = {}
+
+    class SinkMass:  # the learned sink's probability exp(sink - lse') per row, from the kernel's lse
+        def on_attention(self, call):
+            sinks = getattr(call, "sinks", None)
+            mass = torch.zeros_like(call.lse) if sinks is None else torch.exp(sinks.float()[None, :, None] - call.lse)
+            sink_mass[call.layer] = mass.float()
+
+    with torch.no_grad(), tracer, attention_hooks(SinkMass()):
         out = lm.model(**inputs, use_cache=False)
     tr = tracer.trace(inputs["input_ids"])
-    return {"pattern": tr["pattern"].float(), "received": tr["received"].float(), "entropy": tr["entropy"].float(),
+    return {"sink_mass": torch.stack([sink_mass[layer] for layer in sorted(sink_mass)]),
+            "pattern": tr["pattern"].float(), "received": tr["received"].float(), "entropy": tr["entropy"].float(),
             "top_key": tr["top_key"], "z": tr["z"].float(), "resid_pre": tr["resid_pre"].float(),
             "logits": out.logits.float(), "lm": lm}
 
 
-def _errors(ours: dict, ref: dict, vis: list[torch.Tensor], real: torch.Tensor) -> dict[str, float]:
-    """Max |ours - ref| over real query rows for patterns, received, entropy, z, logits; row-sum error;
-    and the largest shortfall of ref's probability at our top key below ref's maximum."""
+def _layer_errors(ours: dict, ref: dict, v: torch.Tensor, real: torch.Tensor, layer: int) -> dict[str, float]:
+    """One layer's max |ours - ref| over real query rows (pattern, row sum, received, entropy, z, resid_pre)
+    and the largest shortfall of ref's probability at our top key below ref's row maximum."""
     rowmask = real.bool()  # (B, N)
-    e = {"pattern": 0.0, "received": 0.0, "entropy": 0.0, "top_key": 0.0, "row_sum": 0.0}
-    for layer, v in enumerate(vis):
-        r = eager_reference(ref["maps"][layer], v)
-        p = ours["pattern"][layer]
-        sel = rowmask[:, None, :].expand_as(r["entropy"])  # (B, H, N)
-        e["pattern"] = max(e["pattern"], (p - ref["maps"][layer] * v[:, None]).abs()[sel].max().item())
-        e["row_sum"] = max(e["row_sum"], (p.sum(-1) - r["row_sum"]).abs()[sel].max().item())
-        e["received"] = max(e["received"], (ours["received"][layer] - r["received"]).abs().max().item())
-        e["entropy"] = max(e["entropy"], (ours["entropy"][layer] - r["entropy"]).abs()[sel].max().item())
-        a = ref["maps"][layer] * v[:, None]
-        at_ours = a.gather(-1, ours["top_key"][layer].long()[..., None])[..., 0]
-        e["top_key"] = max(e["top_key"], (a.max(-1).values - at_ours)[sel].max().item())
-    e["z"] = (ours["z"] - ref["z"]).abs()[:, rowmask].max().item()
-    e["resid_pre"] = (ours["resid_pre"] - ref["resid_pre"]).abs()[:, rowmask].max().item()
-    e["logits"] = (ours["logits"] - ref["logits"]).abs()[rowmask].max().item()
-    return e
+    r = eager_reference(ref["maps"][layer], v)
+    a = ref["maps"][layer] * v[:, None]
+    p = ours["pattern"][layer]
+    sel = rowmask[:, None, :].expand_as(r["entropy"])  # (B, H, N)
+    at_ours = a.gather(-1, ours["top_key"][layer].long()[..., None])[..., 0]
+    return {"pattern": (p - a).abs()[sel].max().item(),
+            "row_sum": (p.sum(-1) - r["row_sum"]).abs()[sel].max().item(),
+            "received": (ours["received"][layer] - r["received"]).abs().max().item(),
+            "entropy": (ours["entropy"][layer] - r["entropy"]).abs()[sel].max().item(),
+            "top_key": (a.max(-1).values - at_ours)[sel].max().item(),
+            "z": (ours["z"][layer] - ref["z"][layer]).abs()[rowmask].max().item(),
+            "resid_pre": (ours["resid_pre"][layer] - ref["resid_pre"][layer]).abs()[rowmask].max().item()}
+
+
+def _errors(ours: dict, ref: dict, vis: list[torch.Tensor], real: torch.Tensor) -> tuple[dict, list[dict]]:
+    """Errors over the whole model (max over layers, plus ``logits``; ``*_rms``: root mean square over all
+    visible pattern entries, real rows of z and logits) and per layer."""
+    per_layer = [_layer_errors(ours, ref, v, real, layer) for layer, v in enumerate(vis)]
+    e = {k: max(d[k] for d in per_layer) for k in per_layer[0]}
+    rows = real.bool()
+    e["logits"] = (ours["logits"] - ref["logits"]).abs()[rows].max().item()
+    seen = torch.stack(vis)[:, :, None].expand_as(ref["maps"])  # (L, B, H, N, N)
+    e["pattern_rms"] = (ours["pattern"] - ref["maps"])[seen].square().mean().sqrt().item()
+    e["z_rms"] = (ours["z"] - ref["z"])[:, rows].square().mean().sqrt().item()
+    e["logits_rms"] = (ours["logits"] - ref["logits"])[rows].square().mean().sqrt().item()
+    return e, per_layer
+
+
+def _closure(ours: dict, real: torch.Tensor) -> float:
+    """Max |sum_j A_ij + p_sink,i - 1| over real rows: the pattern plus the sink's mass is a distribution."""
+    total = ours["pattern"].sum(-1) + ours["sink_mass"]  # (L, B, H, N)
+    return (total - 1).abs()[:, real.bool()[:, None, :].expand(-1, total.shape[2], -1)].max().item()
+
+
+_REF32: dict[tuple[str, str], dict] = {}
 
 
 def compare(arch: str, dtype: torch.dtype, workdir: str | Path, device: str | torch.device = "cpu") -> dict:
@@ -287,11 +317,13 @@ def compare(arch: str, dtype: torch.dtype, workdir: str | Path, device: str | to
 
     Returns a dict with ``ours`` (errors of the workbench against eager float32: ``pattern``,
     ``row_sum``, ``received``, ``entropy``, ``top_key`` (probability shortfall at our top key), ``z``,
-    ``resid_pre``, ``logits``), ``eager`` (the same errors of eager in ``dtype`` against eager float32; zeros in
-    float32), ``eager_leak`` (largest eager probability outside the visibility we derive from the
-    config: 0 when that derivation is right), ``window_edge`` (per layer, eager's largest probability on
-    the oldest key inside the sliding window; None for full layers), ``windows`` (per-layer windows from
-    the config), ``spec`` (the loaded model's ModelSpec) and ``observed`` (layers, heads, head dim and
+    ``resid_pre``, ``logits``, and ``pattern_rms``, ``z_rms``, ``logits_rms``), ``eager`` (the same errors of
+    eager in ``dtype`` against eager float32; zeros in float32), ``ours_layers`` and ``eager_layers`` (the same
+    per decoder layer, without logits and rms), ``eager_leak`` (largest eager probability outside the
+    visibility we derive from the config: 0 when that derivation is right), ``closure`` (max over real
+    rows of |pattern row sum + the learned sink's probability - 1|), ``window_edge`` (per layer, eager's
+    largest probability on the oldest key inside the sliding window; None for full layers), ``windows``
+    (per-layer windows from the config), ``spec`` (the loaded model's ModelSpec) and ``observed`` (layers, heads, head dim and
     residual width seen in eager's ``z`` and hidden states).
     """
     path = Path(workdir) / arch
@@ -302,8 +334,11 @@ def compare(arch: str, dtype: torch.dtype, workdir: str | Path, device: str | to
     config = AutoConfig.from_pretrained(path)
     inputs = make_inputs(config, device)
     real = inputs["attention_mask"].cpu()
-    ref32 = run_eager(path, torch.float32, inputs, device)
-    ref32 = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ref32.items()}
+    key = (str(path.resolve()), str(device))
+    if key not in _REF32:  # the float32 reference serves both dtypes of one architecture
+        ref = run_eager(path, torch.float32, inputs, device)
+        _REF32[key] = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ref.items()}
+    ref32 = _REF32[key]
     vis = [visibility(real, w) for w in layer_windows(config)]
     leak = max((ref32["maps"][layer] * ~v[:, None])[real.bool()[:, None, :].expand(-1, ref32["maps"].shape[2], -1)]
                .max().item() for layer, v in enumerate(vis))
@@ -314,12 +349,15 @@ def compare(arch: str, dtype: torch.dtype, workdir: str | Path, device: str | to
     ours = run_workbench(path, dtype, inputs, device)
     ours = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ours.items()}
     z = ref32["z"]
-    row = {"arch": arch, "dtype": str(dtype).replace("torch.", ""), "ours": _errors(ours, ref32, vis, real),
-           "eager_leak": leak, "window_edge": edge, "windows": windows, "spec": ours["lm"].spec,
+    ours_err, ours_layers = _errors(ours, ref32, vis, real)
+    row = {"arch": arch, "dtype": str(dtype).replace("torch.", ""), "ours": ours_err, "ours_layers": ours_layers,
+           "eager_leak": leak, "window_edge": edge, "closure": _closure(ours, real), "windows": windows,
+           "spec": ours["lm"].spec,
            "observed": {"n_layers": z.shape[0], "n_heads": z.shape[3], "head_dim": z.shape[4],
                         "d_model": ref32["resid_pre"].shape[-1]}}
     if dtype == torch.float32:
         row["eager"] = {k: 0.0 for k in row["ours"]}
+        row["eager_layers"] = [{k: 0.0 for k in d} for d in ours_layers]
     else:
         refd = run_eager(path, dtype, inputs, device)
         refd = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in refd.items()}
@@ -328,5 +366,5 @@ def compare(arch: str, dtype: torch.dtype, workdir: str | Path, device: str | to
         stats = [eager_reference(refd["maps"][layer], v) for layer, v in enumerate(vis)]
         for name in ("received", "entropy", "top_key"):
             eager_as_ours[name] = torch.stack([s[name] for s in stats])
-        row["eager"] = _errors(eager_as_ours, ref32, vis, real)
+        row["eager"], row["eager_layers"] = _errors(eager_as_ours, ref32, vis, real)
     return row
