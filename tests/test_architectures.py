@@ -89,3 +89,46 @@ def test_cli_traces_non_llama_layouts(capsys, tmp_path, arch):
     assert tuple(tr["pattern"].shape) == (2, 1, 4, 5, 5) and tuple(tr["z"].shape) == (2, 1, 5, 4, 16)
     assert tuple(tr["resid_pre"].shape) == (2, 1, 5, 64)
     assert torch.allclose(tr["pattern"].sum(-1), torch.ones(2, 1, 4, 5), atol=1e-5)
+
+
+class _BiasedAttention(torch.nn.Module):
+    """An attention module passing an argument the workbench kernel does not know (read from this source)."""
+
+    def forward(self, q, k, v, attention_interface=None):
+        return attention_interface(self, q, k, v, None, scaling=1.0, alibi_slopes=q)
+
+
+def test_unknown_attention_argument_refused_at_load_time():
+    from workbench.models import _check_supported
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn = _BiasedAttention()
+
+    class Model(torch.nn.Module):
+        _supports_attention_backend = True
+
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Layer(), Layer()])
+
+    with pytest.raises(UnsupportedArchitectureError, match="alibi_slopes") as err:
+        _check_supported(Model(), "custom-model")
+    assert "scaling" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_oss", "qwen2_vl"])
+def test_supported_attention_arguments_pass_the_check(arch):
+    """The matrix architectures' attention calls use only known arguments (the check is not vacuous:
+    it reads the real ``attention_interface(...)`` call of each)."""
+    import importlib
+
+    from workbench.attention import IGNORED_ATTENTION_KWARGS, SUPPORTED_ATTENTION_KWARGS
+    from workbench.models import _attention_call_kwargs
+
+    mod = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
+    cls = {"llama": "LlamaAttention", "gpt2": "GPT2Attention", "gpt_oss": "GptOssAttention",
+           "qwen2_vl": "Qwen2VLAttention"}[arch]
+    names = _attention_call_kwargs(getattr(mod, cls))
+    assert "scaling" in names and names <= SUPPORTED_ATTENTION_KWARGS | IGNORED_ATTENTION_KWARGS

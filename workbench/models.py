@@ -329,11 +329,40 @@ def _check_supported(model: torch.nn.Module, name: str) -> None:
         raise _refuse(name, getattr(model, "config", None), f"its own attention code ({type(model).__name__})",
                       "it does not route attention through transformers' AttentionInterface, so the workbench "
                       "kernel never sees it")
+    from .attention import IGNORED_ATTENTION_KWARGS, SUPPORTED_ATTENTION_KWARGS
+
+    seen: set[type] = set()
     for layer in decoder_layers(model):
-        attention_module(layer)
+        attn = attention_module(layer)
         if any(getattr(m, "is_cross_attention", False) for m in layer.modules()):
-            raise _refuse(name, model.config, "cross-attention layers",
+            raise _refuse(name, getattr(model, "config", None), "cross-attention layers",
                           "only decoder self-attention goes through the workbench kernel")
+        if type(attn) in seen:
+            continue
+        seen.add(type(attn))
+        unknown = sorted(_attention_call_kwargs(type(attn)) - SUPPORTED_ATTENTION_KWARGS - IGNORED_ATTENTION_KWARGS)
+        if unknown:
+            raise _refuse(name, getattr(model, "config", None), f"the attention argument(s) {', '.join(unknown)}",
+                          f"{type(attn).__name__} passes them to the attention function and the workbench kernel "
+                          "does not know what they change")
+
+
+def _attention_call_kwargs(cls: type) -> set[str]:
+    """Keyword names an attention module's ``forward`` passes to ``attention_interface(...)``, read from its
+    source (empty when the source is unavailable or has no such call)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "attention_interface":
+            names.update(kw.arg for kw in node.keywords if kw.arg is not None)
+    return names
 
 
 def _load_hf(name_or_path: str, name: str | None = None) -> LoadedModel:

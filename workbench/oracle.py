@@ -323,8 +323,8 @@ def compare(arch: str, dtype: torch.dtype, workdir: str | Path, device: str | to
     visibility we derive from the config: 0 when that derivation is right), ``closure`` (max over real
     rows of |pattern row sum + the learned sink's probability - 1|), ``window_edge`` (per layer, eager's
     largest probability on the oldest key inside the sliding window; None for full layers), ``windows``
-    (per-layer windows from the config), ``spec`` (the loaded model's ModelSpec) and ``observed`` (layers, heads, head dim and
-    residual width seen in eager's ``z`` and hidden states).
+    (per-layer windows from the config), ``spec`` (the loaded model's ModelSpec) and ``observed`` (layers,
+    heads, head dim and residual width seen in eager's ``z`` and hidden states).
     """
     path = Path(workdir) / arch
     if not (path / "config.json").exists():
