@@ -71,7 +71,7 @@ def _run_cli(capsys, *args):
 
 def test_cli_refuses_alibi_model_with_one_line(capsys, tmp_path):
     path = _save(_unsupported()["bloom"][0](), tmp_path / "bloom")
-    code, _, err = _run_cli(capsys, "trace", "--model", path, "--prompt", "t5 t6 t7", "--out", str(tmp_path / "t"))
+    code, _, err = _run_cli(capsys, "trace", "--model", path, "--prompt", "hello", "--out", str(tmp_path / "t"))
     assert code == 2 and err.startswith("error: ") and "ALiBi" in err and err.count("\n") == 1
 
 
@@ -82,7 +82,7 @@ def test_cli_traces_non_llama_layouts(capsys, tmp_path, arch):
     from workbench.trace import Trace
 
     path = save_tiny(arch, tmp_path / arch)
-    code, _, err = _run_cli(capsys, "trace", "--model", str(path), "--prompt", "t1 t5 t6 t7 t8", "--window", "0:5",
+    code, _, err = _run_cli(capsys, "trace", "--model", str(path), "--prompt", "hello", "--window", "0:5",
                             "--z", "--resid", "--out", str(tmp_path / "t"))
     assert code == 0, err
     tr = Trace.load(tmp_path / "t")
@@ -132,3 +132,18 @@ def test_supported_attention_arguments_pass_the_check(arch):
            "qwen2_vl": "Qwen2VLAttention"}[arch]
     names = _attention_call_kwargs(getattr(mod, cls))
     assert "scaling" in names and names <= SUPPORTED_ATTENTION_KWARGS | IGNORED_ATTENTION_KWARGS
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "gemma2", "gpt_oss", "llava", "qwen2_vl"])
+def test_census_runs_on_each_layout(tmp_path, arch):
+    """Every census section runs on the non-Llama layouts of the oracle matrix (GPT-2 and GPT-NeoX blocks,
+    sliding-window and soft-capped Gemma-2, gpt-oss's sinks and mixed layers, the VLMs' language models),
+    with one finite row per head."""
+    from workbench.census import run_census
+
+    lm = load_model(str(save_tiny(arch, tmp_path / arch)))
+    res = run_census(lm, n_samples=2, seq_len=48, out_dir=None, progress=False)
+    assert len(res.heads) == lm.spec.n_layers * lm.spec.n_heads
+    assert {"attention", "sinks", "retrieval", "head_types"} <= set(res.summary)
+    assert res.heads[["first_token_mass", "entropy", "mean_distance"]].notna().all().all()
+    assert ((res.heads.first_token_mass >= 0) & (res.heads.first_token_mass <= 1)).all()

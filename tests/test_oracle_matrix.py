@@ -20,7 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.oracle import ARCHITECTURES, compare
+from workbench.oracle import ARCHITECTURES, compare, compare_checkpoint
 
 FP32_TOL = {"pattern": 1e-5, "received": 1e-5, "row_sum": 1e-5, "top_key": 1e-6,
             "entropy": 5e-5, "z": 5e-5, "resid_pre": 5e-5, "logits": 5e-5,
@@ -54,25 +54,43 @@ def test_float32_equals_eager(arch, workdir):
     assert not bad, f"{arch} float32 beyond {FP32_TOL}: {bad}"
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_bfloat16_no_worse_than_eager_bfloat16(arch, workdir):
-    r = row(arch, torch.bfloat16, workdir)
+def check_bfloat16(r: dict, name: str) -> None:
+    """The bfloat16 criteria of the module docstring for one comparison row of workbench.oracle."""
     ours, eager = r["ours"], r["eager"]
-    assert r["closure"] <= BF16_ROW_SUM, f"{arch}: bf16 pattern rows (+ sink) sum to 1 only within {r['closure']:.2e}"
+    assert r["closure"] <= BF16_ROW_SUM, f"{name}: bf16 pattern rows (+ sink) sum to 1 only within {r['closure']:.2e}"
     # layer 0: both bfloat16 paths attend over the same q and k (VLMs: up to the vision tower's SDPA vs eager)
     o0, e0 = r["ours_layers"][0], r["eager_layers"][0]
     worse = {k: (o0[k], e0[k]) for k, slack in BF16_LAYER0_SLACK.items() if not o0[k] <= e0[k] + slack}
-    assert not worse, f"{arch} bf16 layer 0 (ours, eager bf16) max errors against eager fp32: {worse}"
+    assert not worse, f"{name} bf16 layer 0 (ours, eager bf16) max errors against eager fp32: {worse}"
     # the whole model: later layers see each path's own bfloat16 residual stream
     worse = {k: (ours[k], eager[k]) for k in ("pattern_rms", "z_rms", "logits_rms")
              if not ours[k] <= BF16_RMS_FACTOR * eager[k]}
-    assert not worse, f"{arch} bf16 (ours, eager bf16) rms errors against eager fp32: {worse}"
+    assert not worse, f"{name} bf16 (ours, eager bf16) rms errors against eager fp32: {worse}"
     worse = {k: (ours[k], eager[k]) for k in ("pattern", "row_sum", "received", "entropy", "z", "resid_pre", "logits")
              if not ours[k] <= BF16_MAX_FACTOR * eager[k] + 1e-3}
-    assert not worse, f"{arch} bf16 (ours, eager bf16) max errors against eager fp32: {worse}"
+    assert not worse, f"{name} bf16 (ours, eager bf16) max errors against eager fp32: {worse}"
     # top key: if |A' - A| <= e entrywise then A[argmax A'] >= max A - 2e
     for o in r["ours_layers"]:
         assert o["top_key"] <= 2 * o["pattern"] + 1e-6
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_bfloat16_no_worse_than_eager_bfloat16(arch, workdir):
+    check_bfloat16(row(arch, torch.bfloat16, workdir), arch)
+
+
+@pytest.mark.slow
+def test_smollm2_bfloat16_no_worse_than_eager_bfloat16(smollm2):
+    """The real model in bfloat16 on 256 tokens of pydoc prose, by the same criteria (and its patterns'
+    max error within 1e-2 of bfloat16 eager's: measured 0.204 vs 0.198, both in layer 12 of 30)."""
+    from workbench.models import cache_dir
+    from workbench.text import token_windows
+
+    ids = token_windows(smollm2.tokenizer, 256, 1)
+    r = compare_checkpoint(cache_dir() / "smollm2-135m", torch.bfloat16,
+                           {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    check_bfloat16(r, "smollm2-135m")
+    assert r["ours"]["pattern"] <= r["eager"]["pattern"] + 1e-2
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))

@@ -53,6 +53,7 @@ class ModelSpec:
         context_window: ``max_position_embeddings`` (tokens).
         layer_windows: per decoder layer, its sliding window in tokens (query i sees keys j with
             ``i - W < j <= i``), or None for full causal attention; () when unknown.
+        vocab_size: rows of the language model's embedding (0 when unknown).
     """
 
     name: str
@@ -64,6 +65,7 @@ class ModelSpec:
     d_model: int
     context_window: int
     layer_windows: tuple = ()
+    vocab_size: int = 0
 
     @classmethod
     def from_config(cls, name: str, config: Any) -> "ModelSpec":
@@ -94,6 +96,7 @@ class ModelSpec:
             d_model=d_model,
             context_window=_config_int(text, "max_position_embeddings", "n_positions", "n_ctx", default=0),
             layer_windows=windows,
+            vocab_size=_config_int(text, "vocab_size", default=0),
         )
 
     def check_head(self, layer: int, head: int | None = None) -> None:

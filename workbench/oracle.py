@@ -27,11 +27,11 @@ from typing import Any, Callable
 
 import torch
 
-VOCAB = 128
+VOCAB = 300  # 3 special tokens, 256 byte tokens (ids 3..258), image tokens at 290..293
 N_TOKENS = 24
 PAD = 5  # left padding of the second sequence
 WINDOW = 8  # sliding window of the sliding-window architectures (shorter than the input)
-IMAGE_TOKEN, VISION_START, VISION_END = 3, 5, 6
+IMAGE_TOKEN, VISION_START, VISION_END = 290, 292, 293
 INIT_STD = 0.15  # larger than the default 0.02 so that attention is peaked and soft-capping is active
 
 
@@ -79,7 +79,7 @@ def _configs() -> dict[str, Callable[[], Any]]:
                                temporal_patch_size=2),
             text_config=dict(**_common(rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3],
                                                             rope_theta=10000.0))),
-            image_token_id=IMAGE_TOKEN, video_token_id=4, vision_start_token_id=VISION_START,
+            image_token_id=IMAGE_TOKEN, video_token_id=291, vision_start_token_id=VISION_START,
             vision_end_token_id=VISION_END),
     }
 
@@ -89,13 +89,17 @@ ARCHITECTURES: dict[str, Callable[[], Any]] = _configs()
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A byte-level tokenizer without merges: ids 0-2 are <pad>, <s>, </s>, ids 3..258 the 256 bytes, so any
+    text (the census's pydoc prose) tokenises."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", bos_token="t1", eos_token="t2",
-                                   unk_token="t0")
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({ch: 3 + i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))})
+    tok = Tokenizer(models.BPE(vocab, [], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
 def save_tiny(arch: str, path: str | Path, seed: int = 0) -> Path:
@@ -127,7 +131,7 @@ def make_inputs(config: Any, device: str | torch.device = "cpu", seed: int = 1) 
     PAD tokens; a VLM also gets one small image per row (``pixel_values`` and, for Qwen2-VL,
     ``image_grid_thw`` and ``mm_token_type_ids``) with its image tokens in the text."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(7, VOCAB, (2, N_TOKENS), generator=g)
+    ids = torch.randint(3, 259, (2, N_TOKENS), generator=g)  # byte tokens
     mask = torch.ones(2, N_TOKENS, dtype=torch.long)
     ids[1, :PAD], mask[1, :PAD] = 0, 0
     ids[0, 0], ids[1, PAD] = 1, 1  # start-of-text
@@ -331,10 +335,20 @@ def compare(arch: str, dtype: torch.dtype, workdir: str | Path, device: str | to
         save_tiny(arch, path)
     from transformers import AutoConfig
 
+    inputs = make_inputs(AutoConfig.from_pretrained(path), device)
+    return {"arch": arch, **compare_checkpoint(path, dtype, inputs, device)}
+
+
+def compare_checkpoint(path: str | Path, dtype: torch.dtype, inputs: dict,
+                       device: str | torch.device = "cpu") -> dict:
+    """:func:`compare` for any saved checkpoint (e.g. a real model) and inputs (``input_ids``,
+    ``attention_mask`` (B, N) and any image inputs); the same row without ``arch``."""
+    from transformers import AutoConfig
+
+    path = Path(path)
     config = AutoConfig.from_pretrained(path)
-    inputs = make_inputs(config, device)
     real = inputs["attention_mask"].cpu()
-    key = (str(path.resolve()), str(device))
+    key = (str(path.resolve()), str(device), repr(inputs["input_ids"].tolist()))
     if key not in _REF32:  # the float32 reference serves both dtypes of one architecture
         ref = run_eager(path, torch.float32, inputs, device)
         _REF32[key] = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ref.items()}
@@ -350,7 +364,7 @@ def compare(arch: str, dtype: torch.dtype, workdir: str | Path, device: str | to
     ours = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ours.items()}
     z = ref32["z"]
     ours_err, ours_layers = _errors(ours, ref32, vis, real)
-    row = {"arch": arch, "dtype": str(dtype).replace("torch.", ""), "ours": ours_err, "ours_layers": ours_layers,
+    row = {"dtype": str(dtype).replace("torch.", ""), "ours": ours_err, "ours_layers": ours_layers,
            "eager_leak": leak, "window_edge": edge, "closure": _closure(ours, real), "windows": windows,
            "spec": ours["lm"].spec,
            "observed": {"n_layers": z.shape[0], "n_heads": z.shape[3], "head_dim": z.shape[4],
