@@ -57,15 +57,24 @@ def prose_text(split: str = "all") -> str:
     return "\n\n".join(prose_paragraphs(split))
 
 
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    """Token ids of ``text`` with or without the tokenizer's special tokens, as a flat list. A minimal
+    tokenizer whose call takes no ``add_special_tokens`` is taken to add none."""
+    try:
+        enc = tokenizer(text, add_special_tokens=special)
+    except TypeError:
+        enc = tokenizer(text)
+    ids = enc["input_ids"] if isinstance(enc, dict) or hasattr(enc, "keys") else enc.input_ids
+    return torch.as_tensor(ids).reshape(-1).tolist()
+
+
 def start_ids(tokenizer) -> list[int]:
     """The special ids the tokenizer puts in front of a text (e.g. Gemma's ``<bos>``); [] when it adds none.
 
     Found by tokenising a short probe with and without special tokens, so it follows what the tokenizer
     really does (SmolLM2's adds nothing although it names a BOS token; Gemma-3's adds ``<bos>``).
     """
-    probe = "The"
-    with_special = list(tokenizer(probe)["input_ids"])
-    without = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    with_special, without = _ids(tokenizer, "The", True), _ids(tokenizer, "The", False)
     for k in range(len(with_special) - len(without) + 1):
         if with_special[k: k + len(without)] == without:
             return with_special[:k]
@@ -110,7 +119,7 @@ def token_windows(tokenizer, n_tokens: int, n_samples: int, split: str = "all", 
     if body < 1:
         raise ValueError(f"windows of {n_tokens} tokens leave no room for text after the {len(prefix)}-token prefix")
     stride = stride or body
-    ids = tokenizer(prose_text(split), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    ids = torch.tensor(_ids(tokenizer, prose_text(split), False), dtype=torch.long)
     need = (n_samples - 1) * stride + body
     if need > ids.numel():
         raise ValueError(
