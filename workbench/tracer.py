@@ -217,7 +217,12 @@ class Tracer:
         return None
 
     def _accumulate_received(self, layer: int, rsum: torch.Tensor, rcount: torch.Tensor, pop: torch.Tensor) -> None:
-        """Add one call's sums and counts to the layer's (calls during generate() see more keys each time)."""
+        """Add one call's sums and counts to the layer's (calls during generate() see more keys each time).
+
+        Counts are (B, 1, Nk) on layers with a mask and (1, 1, Nk) on unmasked causal ones; they are
+        stored per batch row, so that every layer's counts stack to (L, B, 1, Nk)."""
+        rcount = rcount.expand(rsum.shape[0], -1, -1)
+        pop = pop.expand(rsum.shape[0], -1, -1)
         def add(store: dict[int, torch.Tensor], new: torch.Tensor) -> None:
             old = store.get(layer)
             if old is not None:
