@@ -1,8 +1,11 @@
 """Closed-form attention statistics from q, k and the kernel's log-sum-exp.
 
 Every function takes an :class:`~workbench.attention.AttentionCall` and recovers exact
-attention probabilities ``A[i,j] = exp(scale * q_i . k_j - lse_i)`` block by block, so the
-peak extra memory is one (B, H, chunk, N) block rather than (B, H, N, N).
+attention probabilities ``A[i,j] = exp(s_ij - lse_i)`` block by block, where ``s_ij`` is the score as the
+kernel formed it (:meth:`~workbench.attention.AttentionCall.scores`: soft-cap and additive mask included)
+and ``lse_i`` includes a learned sink logit where the layer has one, so the peak extra memory is one
+(B, H, chunk, N) block rather than (B, H, N, N). All arithmetic is float32 whatever the model dtype, and
+every buffer is created on the call's device.
 
 Definitions (../shared/REFERENCES.md):
 
@@ -10,8 +13,9 @@ Definitions (../shared/REFERENCES.md):
   also used by ACT, Yu et al. 2024): ``s_k = (1/(T-k)) * sum_{i>=k} A[i,k]``. We divide by the
   number of queries that can see k, which is T-k for an unpadded causal sequence and the
   correct count under padding or KV caching.
-* attention entropy of query i, in nats: ``H_i = -sum_j A_ij log A_ij = lse_i - sum_j A_ij s_ij``
-  where ``s_ij`` is the scaled score.
+* attention entropy of query i, in nats: ``H_i = -sum_j A_ij log A_ij = sum_j A_ij (lse_i - s_ij)``
+  over the keys (with learned sinks the row mass is below 1 and the sink's own term is left out, as
+  in transformers' eager attention weights, which drop the sink column).
 * mean attention distance of query i, in tokens: ``sum_j A_ij (i - j)``.
 * top key of query i: ``argmax_j A_ij`` (the retrieval-score statistic of Wu et al. 2024).
 
@@ -78,7 +82,7 @@ def head_statistics(call: AttentionCall, heads: list[int] | None = None, receive
         raise ValueError(f"unknown row statistics {sorted(want - set(ROW_STATS))}; choose from {ROW_STATS}")
     if received and not want and sample_rows is not None and sample_rows < nq:
         return sampled_received(call, sample_query_rows(nq, sample_rows, seed), heads, chunk_elements)
-    if call.mask is None and (heads is None or list(heads) == list(range(hq))):
+    if call.mask is None and call.softcap is None and (heads is None or list(heads) == list(range(hq))):
         return _causal_statistics(call, received, want, chunk_elements)
     return _masked_statistics(call, heads, received, want, chunk_elements)
 
@@ -114,22 +118,24 @@ def sampled_received(call: AttentionCall, rows: torch.Tensor, heads: list[int] |
     b, hq, nq, d = call.query.shape
     hkv, nk = call.key.shape[1], call.key.shape[2]
     rep, off = hq // hkv, call.q_offset
+    dev = call.device
+    rows = rows.to(dev)
     hsel = list(range(hq)) if heads is None else list(heads)
     bm = 1 if call.mask is None else call.mask.shape[0]
-    rsum = torch.zeros(b, len(hsel), nk)
-    rcount = torch.zeros(bm, 1, nk)
+    rsum = torch.zeros(b, len(hsel), nk, device=dev)
+    rcount = torch.zeros(bm, 1, nk, device=dev)
     if call.mask is None:
-        kidx = torch.arange(nk, dtype=torch.float32)
+        kidx = torch.arange(nk, dtype=torch.float32, device=dev)
         population = (nq - (kidx - off).clamp_min(0)).clamp_min(0).view(1, 1, nk)
     else:
-        population = torch.zeros(bm, 1, nk)
+        population = torch.zeros(bm, 1, nk, device=dev)
         step_all = max(1, chunk_elements // max(1, bm * nk))
         for a in range(0, nq, step_all):
             population += call.visible(a, min(nq, a + step_all)).sum(dim=2, dtype=torch.float32)
     k = call.key.float()
     lse = call.lse if heads is None else call.lse[:, hsel]
     step = _chunk_rows(call, chunk_elements)
-    kpos = torch.arange(nk)
+    kpos = torch.arange(nk, device=dev)
     for a in range(0, rows.numel(), step):
         r = rows[a: a + step]
         c = r.numel()
@@ -138,11 +144,15 @@ def sampled_received(call: AttentionCall, rows: torch.Tensor, heads: list[int] |
         s = torch.matmul(q, k[:, :, :kmax].transpose(-1, -2)).view(b, hq, c, kmax)
         if heads is not None:
             s = s[:, hsel]
-        s = s.mul_(call.scale * LOG2E).sub_(lse[:, :, r, None] * LOG2E)
+        s = s.mul_(call.scale)
+        if call.softcap is not None:
+            s = s.div_(call.softcap).tanh_().mul_(call.softcap)
         if call.mask is None:
             vis = (kpos[None, :kmax] <= (r + off)[:, None])[None, None]
         else:
             vis = torch.isfinite(call.mask[:, :, r, :kmax])
+            s = s.add_(call.mask[:, :, r, :kmax].float())
+        s = s.sub_(lse[:, :, r, None]).mul_(LOG2E)
         p = s.exp2_().masked_fill_(~vis, 0.0)  # exp2 of base-2 units: see _causal_statistics
         rsum[..., :kmax] += p.sum(dim=2)
         rcount[..., :kmax] += vis.sum(dim=2, dtype=torch.float32)
@@ -184,6 +194,7 @@ def _causal_statistics(call: AttentionCall, received: bool, want: set[str], chun
     b, hq, nq, d = call.query.shape
     hkv, nk = call.key.shape[1], call.key.shape[2]
     rep, off = hq // hkv, call.q_offset
+    dev = call.device
     # base-2 units: s2 = (scale q.k - lse) * log2(e), A = exp2(s2); exp2 is several times faster than exp
     # on this kind of input, and far faster where exp underflows (scores far below the log-sum-exp)
     q = (call.query.float() * (call.scale * LOG2E)).reshape(b * hkv, rep, nq, d)
@@ -191,21 +202,21 @@ def _causal_statistics(call: AttentionCall, received: bool, want: set[str], chun
     lse = call.lse.reshape(b * hkv, rep, nq) * LOG2E
     out: dict[str, torch.Tensor] = {}
     if received:
-        rsum = torch.zeros(b * hkv, rep, nk)
+        rsum = torch.zeros(b * hkv, rep, nk, device=dev)
         # query i (absolute position i + off) sees key k iff k <= i + off
-        kidx = torch.arange(nk, dtype=torch.float32)
+        kidx = torch.arange(nk, dtype=torch.float32, device=dev)
         out["received_count"] = (nq - (kidx - off).clamp_min(0)).clamp_min(0).view(1, 1, nk)
     probs_rows = bool(want & {"entropy", "distance"})  # these need exp(s); the top key does not
     top_rows = bool(want & {"top_key", "top_prob"})
-    ent = torch.empty(b * hkv, rep, nq) if "entropy" in want else None
-    dist = torch.empty(b * hkv, rep, nq) if "distance" in want else None
+    ent = torch.empty(b * hkv, rep, nq, device=dev) if "entropy" in want else None
+    dist = torch.empty(b * hkv, rep, nq, device=dev) if "distance" in want else None
     if top_rows:
-        top = torch.empty(b * hkv, rep, nq, dtype=torch.long)
-        topp = torch.empty(b * hkv, rep, nq)
-    kpos = torch.arange(nk, dtype=torch.float32)
+        top = torch.empty(b * hkv, rep, nq, dtype=torch.long, device=dev)
+        topp = torch.empty(b * hkv, rep, nq, device=dev)
+    kpos = torch.arange(nk, dtype=torch.float32, device=dev)
     step = _chunk_rows(call, chunk_elements)
     # one score block reused by every chunk: no allocation (and no fresh pages to fault in) per chunk
-    block = torch.empty(b * hq * step * nk)
+    block = torch.empty(b * hq * step * nk, device=dev)
     for a in range(0, nq, step):
         z = min(nq, a + step)
         c, kmax = z - a, min(nk, z + off)
@@ -216,7 +227,7 @@ def _causal_statistics(call: AttentionCall, received: bool, want: set[str], chun
         s = s.view(b * hkv, rep, c, kmax)
         # the diagonal block: keys a+off .. kmax-1, hidden above the diagonal
         d0 = a + off
-        hidden = torch.ones(c, kmax - d0, dtype=torch.bool).triu_(1)
+        hidden = torch.ones(c, kmax - d0, dtype=torch.bool, device=dev).triu_(1)
         if want:
             s[..., d0:].masked_fill_(hidden, float("-inf"))
             if top_rows:
@@ -225,10 +236,12 @@ def _causal_statistics(call: AttentionCall, received: bool, want: set[str], chun
             if probs_rows or received:
                 p = torch.exp2(s)
             if ent is not None:  # -sum A ln A = -ln(2) sum A s2
-                ent[:, :, a:z] = -LN2 * torch.where(p > 0, p * s, torch.zeros(())).sum(-1)
+                ent[:, :, a:z] = -LN2 * torch.where(p > 0, p * s, 0.0).sum(-1)
             if dist is not None:
-                qpos = torch.arange(a, z, dtype=torch.float32) + off
-                dist[:, :, a:z] = qpos - torch.matmul(p, kpos[:kmax])
+                qpos = torch.arange(a, z, dtype=torch.float32, device=dev) + off
+                # sum_j A_ij (i - j); rows sum to 1 except with learned sinks, which keep the rest
+                mass = 1.0 if call.sinks is None else p.sum(-1)
+                dist[:, :, a:z] = qpos * mass - torch.matmul(p, kpos[:kmax])
         else:
             p = s.exp2_()
             p[..., d0:].masked_fill_(hidden, 0.0)
@@ -252,18 +265,19 @@ def _masked_statistics(call: AttentionCall, heads: list[int] | None, received: b
     hsel = list(range(hq)) if heads is None else list(heads)
     h = len(hsel)
     all_heads = None if heads is None or hsel == list(range(hq)) else hsel
+    dev = call.device
     out: dict[str, torch.Tensor] = {}
     if received:
-        rsum = torch.zeros(b, h, nk)
-        rcount = torch.zeros(call.visible(0, 1).shape[0], 1, nk)
-    ent = torch.empty(b, h, nq) if "entropy" in want else None
-    dist = torch.empty(b, h, nq) if "distance" in want else None
+        rsum = torch.zeros(b, h, nk, device=dev)
+        rcount = torch.zeros(call.visible(0, 1).shape[0], 1, nk, device=dev)
+    ent = torch.empty(b, h, nq, device=dev) if "entropy" in want else None
+    dist = torch.empty(b, h, nq, device=dev) if "distance" in want else None
     top_rows = bool(want & {"top_key", "top_prob"})
     if top_rows:
-        top = torch.empty(b, h, nq, dtype=torch.long)
-        topp = torch.empty(b, h, nq)
+        top = torch.empty(b, h, nq, dtype=torch.long, device=dev)
+        topp = torch.empty(b, h, nq, device=dev)
     step = _chunk_rows(call, chunk_elements)
-    kpos = torch.arange(nk, dtype=torch.float32)
+    kpos = torch.arange(nk, dtype=torch.float32, device=dev)
     for a in range(0, nq, step):
         z = min(nq, a + step)
         # causal without an explicit mask: keys after the chunk's last query are never visible
@@ -275,11 +289,12 @@ def _masked_statistics(call: AttentionCall, heads: list[int] | None, received: b
         if received:
             rsum[..., :kmax] += p.sum(dim=2)
             rcount[..., :kmax] += call.visible(a, z, kmax).sum(dim=2, dtype=torch.float32)
-        if ent is not None:
-            ent[..., a:z] = lse - torch.where(p > 0, p * s, torch.zeros((), dtype=p.dtype)).sum(-1)
+        if ent is not None:  # -sum_j A_ij ln A_ij over the keys (with learned sinks the rows sum to < 1)
+            ent[..., a:z] = -torch.where(p > 0, p * (s - lse[..., None]), 0.0).sum(-1)
         if dist is not None:
-            qpos = torch.arange(a, z, dtype=torch.float32) + call.q_offset
-            dist[..., a:z] = qpos - torch.matmul(p, kpos[:kmax])
+            qpos = torch.arange(a, z, dtype=torch.float32, device=dev) + call.q_offset
+            mass = 1.0 if call.sinks is None else p.sum(-1)
+            dist[..., a:z] = qpos * mass - torch.matmul(p, kpos[:kmax])
         if top_rows:
             tp, tk = s.max(dim=-1)
             top[..., a:z] = tk
@@ -304,11 +319,12 @@ def key_mass(call: AttentionCall, keys: torch.Tensor, heads: list[int] | None = 
     Returns:
         (B, H, Nq) float32.
     """
+    keys = keys.to(call.device)
     keys = keys[(keys >= 0) & (keys < call.key.shape[2])]
     b, hq, nq, _ = call.query.shape
     h = hq if heads is None else len(heads)
     if keys.numel() == 0:
-        return torch.zeros(b, h, nq)
+        return torch.zeros(b, h, nq, device=call.device)
     return call.probs(0, nq, keys=keys, heads=heads).sum(-1)
 
 
