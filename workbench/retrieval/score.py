@@ -37,7 +37,8 @@ class TopKeyRecorder:
     """Attention hook recording, per layer call, the top-1 key of each head's last query row.
 
     After a run, ``top_keys()`` is (steps, layers, heads) int64: for each recorded call (one per
-    forward pass) the key index with the largest attention of the last query. Only calls while
+    forward pass) the absolute input position of the key with the largest attention of the last query
+    (also on sliding-window caches, whose calls hold only the last W keys). Only calls while
     ``active`` is True are recorded.
 
     Raises (during the forward pass):
@@ -61,7 +62,8 @@ class TopKeyRecorder:
                                  "run the prompts one by one")
         nq = call.query.shape[2]
         s = call.scores(nq - 1, nq)  # (B, Hq, 1, Nk) float32, -inf where hidden
-        self.rows[-1][call.layer] = s[0, :, 0].argmax(dim=-1)
+        # absolute input positions: on a sliding-window cache the call's key 0 is not position 0
+        self.rows[-1][call.layer] = call.key_positions[s[0, :, 0].argmax(dim=-1)]
         return None
 
     def top_keys(self) -> torch.Tensor:
