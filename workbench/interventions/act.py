@@ -58,8 +58,8 @@ def act_sink_mask(received: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, 
     hit = received > threshold
     if counts is not None and min_queries > 1:
         hit = hit & (counts.expand_as(hit) >= min_queries)
-    first = torch.where(hit.any(-1), hit.float().argmax(-1), torch.full(hit.shape[:-1], -1, dtype=torch.long))
-    pos = torch.arange(hit.shape[-1])
+    first = torch.where(hit.any(-1), hit.float().argmax(-1), torch.full(hit.shape[:-1], -1, dtype=torch.long, device=hit.device))
+    pos = torch.arange(hit.shape[-1], device=hit.device)
     return hit & (pos != first[..., None])
 
 
@@ -122,8 +122,8 @@ class ACTCalibration(HeadIntervention):
 
     def _fixed_mask(self, call: AttentionCall, head: int) -> torch.Tensor:
         b, nk = call.query.shape[0], call.key.shape[2]
-        idx = self.fixed[(call.layer, head)]
-        m = torch.zeros(b, nk, dtype=torch.bool)
+        idx = self.fixed[(call.layer, head)].to(call.query.device)
+        m = torch.zeros(b, nk, dtype=torch.bool, device=call.query.device)
         m[:, idx[idx < nk]] = True
         return m
 
@@ -131,7 +131,7 @@ class ACTCalibration(HeadIntervention):
         """The sink set detected in the last prefill, padded with False to this call's keys: (B, Nk)."""
         b, nk = call.query.shape[0], call.key.shape[2]
         old = self.detected.get((call.layer, head))
-        m = torch.zeros(b, nk, dtype=torch.bool)
+        m = torch.zeros(b, nk, dtype=torch.bool, device=call.query.device)
         if old is not None and old.shape[0] == b:
             n = min(nk, old.shape[1])
             m[:, :n] = old[:, :n]
@@ -177,11 +177,11 @@ class ACTCalibration(HeadIntervention):
         k = call.key[:, h // call.n_rep: h // call.n_rep + 1]
         v = call.value[:, h // call.n_rep: h // call.n_rep + 1]
         nq = q.shape[2]
-        res = torch.empty(q.shape[0], nq, q.shape[-1], dtype=torch.float32)
+        res = torch.empty(q.shape[0], nq, q.shape[-1], dtype=torch.float32, device=q.device)
         for a in range(0, nq, chunk):
             z = min(nq, a + chunk)
             vis = call.visible(a, z) & ~mask[:, None, None, :]  # (B, 1, c, Nk)
-            add = torch.zeros(vis.shape, dtype=q.dtype).masked_fill(~vis, float("-inf"))
+            add = torch.zeros(vis.shape, dtype=q.dtype, device=q.device).masked_fill(~vis, float("-inf"))
             o, _ = attention_with_lse(q[:, :, a:z], k, v, add, call.scale)
             res[:, a:z] = o[:, 0].float()
         return res
