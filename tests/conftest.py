@@ -48,3 +48,11 @@ def make_tiny_lm(n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2, head_
 @pytest.fixture
 def tiny_lm():
     return make_tiny_lm()
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """Gemma-3-270M from its chunk wheels, loaded once per test session (converted on first use)."""
+    from workbench import load_model
+
+    return load_model("gemma3-270m")

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models import LoadedModel
-from .text import token_windows
+from .text import token_windows, window_start
 from .tracer import Tracer
 from .viz import layer_head_heatmap, write_html
 
@@ -135,6 +135,9 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
                sections: list[str] | None = None, progress: bool = True, options: dict | None = None) -> CensusResult:
     """Run the census sections over ``n_samples`` windows of ``seq_len`` tokens of real text.
 
+    Every window starts with the model's start-of-text token when its tokenizer adds one
+    (:func:`workbench.text.token_windows`); ``summary["window_start"]`` says which.
+
     Writes, under ``out_dir/<model-slug>/`` (:func:`workbench.runs.model_dir`): ``heads.parquet``,
     ``heads.csv``, ``heads.json``, ``summary.json`` and ``census.html`` (plotly figures), each with the
     run's provenance (:mod:`workbench.provenance`; ``summary["provenance"]``). ``out_dir=None`` writes nothing.
@@ -154,7 +157,9 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
 
     ctx = CensusContext(lm, samples, progress, options or {}, None if out_dir is None else model_dir(out_dir, lm.spec.name))
     heads = None
-    summary: dict = {"n_samples": n_samples, "seq_len": seq_len, "text": "pydoc_data.topics prose"}
+    start = window_start(lm.tokenizer)
+    summary: dict = {"n_samples": n_samples, "seq_len": seq_len, "text": "pydoc_data.topics prose",
+                     "window_start": start["rule"]}
     figures: list[tuple[str, go.Figure]] = []
     for name in names:
         sec = SECTIONS[name](ctx)
@@ -175,8 +180,8 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
         write_json({"model": lm.spec.name, "heads": json.loads(heads.to_json(orient="records"))}, d / "heads.json", prov)
         (d / "summary.json").write_text(json.dumps(summary, indent=1))
         write_html(figures, d / "census.html", f"Head census: {lm.spec.name}",
-                   f"{n_samples} windows of {seq_len} tokens of pydoc_data.topics prose; kernel-backed statistics.",
-                   prov=prov)
+                   f"{n_samples} windows of {seq_len} tokens of pydoc_data.topics prose ({start['rule']}); "
+                   "kernel-backed statistics.", prov=prov)
         files = {k: str(d / v) for k, v in [("parquet", "heads.parquet"), ("csv", "heads.csv"), ("json", "heads.json"),
                                               ("summary", "summary.json"), ("html", "census.html")]}
     return CensusResult(lm.spec.name, heads, summary, files)

@@ -243,7 +243,7 @@ def classic_head_scores(lm: LoadedModel, text_tokens: torch.Tensor, n_random: in
         DataFrame ``layer, head, previous_token_score, duplicate_token_score, induction_score``.
     """
     prev = head_type_scores(lm, text_tokens, ("previous_token",), progress=progress)
-    rnd = repeated_random_tokens(lm.model.config.vocab_size, half_len, n_random, seed)
+    rnd = repeated_random_tokens(lm.spec.vocab_size or lm.model.config.vocab_size, half_len, n_random, seed)
     rep = head_type_scores(lm, rnd, ("duplicate_token", "induction"), progress=progress)
     return prev.merge(rep, on=["layer", "head"])
 

@@ -51,6 +51,9 @@ class ModelSpec:
         head_dim: dimension of one head's query, key, value and output ``z``.
         d_model: residual-stream width.
         context_window: ``max_position_embeddings`` (tokens).
+        layer_windows: per decoder layer, its sliding window in tokens (query i sees keys j with
+            ``i - W < j <= i``), or None for full causal attention; () when unknown.
+        vocab_size: rows of the language model's embedding (0 when unknown).
     """
 
     name: str
@@ -61,21 +64,39 @@ class ModelSpec:
     head_dim: int
     d_model: int
     context_window: int
+    layer_windows: tuple = ()
+    vocab_size: int = 0
 
     @classmethod
     def from_config(cls, name: str, config: Any) -> "ModelSpec":
-        """Read the spec from a transformers config (the text config of a VLM)."""
+        """Read the spec from a transformers config (the text config of a VLM).
+
+        Reads the standard names (``num_hidden_layers``, ``num_attention_heads``, ...) and, for configs
+        without transformers' attribute map, the GPT-2 style ones (``n_layer``, ``n_head``, ``n_embd``,
+        ``n_positions``). Sliding windows come from ``layer_types`` (``"sliding_attention"`` layers) and
+        ``sliding_window``; without ``layer_types`` a ``sliding_window`` applies to every layer (Mistral, Phi-3).
+        """
         text = getattr(config, "text_config", None) or config
-        n_heads = text.num_attention_heads
+        n_layers = _config_int(text, "num_hidden_layers", "n_layer", "num_layers")
+        n_heads = _config_int(text, "num_attention_heads", "n_head", "num_heads")
+        d_model = _config_int(text, "hidden_size", "n_embd", "d_model")
+        window = getattr(text, "sliding_window", None)
+        types = getattr(text, "layer_types", None)
+        if types is not None and len(types) == n_layers:
+            windows = tuple(window if t == "sliding_attention" else None for t in types)
+        else:
+            windows = (window,) * n_layers
         return cls(
             name=name,
             architecture=text.model_type,
-            n_layers=text.num_hidden_layers,
+            n_layers=n_layers,
             n_heads=n_heads,
             n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
-            head_dim=getattr(text, "head_dim", None) or text.hidden_size // n_heads,
-            d_model=text.hidden_size,
-            context_window=getattr(text, "max_position_embeddings", 0) or 0,
+            head_dim=getattr(text, "head_dim", None) or d_model // n_heads,
+            d_model=d_model,
+            context_window=_config_int(text, "max_position_embeddings", "n_positions", "n_ctx", default=0),
+            layer_windows=windows,
+            vocab_size=_config_int(text, "vocab_size", default=0),
         )
 
     def check_head(self, layer: int, head: int | None = None) -> None:
@@ -96,6 +117,24 @@ class ModelSpec:
                 f"prompt is {n_tokens} tokens but {self.name} has a {self.context_window}-token context "
                 "window: shorten the prompt (or pass allow_longer=True / --allow-longer to run past it)"
             )
+
+
+def _config_int(config: Any, *names: str, default: int | None = None) -> int:
+    """The first of ``names`` that the config has (not None), as an int.
+
+    Raises:
+        UnsupportedArchitectureError: none of them and no default.
+    """
+    for n in names:
+        value = getattr(config, n, None)
+        if value is not None:
+            return int(value)
+    if default is not None:
+        return default
+    raise UnsupportedArchitectureError(
+        f"the {getattr(config, 'model_type', '?')} config has none of {', '.join(names)}: the workbench cannot "
+        "tell the model's shape"
+    )
 
 
 def parse_heads(text: str, n_layers: int | None = None, n_heads: int | None = None,
@@ -246,13 +285,101 @@ register_preset(
 # --- generic loading ---------------------------------------------------------------------------
 
 
+SUPPORTED_FAMILIES = "Llama, Qwen2/3, Mistral, Phi-3, Gemma-2/3, OLMo-2, GPT-NeoX, GPT-2, gpt-oss, LLaVA, Qwen2-VL"
+
+
+def _refuse(name: str, config: Any, feature: str, why: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(
+        f"{name} ({getattr(config, 'model_type', '?')}) uses {feature}, which the workbench does not support: "
+        f"{why}; use a decoder-only model of a supported family ({SUPPORTED_FAMILIES})"
+    )
+
+
+def _check_config(config: Any, name: str) -> None:
+    """Refuse, before any weight is loaded, what the workbench attention cannot trace exactly.
+
+    Refused: encoder-decoder models (T5, BART, ...), ALiBi position biases (BLOOM, MPT, Falcon with
+    ``alibi=True``), cross-attention layers (``add_cross_attention``, ``cross_attention_layers``), and
+    models whose transformers class does not route attention through ``AttentionInterface``.
+
+    Raises:
+        UnsupportedArchitectureError: one line naming the feature.
+    """
+    text = getattr(config, "text_config", None) or config
+    if getattr(config, "is_encoder_decoder", False) or getattr(text, "is_encoder_decoder", False):
+        raise _refuse(name, config, "an encoder-decoder architecture",
+                      "its decoder cross-attends to an encoder, and only decoder self-attention is traced")
+    attn_config = getattr(text, "attn_config", None)
+    if (getattr(text, "alibi", False) or text.model_type in ("bloom", "mpt")
+            or getattr(attn_config, "alibi", False)):
+        raise _refuse(name, config, "ALiBi position biases",
+                      "the fused kernels and the closed-form statistics add no per-head linear position bias")
+    if getattr(text, "add_cross_attention", False) or getattr(text, "cross_attention_layers", None):
+        raise _refuse(name, config, "cross-attention layers",
+                      "only decoder self-attention goes through the workbench kernel")
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+    )
+
+    mapping = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING if hasattr(config, "vision_config") else MODEL_FOR_CAUSAL_LM_MAPPING
+    try:
+        cls = mapping[type(config)]
+    except KeyError:
+        raise _refuse(name, config, "no causal language-model head in transformers",
+                      "the workbench traces causal (decoder-only) language models and LLaVA-style VLMs") from None
+    if not getattr(cls, "_supports_attention_backend", False):
+        raise _refuse(name, config, f"its own attention code ({cls.__name__})",
+                      "it does not route attention through transformers' AttentionInterface, so the workbench "
+                      "kernel never sees it")
+
+
 def _check_supported(model: torch.nn.Module, name: str) -> None:
+    """Refuse a loaded model whose attention the workbench cannot see or trace (see :func:`_check_config`).
+
+    Raises:
+        UnsupportedArchitectureError: one line naming the feature.
+    """
+    from .hooks import attention_module, decoder_layers
+
     if not getattr(model, "_supports_attention_backend", False):
-        raise UnsupportedArchitectureError(
-            f"{name} ({type(model).__name__}) does not route attention through transformers' "
-            "AttentionInterface, so the workbench cannot trace it: use a model family that does "
-            "(Llama, Mistral, Qwen2, Gemma, Phi-3, LLaVA, ...)"
-        )
+        raise _refuse(name, getattr(model, "config", None), f"its own attention code ({type(model).__name__})",
+                      "it does not route attention through transformers' AttentionInterface, so the workbench "
+                      "kernel never sees it")
+    from .attention import IGNORED_ATTENTION_KWARGS, SUPPORTED_ATTENTION_KWARGS
+
+    seen: set[type] = set()
+    for layer in decoder_layers(model):
+        attn = attention_module(layer)
+        if any(getattr(m, "is_cross_attention", False) for m in layer.modules()):
+            raise _refuse(name, getattr(model, "config", None), "cross-attention layers",
+                          "only decoder self-attention goes through the workbench kernel")
+        if type(attn) in seen:
+            continue
+        seen.add(type(attn))
+        unknown = sorted(_attention_call_kwargs(type(attn)) - SUPPORTED_ATTENTION_KWARGS - IGNORED_ATTENTION_KWARGS)
+        if unknown:
+            raise _refuse(name, getattr(model, "config", None), f"the attention argument(s) {', '.join(unknown)}",
+                          f"{type(attn).__name__} passes them to the attention function and the workbench kernel "
+                          "does not know what they change")
+
+
+def _attention_call_kwargs(cls: type) -> set[str]:
+    """Keyword names an attention module's ``forward`` passes to ``attention_interface(...)``, read from its
+    source (empty when the source is unavailable or has no such call)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "attention_interface":
+            names.update(kw.arg for kw in node.keywords if kw.arg is not None)
+    return names
 
 
 def _load_hf(name_or_path: str, name: str | None = None, device: torch.device | None = None,
@@ -272,6 +399,7 @@ def _load_hf(name_or_path: str, name: str | None = None, device: torch.device | 
             f"unknown model {name_or_path!r}: not a preset ({', '.join(sorted(PRESETS))}), "
             f"not a local checkpoint directory, and not loadable from the Hugging Face hub ({type(err).__name__})"
         ) from None
+    _check_config(config, name_or_path)
     is_vlm = hasattr(config, "vision_config")
     auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
     # a VLM's vision tower keeps SDPA: the workbench kernel and its hooks are for the language model
@@ -374,7 +502,8 @@ def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: st
     Raises:
         UnknownModelError: the name is none of the above.
         MissingModelPackageError: a preset's weight package is missing.
-        UnsupportedArchitectureError: the model does not use transformers' attention interface.
+        UnsupportedArchitectureError: an architecture the workbench cannot trace (encoder-decoder, ALiBi,
+            cross-attention, attention outside transformers' AttentionInterface), refused before loading weights.
         WorkbenchError: an unknown device or dtype, CUDA without a GPU, or a device_map for a preset.
     """
     from .attention import register_attention
@@ -397,7 +526,7 @@ def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: st
 
 
 # Modules that register further presets when imported (e.g. the digits VLM).
-PRESET_MODULES: list[str] = ["workbench.digits_vlm"]
+PRESET_MODULES: list[str] = ["workbench.digits_vlm", "workbench.gemma3"]
 
 
 def load_preset_modules() -> None:

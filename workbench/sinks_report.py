@@ -14,7 +14,7 @@ from .census import CensusContext, CensusSection, register_section
 from .massive import intervention_perplexity, layer_summary, massive_activations, massive_dims, onset_layer
 from .models import LoadedModel
 from .sinks import SINK_EPS, analyze_sinks, head_table, layer_profile, received_attention, sink_onset_layer, sink_rate
-from .text import token_windows
+from .text import token_windows, window_start
 from .viz import layer_head_heatmap, write_html
 
 
@@ -49,7 +49,9 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
     Text: ``train`` prose windows for detection (``n_short`` x ``short_len`` and ``n_long`` x ``long_len``
     tokens), ``heldout`` prose windows (``n_ppl`` x ``ppl_len``) for the perplexity test.
 
-    Returns: the JSON object (keys ``sink_rate_first_token`` (percent, ``short_len`` tokens),
+    Every window starts with the start-of-text token when the tokenizer adds one (``window_start`` says which).
+
+    Returns: the JSON object (keys ``window_start``, ``sink_rate_first_token`` (percent, ``short_len`` tokens),
     ``sink_rate_first_token_by_length``, ``profile``, ``massive_activations`` (objects with ``layer``,
     ``dim``, ``token``, ``value``, ``ratio_to_median``, ``count``), ``massive_dims``, ``massive_onset_layer``,
     ``massive_by_layer``, ``sink_onset_layer`` (first layer where over half the heads have s_0 > 0.3),
@@ -69,6 +71,7 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
     result = {
         "model": lm.spec.name,
         "text": "pydoc_data.topics prose (train split for detection, heldout for perplexity)",
+        "window_start": window_start(lm.tokenizer)["rule"],
         "sink_eps": SINK_EPS,
         "sink_rate_first_token": an.sink_rate_first_token[short_len],
         "sink_rate_first_token_by_length": {str(k): v for k, v in an.sink_rate_first_token.items()},
@@ -107,7 +110,8 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         rates = ", ".join(f"{v:.1f}% at {k} tokens" for k, v in an.sink_rate_first_token.items())
         ptab = "".join(f"<tr><td>{r['intervention']}</td><td>{r['perplexity']:.3f}</td><td>{r['entries_edited']}</td></tr>"
                        for r in result["perplexity"])
-        intro = (f"Sink_1^0.3 (first-token sink rate): {rates}. Massive dims {dims}, appearing entering layer {onset}; "
+        intro = (f"Windows of pydoc_data.topics prose; {result['window_start']}. "
+                 f"Sink_1^0.3 (first-token sink rate): {rates}. Massive dims {dims}, appearing entering layer {onset}; "
                  f"first layer where over half the heads are first-token sinks: {result['sink_onset_layer']}. "
                  f"Perplexity on held-out prose ({n_ppl} x {ppl_len} tokens) with the massive entries entering layer {onset} "
                  f"kept / zeroed / set to their mean:</p><table border=1><tr><th>intervention</th><th>perplexity</th>"

@@ -57,26 +57,69 @@ def prose_text(split: str = "all") -> str:
     return "\n\n".join(prose_paragraphs(split))
 
 
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    """Token ids of ``text`` with or without the tokenizer's special tokens, as a flat list. A minimal
+    tokenizer whose call takes no ``add_special_tokens`` is taken to add none."""
+    try:
+        enc = tokenizer(text, add_special_tokens=special)
+    except TypeError:
+        enc = tokenizer(text)
+    ids = enc["input_ids"] if isinstance(enc, dict) or hasattr(enc, "keys") else enc.input_ids
+    return torch.as_tensor(ids).reshape(-1).tolist()
+
+
+def start_ids(tokenizer) -> list[int]:
+    """The special ids the tokenizer puts in front of a text (e.g. Gemma's ``<bos>``); [] when it adds none.
+
+    Found by tokenising a short probe with and without special tokens, so it follows what the tokenizer
+    really does (SmolLM2's adds nothing although it names a BOS token; Gemma-3's adds ``<bos>``).
+    """
+    with_special, without = _ids(tokenizer, "The", True), _ids(tokenizer, "The", False)
+    for k in range(len(with_special) - len(without) + 1):
+        if with_special[k: k + len(without)] == without:
+            return with_special[:k]
+    return []
+
+
+def window_start(tokenizer, prefix_ids: list[int] | None = None) -> dict:
+    """What every text window starts with, for reports: ``{"start_ids": [...], "start_tokens": [...], "rule": str}``.
+
+    Args:
+        prefix_ids: the prefix used (default :func:`start_ids` of the tokenizer, as :func:`token_windows` does).
+    """
+    ids = start_ids(tokenizer) if prefix_ids is None else list(prefix_ids)
+    toks = tokenizer.convert_ids_to_tokens(ids) if ids else []
+    rule = (f"every window starts with {' '.join(toks)} (id {', '.join(map(str, ids))}), the start-of-text token "
+            "the tokenizer puts before a text" if ids else
+            "windows start mid-text: the tokenizer adds no start-of-text token")
+    return {"start_ids": ids, "start_tokens": toks, "rule": rule}
+
+
 def token_windows(tokenizer, n_tokens: int, n_samples: int, split: str = "all", stride: int | None = None,
                   prefix_ids: list[int] | None = None) -> torch.Tensor:
-    """Consecutive windows of the tokenised prose.
+    """Consecutive windows of the tokenised prose, each starting as a text given to the model would.
 
     Args:
         tokenizer: a Hugging Face tokenizer.
-        n_tokens: tokens per window (including ``prefix_ids``).
+        n_tokens: tokens per window (including the prefix).
         n_samples: number of windows.
         split: text split (see :func:`prose_paragraphs`).
-        stride: tokens between window starts (default ``n_tokens``, i.e. disjoint windows).
-        prefix_ids: ids put in front of every window (e.g. a BOS token); none by default.
+        stride: tokens between window starts in the prose (default ``n_tokens`` minus the prefix, i.e.
+            disjoint windows).
+        prefix_ids: ids put in front of every window. Default: :func:`start_ids`, the start-of-text token(s)
+            the tokenizer adds to a text (Gemma's ``<bos>``; nothing for SmolLM2), so that every window,
+            not only the first, starts with it; ``[]`` for none.
     Returns:
         (n_samples, n_tokens) int64 ids.
     Raises:
-        ValueError: the text is too short for that many windows.
+        ValueError: the text is too short for that many windows, or the prefix fills the window.
     """
-    prefix = list(prefix_ids or [])
+    prefix = start_ids(tokenizer) if prefix_ids is None else list(prefix_ids)
     body = n_tokens - len(prefix)
+    if body < 1:
+        raise ValueError(f"windows of {n_tokens} tokens leave no room for text after the {len(prefix)}-token prefix")
     stride = stride or body
-    ids = tokenizer(prose_text(split), return_tensors="pt").input_ids[0]
+    ids = torch.tensor(_ids(tokenizer, prose_text(split), False), dtype=torch.long)
     need = (n_samples - 1) * stride + body
     if need > ids.numel():
         raise ValueError(

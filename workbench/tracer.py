@@ -60,6 +60,10 @@ class Tracer:
             scoring needs, without computing statistics for every prompt row. Row arrays then start at
             query ``rows_from`` (``meta["rows_from"]``) and ``received`` averages over those queries only.
 
+    Every key index in a trace is an absolute position in the input: ``top_key``, the keys of ``received``,
+    ``key_sets`` and the pattern's key axis, also while ``generate()`` decodes on a sliding-window cache
+    (whose calls see only the last W keys; :attr:`~workbench.attention.AttentionCall.key_positions`).
+
     Raises:
         HeadIndexError: a layer or head is out of range.
         ValueError: an unknown statistic name.
@@ -183,49 +187,68 @@ class Tracer:
             return None
         heads = self._head_arg
         pattern_call = call
-        if self.rows_from > call.q_offset:
-            call = _later_queries(call, self.rows_from - call.q_offset)
+        key_start = int(call.key_start)  # > 0 on sliding-window caches: key j is at position key_start + j
+        first_query = key_start + call.q_offset
+        if self.rows_from > first_query:
+            call = _later_queries(call, self.rows_from - first_query)
             if call is None:
                 return self._pattern_rows(pattern_call, heads)
         want_rows = tuple(s for s in ROW_STATS if s in self.stats)
         if "received" in self.stats or want_rows:
             st = S.head_statistics(call, heads, received="received" in self.stats, rows=want_rows,
                                    chunk_elements=self.chunk_elements, sample_rows=self.sample_rows, seed=self.seed)
+            if "top_key" in st and key_start:
+                st["top_key"] = st["top_key"] + key_start  # absolute input positions
             for name in ROW_STATS:
                 if name in self.stats:
                     self._rows[name][layer].append(st[name])
             if "received" in self.stats:
                 self._accumulate_received(layer, st["received_sum"], st["received_count"],
-                                          st.get("received_population", st["received_count"]))
-        for name, keys in self.key_sets.items():
-            self._rows["mass." + name][layer].append(S.key_mass(call, keys, heads))
+                                          st.get("received_population", st["received_count"]), key_start)
+        for name, keys in self.key_sets.items():  # key sets name absolute positions
+            self._rows["mass." + name][layer].append(S.key_mass(call, keys - key_start, heads))
         if self.z:
             out = call.output if heads is None else call.output[:, heads]
             self._rows["z"][layer].append(out.transpose(1, 2).detach().float().clone())
         return self._pattern_rows(pattern_call, heads)
 
     def _pattern_rows(self, call: AttentionCall, heads: list[int] | None) -> None:
-        """Store the rows of the pattern window that this call computes (if any)."""
+        """Store the rows of the pattern window that this call computes (if any), over absolute key positions
+        0..q_stop-1 (a sliding-window cache's keys are placed at their positions; evicted ones read 0)."""
         if self.pattern_window is not None:
             q0, q1 = self.pattern_window
-            first = call.q_offset
+            key_start = int(call.key_start)
+            first = key_start + call.q_offset  # absolute position of the call's first query
             a, b = max(q0, first), min(q1, first + call.query.shape[2])
             if a < b:
-                self.check_budget(call.query.shape[0], call.key.shape[2])
-                rows = S.pattern_rows(call, a - first, b - first, q1, heads)
-                if rows.shape[-1] < q1:
-                    rows = torch.nn.functional.pad(rows, (0, q1 - rows.shape[-1]))
+                self.check_budget(call.query.shape[0], key_start + call.key.shape[2])
+                rows = S.pattern_rows(call, a - first, b - first, max(0, q1 - key_start), heads)
+                left = min(key_start, q1)
+                rows = torch.nn.functional.pad(rows, (left, q1 - left - rows.shape[-1]))
                 self._pattern[call.layer].append(rows)
         return None
 
-    def _accumulate_received(self, layer: int, rsum: torch.Tensor, rcount: torch.Tensor, pop: torch.Tensor) -> None:
-        """Add one call's sums and counts to the layer's (calls during generate() see more keys each time)."""
+    def _accumulate_received(self, layer: int, rsum: torch.Tensor, rcount: torch.Tensor, pop: torch.Tensor,
+                             key_start: int = 0) -> None:
+        """Add one call's sums and counts to the layer's at the absolute key positions ``key_start + j``
+        (calls during generate() see more keys each time; a sliding-window cache's keys start later).
+
+        Counts are (B, 1, Nk) on layers with a mask and (1, 1, Nk) on unmasked causal ones; they are
+        stored per batch row, so that every layer's counts stack to (L, B, 1, Nk)."""
+        rcount = rcount.expand(rsum.shape[0], -1, -1)
+        pop = pop.expand(rsum.shape[0], -1, -1)
+
         def add(store: dict[int, torch.Tensor], new: torch.Tensor) -> None:
             old = store.get(layer)
-            if old is not None:
-                new = new.clone()
-                new[..., : old.shape[-1]] += old
-            store[layer] = new
+            n = key_start + new.shape[-1]
+            if old is None:
+                old = new.new_zeros(new.shape[:-1] + (n,))
+            elif old.shape[-1] < n:
+                old = torch.nn.functional.pad(old, (0, n - old.shape[-1]))
+            else:
+                old = old.clone()
+            old[..., key_start:n] += new
+            store[layer] = old
         add(self._recv_sum, rsum)
         add(self._recv_count, rcount)
         add(self._recv_pop, pop)

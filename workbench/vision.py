@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import AttentionCall, attention_hooks
+from .errors import WorkbenchError
 from .hooks import decoder_layers
 from .models import LoadedModel
 from .tracer import Tracer
@@ -47,9 +48,25 @@ RHO = 0.5
 # --- vision-aware head divergence -------------------------------------------------------------
 
 
+def require_single(inp: VLMInput) -> None:
+    """The vision analyses read one input at a time (its image span, its text-only pass).
+
+    Raises:
+        WorkbenchError: ``inp`` holds a batch of more than one prompt.
+    """
+    if inp.input_ids.shape[0] != 1:
+        raise WorkbenchError(f"vision analyses take one input at a time, got a batch of {inp.input_ids.shape[0]}: "
+                             "pass the inputs as a list of single prompts")
+
+
 @torch.no_grad()
 def head_outputs(lm: LoadedModel, inp: VLMInput, positions: torch.Tensor) -> torch.Tensor:
-    """Head outputs z at ``positions`` of one input: (n_pos, n_layers, n_heads, head_dim) float32."""
+    """Head outputs z at ``positions`` of one input: (n_pos, n_layers, n_heads, head_dim) float32.
+
+    Raises:
+        WorkbenchError: ``inp`` is a batch (:func:`require_single`).
+    """
+    require_single(inp)
     tr = Tracer(lm, z=True).run(inp.input_ids, **inp.kwargs())
     return tr["z"][:, 0, positions].permute(1, 0, 2, 3)  # (layer, pos, head, d) -> (pos, layer, head, d)
 
@@ -66,6 +83,7 @@ def vhd_steps(lm: LoadedModel, inp: VLMInput, answer: torch.Tensor | None = None
         distance ||z_image - z_text||_2 and the text-only output norm ||z_text||_2.
     """
     require_vlm(lm.model, lm.spec.name)
+    require_single(inp)
     t = 0 if answer is None else answer.shape[1]
     full = inp if answer is None or t == 0 else inp.with_suffix(answer[:, :-1])
     txt = text_only(lm.model, full)
@@ -198,6 +216,7 @@ def sink_table(lm: LoadedModel, inputs: Sequence[VLMInput], dims: Sequence[int],
     """
     rows = []
     for s, inp in enumerate(tqdm(inputs, desc="sinks", disable=not progress)):
+        require_single(inp)
         img = image_positions(lm.model, inp.input_ids)
         where = {int(p): i for i, p in enumerate(img)}
         det = SinkDetector(lm, dims, tau)
@@ -244,12 +263,15 @@ class ImageAttentionRecorder:
     def on_attention(self, call: AttentionCall) -> None:
         if call.q_offset > 0:
             return None
+        if call.query.shape[0] != 1:
+            raise WorkbenchError(f"image attention is recorded for one input at a time, got a batch of "
+                                 f"{call.query.shape[0]}: run the inputs one by one")
         nq = call.query.shape[2]
         p = call.probs(nq - 1, nq)[0, :, 0]  # (H, Nk)
         sink = self.det.sinks.get(call.layer)
-        sink = sink[0, : p.shape[1]] if sink is not None else torch.zeros(p.shape[1], dtype=torch.bool)
-        is_img = torch.zeros(p.shape[1], dtype=torch.bool)
-        is_img[self.img] = True
+        sink = sink[0, : p.shape[1]] if sink is not None else torch.zeros(p.shape[1], dtype=torch.bool, device=p.device)
+        is_img = torch.zeros(p.shape[1], dtype=torch.bool, device=p.device)
+        is_img[torch.as_tensor(self.img).to(p.device)] = True
         a_img = p[:, is_img].sum(-1)
         a_nonsink = p[:, is_img & ~sink].sum(-1)
         a_sink = p[:, sink].sum(-1)
@@ -267,6 +289,7 @@ def image_attention_table(lm: LoadedModel, inputs: Sequence[VLMInput], dims: Seq
     """
     rows = []
     for s, inp in enumerate(tqdm(inputs, desc="image attention", disable=not progress)):
+        require_single(inp)
         det = SinkDetector(lm, dims, tau)
         rec = ImageAttentionRecorder(image_positions(lm.model, inp.input_ids), det)
         with det, attention_hooks(rec):

@@ -29,6 +29,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..attention import AttentionCall, attention_hooks, attention_with_lse
+from ..errors import WorkbenchError
 
 P = 0.6
 SUMM = 0.2
@@ -48,7 +49,8 @@ def var_output(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p:
         (output (B, Hq, Nq, D), selected (B, Hq, Nq) bool: the image-centric (head, query) pairs changed).
     """
     out = call.output
-    nq = call.query.shape[2]
+    nq, dev = call.query.shape[2], call.query.device
+    sinks, image = sinks.to(dev), image.to(dev)
     s_idx = sinks.nonzero().reshape(-1)
     ip_idx = (image & ~sinks).nonzero().reshape(-1)
     none = torch.zeros(out.shape[:3], dtype=torch.bool, device=call.device)
@@ -123,6 +125,9 @@ class VisualAttentionRedistribution:
     def on_attention(self, call: AttentionCall) -> torch.Tensor | None:
         if call.layer not in self.layers:
             return None
+        if call.query.shape[0] != 1:
+            raise WorkbenchError(f"VAR redistributes attention for one input at a time (its image positions and sinks), "
+                                 f"got a batch of {call.query.shape[0]}: run the inputs one by one")
         nk = call.key.shape[2]
         sinks = self.detector.sinks[call.layer][0, :nk]
         image = torch.zeros(nk, dtype=torch.bool, device=call.device)

@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..attention import AttentionCall, attention_hooks
+from ..errors import WorkbenchError
 
 ALPHA = 2.0
 
@@ -88,6 +89,9 @@ class VisionAwareHeadReinforcement:
         layer = call.layer
         if layer not in self.layers:
             return None
+        if call.query.shape[0] != 1:
+            raise WorkbenchError(f"VHR selects heads for one input at a time (against its text-only pass), got a batch "
+                                 f"of {call.query.shape[0]}: run the inputs one by one")
         out = call.output.clone()
         if call.q_offset == 0:  # prefill: select at the first generation position, layer by layer
             z_img = out[0, :, -1].float()  # (H, D)

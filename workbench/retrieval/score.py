@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..attention import AttentionCall, attention_hooks
+from ..errors import WorkbenchError
 
 MAX_NEW_TOKENS = 50
 ROUGE_THRESHOLD = 0.5
@@ -36,8 +37,12 @@ class TopKeyRecorder:
     """Attention hook recording, per layer call, the top-1 key of each head's last query row.
 
     After a run, ``top_keys()`` is (steps, layers, heads) int64: for each recorded call (one per
-    forward pass) the key index with the largest attention of the last query. Only calls while
+    forward pass) the absolute input position of the key with the largest attention of the last query
+    (also on sliding-window caches, whose calls hold only the last W keys). Only calls while
     ``active`` is True are recorded.
+
+    Raises (during the forward pass):
+        WorkbenchError: a batch of more than one sequence (retrieval scoring decodes one prompt at a time).
     """
 
     def __init__(self, n_layers: int):
@@ -52,9 +57,13 @@ class TopKeyRecorder:
     def on_attention(self, call: AttentionCall) -> None:
         if not self.active or not self.rows:
             return None
+        if call.query.shape[0] != 1:
+            raise WorkbenchError(f"retrieval scoring decodes one prompt at a time, got a batch of {call.query.shape[0]}: "
+                                 "run the prompts one by one")
         nq = call.query.shape[2]
         s = call.scores(nq - 1, nq)  # (B, Hq, 1, Nk) float32, -inf where hidden
-        self.rows[-1][call.layer] = s[0, :, 0].argmax(dim=-1)
+        # absolute input positions: on a sliding-window cache the call's key 0 is not position 0
+        self.rows[-1][call.layer] = call.key_positions[s[0, :, 0].argmax(dim=-1)]
         return None
 
     def top_keys(self) -> torch.Tensor:
@@ -64,7 +73,7 @@ class TopKeyRecorder:
             missing = [i for i in range(self.n_layers) if i not in step]
             if missing:
                 raise RuntimeError(f"layers {missing} never ran attention through the workbench kernel")
-            out.append(torch.stack([step[i] for i in range(self.n_layers)]))
+            out.append(torch.stack([step[i] for i in range(self.n_layers)]).cpu())
         return torch.stack(out) if out else torch.empty(0, self.n_layers, 0, dtype=torch.long)
 
 
@@ -119,12 +128,21 @@ def greedy_decode(lm, ids: torch.Tensor, max_new_tokens: int = MAX_NEW_TOKENS, r
         stop_at_newline: stop after a token whose text contains a newline.
     Returns:
         :class:`Decoded` with ``top_keys`` (T, L, Hq) where row t produced ``tokens[t]``.
+    Raises:
+        WorkbenchError: ``ids`` is not one prompt of shape (1, N).
     """
+    if ids.dim() != 2 or ids.shape[0] != 1:
+        raise WorkbenchError(f"greedy_decode takes one prompt of shape (1, N), got {tuple(ids.shape)}: decode the "
+                             "prompts one by one")
     n = ids.shape[1]
     model = lm.model
     if prefill_cache is None:
         prefill_cache = prefill(lm, ids)
     cache = prefill_cache
+    if hasattr(cache, "activate_past_recording"):
+        # sliding-window layers then keep the keys they evict while decoding, so the crop below can roll
+        # the cache back to the prompt (without it, crop raises once a layer's window is full)
+        cache.activate_past_recording()
     eos, nl = _stop_ids(lm.tokenizer)
     rec = TopKeyRecorder(lm.spec.n_layers) if record else None
     active = ([rec] if rec else []) + list(hooks)

@@ -1,0 +1,113 @@
+"""The oracle matrix: every supported architecture, float32 and bfloat16, workbench vs eager attention.
+
+Tiny random-weight models built from transformers configs (2 layers, 24 tokens, a left-padded batch of
+two; Mistral/Phi-3/Gemma/gpt-oss with an 8-token sliding window; Gemma-2 soft-capped; gpt-oss with learned
+sinks; LLaVA and Qwen2-VL with an image per row) are loaded with :func:`workbench.load_model` and traced,
+and compared with the same checkpoint under transformers' eager attention with ``output_attentions``
+(:mod:`workbench.oracle` reduces eager's own maps with plain torch, not with :mod:`workbench.stats`).
+
+float32: patterns, received attention and row sums within 1e-5; entropy, z, residuals and logits
+within 5e-5; the top key is eager's argmax (up to exact ties).
+bfloat16, against the float32 eager reference, with transformers' own bfloat16 eager as the yardstick:
+every pattern row sums to 1 within 1e-3 (gpt-oss: with the learned sink's probability exp(sink - lse'));
+in layer 0, where both bfloat16 paths attend over the same q and k, patterns are no further from float32
+eager than bfloat16 eager is (+2e-3; received +1e-3); over the whole model, where each path carries its
+own bfloat16 residual stream, the rms errors of patterns, z and logits are within 1.1x bfloat16 eager's
+and every max error within 2x (+1e-3); the top key is within twice the pattern error of eager's argmax.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.oracle import ARCHITECTURES, compare, compare_checkpoint
+
+FP32_TOL = {"pattern": 1e-5, "received": 1e-5, "row_sum": 1e-5, "top_key": 1e-6,
+            "entropy": 5e-5, "z": 5e-5, "resid_pre": 5e-5, "logits": 5e-5,
+            "pattern_rms": 1e-6, "z_rms": 1e-5, "logits_rms": 1e-5}
+BF16_ROW_SUM = 1e-3  # |pattern row sum (+ sink probability) - 1|
+BF16_LAYER0_SLACK = {"pattern": 2e-3, "received": 1e-3}  # max |ours - fp32| <= max |eager bf16 - fp32| + slack
+BF16_RMS_FACTOR = 1.1  # rms |ours - fp32| <= 1.1 * rms |eager bf16 - fp32|, whole model
+BF16_MAX_FACTOR = 2.0  # max |ours - fp32| <= 2 * max |eager bf16 - fp32| (+ 1e-3), whole model
+
+_ROWS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("oracle")
+
+
+def row(arch, dtype, workdir):
+    key = (arch, dtype)
+    if key not in _ROWS:
+        _ROWS[key] = compare(arch, dtype, workdir)
+    return _ROWS[key]
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_float32_equals_eager(arch, workdir):
+    r = row(arch, torch.float32, workdir)
+    assert r["eager_leak"] == 0.0  # our visibility (padding, causal, windows) is eager's
+    assert r["closure"] <= 1e-5  # rows (plus gpt-oss's sink) sum to 1
+    bad = {k: v for k, v in r["ours"].items() if not v <= FP32_TOL[k]}
+    assert not bad, f"{arch} float32 beyond {FP32_TOL}: {bad}"
+
+
+def check_bfloat16(r: dict, name: str) -> None:
+    """The bfloat16 criteria of the module docstring for one comparison row of workbench.oracle."""
+    ours, eager = r["ours"], r["eager"]
+    assert r["closure"] <= BF16_ROW_SUM, f"{name}: bf16 pattern rows (+ sink) sum to 1 only within {r['closure']:.2e}"
+    # layer 0: both bfloat16 paths attend over the same q and k (VLMs: up to the vision tower's SDPA vs eager)
+    o0, e0 = r["ours_layers"][0], r["eager_layers"][0]
+    worse = {k: (o0[k], e0[k]) for k, slack in BF16_LAYER0_SLACK.items() if not o0[k] <= e0[k] + slack}
+    assert not worse, f"{name} bf16 layer 0 (ours, eager bf16) max errors against eager fp32: {worse}"
+    # the whole model: later layers see each path's own bfloat16 residual stream
+    worse = {k: (ours[k], eager[k]) for k in ("pattern_rms", "z_rms", "logits_rms")
+             if not ours[k] <= BF16_RMS_FACTOR * eager[k]}
+    assert not worse, f"{name} bf16 (ours, eager bf16) rms errors against eager fp32: {worse}"
+    worse = {k: (ours[k], eager[k]) for k in ("pattern", "row_sum", "received", "entropy", "z", "resid_pre", "logits")
+             if not ours[k] <= BF16_MAX_FACTOR * eager[k] + 1e-3}
+    assert not worse, f"{name} bf16 (ours, eager bf16) max errors against eager fp32: {worse}"
+    # top key: if |A' - A| <= e entrywise then A[argmax A'] >= max A - 2e
+    for o in r["ours_layers"]:
+        assert o["top_key"] <= 2 * o["pattern"] + 1e-6
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_bfloat16_no_worse_than_eager_bfloat16(arch, workdir):
+    check_bfloat16(row(arch, torch.bfloat16, workdir), arch)
+
+
+@pytest.mark.slow
+def test_smollm2_bfloat16_no_worse_than_eager_bfloat16(smollm2):
+    """The real model in bfloat16 on 256 tokens of pydoc prose, by the same criteria (and its patterns'
+    max error within 1e-2 of bfloat16 eager's: measured 0.204 vs 0.198, both in layer 12 of 30)."""
+    from workbench.models import cache_dir
+    from workbench.text import token_windows
+
+    ids = token_windows(smollm2.tokenizer, 256, 1)
+    r = compare_checkpoint(cache_dir() / "smollm2-135m", torch.bfloat16,
+                           {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    check_bfloat16(r, "smollm2-135m")
+    assert r["ours"]["pattern"] <= r["eager"]["pattern"] + 1e-2
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_spec_and_windows_match_the_model(arch, workdir):
+    r = row(arch, torch.float32, workdir)
+    spec = r["spec"]
+    assert {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "head_dim": spec.head_dim,
+            "d_model": spec.d_model} == r["observed"]
+    assert list(spec.layer_windows) == r["windows"]
+    for w, edge in zip(r["windows"], r["window_edge"]):
+        if w is not None:  # eager attends to the oldest key in the window: the window is exactly w
+            assert w < 24 and edge > 0
+
+
+def test_matrix_covers_the_issue_architectures():
+    assert {"llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3", "olmo2", "gpt_neox", "gpt2",
+            "gpt_oss", "llava", "qwen2_vl"} <= set(ARCHITECTURES)
+    sliding = {a for a, make in ARCHITECTURES.items() if getattr(make(), "sliding_window", None)}
+    assert {"mistral", "phi3", "gemma2", "gemma3", "gpt_oss"} <= sliding
+    assert ARCHITECTURES["gemma2"]().attn_logit_softcapping

@@ -1,0 +1,107 @@
+"""Decoding past a sliding window: every key index reported is an absolute input position, equal to eager's.
+
+Gemma-3's sliding layers keep only the last W - 1 keys in the cache, so while decoding their attention
+calls see keys ``t - W + 1 .. t``; a key index into the call is not a position. The retrieval recorder
+(:class:`~workbench.retrieval.score.TopKeyRecorder`) and the tracer map them through
+``AttentionCall.key_positions``; here against eager ``output_attentions`` on the whole sequence.
+"""
+import pytest
+import torch
+
+from workbench.retrieval.score import greedy_decode
+from workbench.tracer import Tracer
+
+WINDOW = 8
+
+
+class _Tok:
+    """Minimal tokenizer for a random model: no end-of-sequence or newline ids, so decoding runs its length."""
+
+    chat_template = None
+
+    def convert_ids_to_tokens(self, ids):
+        return [f"t{i}" for i in ids]
+
+
+def make_tiny_gemma3(window: int = WINDOW, seed: int = 0):
+    """A random-weight Gemma-3 (2 sliding layers around 1 global one, 4 query heads, 1 KV head)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from workbench.attention import register_attention
+    from workbench.models import LoadedModel, ModelSpec
+
+    register_attention()
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(vocab_size=97, hidden_size=64, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                           sliding_window=window, max_position_embeddings=256,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    cfg._attn_implementation = "workbench"
+    model = Gemma3ForCausalLM(cfg).eval()
+    return LoadedModel(model=model, tokenizer=_Tok(), spec=ModelSpec.from_config("tiny-gemma3", cfg))
+
+
+def eager_attentions(lm, ids):
+    """Eager attention maps (layers of (B, H, N, N)) of the whole sequence, the oracle."""
+    lm.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return lm.model(ids, output_attentions=True, use_cache=False).attentions
+    finally:
+        lm.model.set_attn_implementation("workbench")
+
+
+def check_top_keys_past_window(lm, ids, new_tokens, window):
+    dec = greedy_decode(lm, ids, max_new_tokens=new_tokens, stop_at_newline=False)
+    assert len(dec.tokens) == new_tokens
+    n = ids.shape[1]
+    att = eager_attentions(lm, torch.cat([ids, torch.tensor([dec.tokens[:-1]])], 1))
+    # step t emits tokens[t] from query position n - 1 + t
+    ref = torch.stack([torch.stack([a[0, :, n - 1 + t].argmax(-1) for a in att]) for t in range(new_tokens)])
+    assert torch.equal(dec.top_keys, ref)
+    sliding = [i for i, t in enumerate(lm.model.config.layer_types) if t == "sliding_attention"]
+    q = torch.arange(new_tokens)[:, None, None] + n - 1
+    top = dec.top_keys[:, sliding]
+    assert ((top > q - window) & (top <= q)).all()  # inside each query's window, in absolute positions
+    assert (top >= window).any()  # past the window: relative indices would all be < window
+    return dec
+
+
+def test_tiny_gemma3_top_keys_are_absolute_past_the_window():
+    lm = make_tiny_gemma3()
+    ids = torch.randint(3, 97, (1, 3 * WINDOW))
+    check_top_keys_past_window(lm, ids, 6, WINDOW)
+    # the prompt cache was rolled back (crop on sliding layers): decoding again gives the same tokens
+    from workbench.retrieval.score import prefill
+
+    cache = prefill(lm, ids)
+    a = greedy_decode(lm, ids, 5, prefill_cache=cache, stop_at_newline=False)
+    b = greedy_decode(lm, ids, 5, prefill_cache=cache, stop_at_newline=False)
+    assert a.tokens == b.tokens and torch.equal(a.top_keys, b.top_keys)
+
+
+def test_tiny_gemma3_tracer_during_generate_reports_absolute_keys():
+    lm = make_tiny_gemma3()
+    n, t = 3 * WINDOW, 6
+    ids = torch.randint(3, 97, (1, n))
+    tracer = Tracer(lm, stats=("received", "top_key"), rows_from=n, pattern_window=(n, n + t - 1))
+    with tracer, torch.no_grad():
+        seq = lm.model.generate(ids, max_new_tokens=t, min_new_tokens=t, do_sample=False)
+    tr = tracer.trace()
+    att = eager_attentions(lm, seq[:, :-1])  # the last generated token is never fed back
+    A = torch.stack([a[0] for a in att])[:, None]  # (L, 1, H, N', N')
+    rows = A[:, :, :, n:]  # decoded query rows n .. n + t - 2
+    assert torch.equal(tr["top_key"], rows.argmax(-1))
+    assert (tr["pattern"] - rows).abs().max() < 1e-5
+    seen = (rows > 0).sum(3).clamp_min(1)  # queries (of the decoded ones) that see each key
+    ref = rows.sum(3) / seen
+    assert (tr["received"][..., : ref.shape[-1]] - ref).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_gemma3_top_keys_are_absolute_past_the_512_window(gemma3):
+    from workbench.text import token_windows
+
+    ids = token_windows(gemma3.tokenizer, 600, 1)  # 600 tokens: the sliding layers' caches are full
+    check_top_keys_past_window(gemma3, ids, 4, 512)
