@@ -136,7 +136,7 @@ class ACTCalibration(HeadIntervention):
 
     def on_attention(self, call: AttentionCall) -> torch.Tensor | None:
         """Detect the sinks at every prefill call (any phase), then calibrate where the phase applies."""
-        heads = self._by_layer.get(call.layer)
+        heads = self._note_call(call)
         if not heads:
             return None
         auto = [h for h in heads if (call.layer, h) not in self.fixed]
