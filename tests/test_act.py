@@ -5,14 +5,46 @@ import pytest
 import torch
 
 from workbench.attention import attention_hooks
+from workbench.errors import WorkbenchError
 from workbench.interventions.act import ACTCalibration, act_reference, act_sink_mask
 
 
+def eager_probs(call) -> torch.Tensor:
+    """Independent oracle: the softmax map from q and k in float64, with its own causal mask (bottom-right)
+    or the call's additive mask; no project helper. (B, Hq, Nq, Nk)."""
+    q, k = call.query.double(), call.key.double()
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * call.scale
+    nq, nk = q.shape[2], k.shape[2]
+    if call.mask is not None:
+        s = s + call.mask.double()
+    else:
+        hidden = torch.arange(nk)[None, :] > torch.arange(nq)[:, None] + (nk - nq)
+        s = s.masked_fill(hidden, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    return torch.nan_to_num(p, nan=0.0)  # fully hidden rows (left padding): all zero
+
+
+def eager_sink_set(p: torch.Tensor, threshold: float) -> torch.Tensor:
+    """ACT's sink set written out independently: mean received attention over the queries that see each key,
+    keys above the threshold, minus the first such key. p (B, Nq, Nk) -> (B, Nk) bool."""
+    seen = (p > 0).sum(1).clamp_min(1)
+    s = p.sum(1) / seen
+    out = torch.zeros(s.shape, dtype=torch.bool)
+    for b in range(s.shape[0]):
+        hits = [k for k in range(s.shape[1]) if float(s[b, k]) > threshold]
+        for k in hits[1:]:
+            out[b, k] = True
+    return out
+
+
 class EagerACT:
-    """Oracle: materialise the softmax map, find ACT's sink set from it, edit the map, multiply by V.
+    """Oracle: materialise the softmax map (own code), find ACT's sink set from it (own code), edit the map,
+    multiply by V.
 
     Records the largest |closed form - eager| over every calibrated head output and checks that the
     other heads are untouched; returns the closed-form output so the model runs on the product path.
+    Sinks come from the prefill call of each layer (whatever the phase) and are kept for its decode steps.
     """
 
     def __init__(self, act: ACTCalibration):
@@ -20,6 +52,7 @@ class EagerACT:
         self.max_err = 0.0
         self.calls = 0
         self.changed = 0.0
+        self.decode_changed = 0.0
         self.prefill_sets: dict = {}
 
     def on_attention(self, call):
@@ -27,27 +60,34 @@ class EagerACT:
         if not heads:
             return None
         closed = self.act.on_attention(call)
-        probs = call.probs()  # (B, H, Nq, Nk), exact, eager
-        vis_count = call.visible().float().sum(2)  # (B|1, 1, Nk)
+        probs = eager_probs(call)  # (B, H, Nq, Nk) float64
+        decoding = call.q_offset > 0
+        applies = self.act.phase == "all" or (self.act.phase == "decode") == decoding
         for h in heads:
             if (call.layer, h) in self.act.fixed:
                 mask = torch.zeros(probs.shape[0], probs.shape[-1], dtype=torch.bool)
                 mask[:, self.act.fixed[(call.layer, h)]] = True
-            elif call.q_offset == 0:
-                s = probs[:, h].sum(1) / vis_count[:, 0].clamp_min(1)
-                mask = act_sink_mask(s, self.act.threshold, vis_count[:, 0], self.act.min_queries)
+            elif not decoding:
+                mask = eager_sink_set(probs[:, h], self.act.threshold)
                 self.prefill_sets[(call.layer, h)] = mask
             else:
                 old = self.prefill_sets[(call.layer, h)]
                 mask = torch.zeros(probs.shape[0], probs.shape[-1], dtype=torch.bool)
                 mask[:, : old.shape[1]] = old
+            if not applies:
+                assert closed is None, "ACT changed a call outside its phase"
+                continue
             new_p = act_reference(probs[:, h: h + 1], mask[:, None], self.act.beta)[:, 0]
-            v = call.value[:, h // call.n_rep].float()
+            v = call.value[:, h // call.n_rep].double()
             eager = torch.matmul(new_p, v)
-            self.max_err = max(self.max_err, float((closed[:, h].float() - eager).abs().max()))
-            self.changed = max(self.changed, float((closed[:, h] - call.output[:, h]).abs().max()))
-        others = [h for h in range(call.query.shape[1]) if h not in heads]
-        assert torch.equal(closed[:, others], call.output[:, others]), "ACT changed a head it was not asked to"
+            self.max_err = max(self.max_err, float((closed[:, h].double() - eager).abs().max()))
+            delta = float((closed[:, h] - call.output[:, h]).abs().max())
+            self.changed = max(self.changed, delta)
+            if decoding:
+                self.decode_changed = max(self.decode_changed, delta)
+        if closed is not None:
+            others = [h for h in range(call.query.shape[1]) if h not in heads]
+            assert torch.equal(closed[:, others], call.output[:, others]), "ACT changed a head it was not asked to"
         self.calls += 1
         return closed
 
@@ -154,3 +194,75 @@ def test_act_is_available_by_name_to_front_ends(tiny_lm):
         tiny_lm.model(ids)
     assert torch.equal(seen[0], base[0])  # layer 0 untouched
     assert torch.equal(seen[1][:, [0, 1, 3]], base[1][:, [0, 1, 3]])  # other heads of layer 1 untouched
+
+
+def _decode_run(lm, ids, steps, hook=None):
+    """Prefill ``ids`` then ``steps`` teacher-forced decode steps (fixed next tokens), with ``hook`` active.
+    Returns (prefill logits (1, N, V), list of decode-step logits (1, 1, V))."""
+    nxt = torch.arange(5, 5 + steps).view(1, steps)
+    hooks = (hook,) if hook is not None else ()
+    with torch.no_grad(), attention_hooks(*hooks):
+        out = lm.model(ids, use_cache=True)
+        pre, past, steps_out = out.logits, out.past_key_values, []
+        for t in range(steps):
+            o = lm.model(nxt[:, t: t + 1], cache=past, use_cache=True)
+            past = o.past_key_values
+            steps_out.append(o.logits)
+    return pre, steps_out
+
+
+def test_decode_phase_detects_sinks_in_prefill_and_calibrates_decode_only(tiny_lm):
+    ids = _ids(30, 97)
+    base_pre, base_dec = _decode_run(tiny_lm, ids, 4)
+    act = ACTCalibration([(0, 0), (1, 2)], beta=0.0, threshold=0.05, phase="decode")
+    oracle = EagerACT(act)
+    pre, dec = _decode_run(tiny_lm, ids, 4, oracle)
+    assert torch.equal(pre, base_pre)  # the prompt is untouched
+    assert oracle.calls == 2 * 5
+    assert sum(int(m.sum()) for m in act.detected.values()) > 0  # sinks were found in the prefill
+    assert oracle.max_err < 1e-5  # decode steps equal the eager oracle with the prefill's sinks
+    assert oracle.decode_changed > 1e-3
+    assert max(float((a - b).abs().max()) for a, b in zip(dec, base_dec)) > 1e-4
+
+
+def test_new_input_never_reuses_old_sinks(tiny_lm):
+    a, b = _ids(30, 97, seed=1), _ids(30, 97, seed=7)
+    reused = ACTCalibration([(0, 0), (1, 2)], beta=0.0, threshold=0.05, phase="decode")
+    _decode_run(tiny_lm, a, 2, reused)
+    fresh = ACTCalibration([(0, 0), (1, 2)], beta=0.0, threshold=0.05, phase="decode")
+    _, dec_fresh = _decode_run(tiny_lm, b, 2, fresh)
+    _, dec_reused = _decode_run(tiny_lm, b, 2, reused)
+    assert reused.detected.keys() == fresh.detected.keys()
+    assert all(torch.equal(reused.detected[k], fresh.detected[k]) for k in fresh.detected)
+    assert all(torch.equal(x, y) for x, y in zip(dec_fresh, dec_reused))
+
+
+def test_decode_on_a_cache_act_never_saw_raises(tiny_lm):
+    act = ACTCalibration([(0, 0)], beta=0.0, threshold=0.05, phase="decode")
+    _decode_run(tiny_lm, _ids(30, 97, seed=1), 1, act)  # sinks of prompt 1
+    with torch.no_grad():
+        past = tiny_lm.model(_ids(30, 97, seed=2), use_cache=True).past_key_values  # prompt 2, outside ACT
+        with act.applied(), pytest.raises(WorkbenchError, match="not the prompt whose sinks"):
+            tiny_lm.model(torch.tensor([[5]]), cache=past, use_cache=True)
+
+
+@pytest.mark.slow
+def test_decode_phase_on_smollm2(smollm2):
+    """Decode-only ACT on the real model: prefill logits bit-identical, decode steps changed, equal to eager."""
+    from workbench.text import token_windows
+
+    ids = token_windows(smollm2.tokenizer, 64, 1, split="heldout")
+    heads = [(layer, h) for layer in (3, 14) for h in range(smollm2.spec.n_heads)]
+    base_pre, base_dec = _decode_run(smollm2, ids, 3)
+    act = ACTCalibration(heads, beta=0.4, phase="decode")
+    oracle = EagerACT(act)
+    pre, dec = _decode_run(smollm2, ids, 3, oracle)
+    n_sinks = sum(int(m.sum()) for m in act.detected.values())
+    dlogit = max(float((a - b).abs().max()) for a, b in zip(dec, base_dec))
+    print(f"smollm2 decode-only ACT: {n_sinks} sink entries; prefill max |dlogit| "
+          f"{float((pre - base_pre).abs().max()):.3g}; decode max |dlogit| {dlogit:.4g}; "
+          f"decode head change {oracle.decode_changed:.4g}; closed form vs eager {oracle.max_err:.3g}")
+    assert torch.equal(pre, base_pre)
+    assert n_sinks > 0
+    assert oracle.decode_changed > 1e-3 and dlogit > 1e-2
+    assert oracle.max_err < 1e-5

@@ -160,29 +160,35 @@ def sampled_received(call: AttentionCall, rows: torch.Tensor, heads: list[int] |
 
 
 def hoeffding_serfling_bound(sampled: torch.Tensor, population: torch.Tensor,
-                             delta: float = DEFAULT_BOUND_DELTA) -> torch.Tensor:
+                             delta: float | torch.Tensor = DEFAULT_BOUND_DELTA) -> torch.Tensor:
     """Half-width of a two-sided (1 - delta) confidence interval for a mean estimated by sampling
     without replacement, for values in [0, 1] (attention probabilities).
 
-    Hoeffding-Serfling inequality (Serfling 1974; Bardenet & Maillard 2015, Bernoulli 21(3), Cor. 2.5):
-    ``P(|mean_n - mu| >= eps) <= 2 exp(-2 n eps^2 / ((1 - n/N)(1 + 1/n)))``, solved for eps:
-    ``eps = sqrt((1 - n/N)(1 + 1/n) ln(2/delta) / (2n))``. 0 where n = N (nothing was left out), 1 where
-    n = 0 (no information). The statement holds for each entry separately; for all K entries at once,
-    use delta / K (union bound).
+    Hoeffding-Serfling inequality, Bardenet & Maillard 2015 (Bernoulli 21(3)), Corollary 2.5: for a sample
+    of n of N values, ``P(mean_n - mu >= eps) <= exp(-2 n eps^2 / rho_n)`` with
+    ``rho_n = 1 - (n - 1)/N`` for n <= N/2 and ``rho_n = (1 - n/N)(1 + 1/n)`` for n > N/2 (Serfling's
+    factor). Both tails, solved for eps: ``eps = sqrt(rho_n ln(2/delta) / (2n))``. 0 where n = N (nothing
+    was left out), 1 where n = 0 (no information). The statement holds for each entry separately; for
+    all K entries at once, use delta / K (union bound).
 
     Args:
         sampled: n, the number of sampled rows that see each key (any shape).
         population: N, the number of all rows that see each key (same shape).
-        delta: failure probability per entry.
+        delta: failure probability per entry, in (0, 1): a float or a tensor broadcastable to ``sampled``.
     Returns:
         eps, same shape, in attention-probability units.
+    Raises:
+        ValueError: delta outside (0, 1).
     """
-    if not 0 < delta < 1:
+    d = torch.as_tensor(delta, dtype=torch.float32)
+    if not bool(((d > 0) & (d < 1)).all()):
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     n = sampled.float()
     big_n = population.float().clamp_min(1.0)
-    frac = (1.0 - n / big_n).clamp_min(0.0)
-    eps = torch.sqrt(frac * (1.0 + 1.0 / n.clamp_min(1.0)) * math.log(2.0 / delta) / (2.0 * n.clamp_min(1.0)))
+    n1 = n.clamp_min(1.0)
+    serfling = (1.0 - n / big_n).clamp_min(0.0) * (1.0 + 1.0 / n1)
+    rho = torch.where(n <= big_n / 2, 1.0 - (n1 - 1.0) / big_n, serfling)
+    eps = torch.sqrt(rho * torch.log(2.0 / d) / (2.0 * n1))
     eps = torch.where(n >= big_n, torch.zeros_like(eps), eps)
     return torch.where(n <= 0, torch.ones_like(eps), eps.clamp_max(1.0))
 

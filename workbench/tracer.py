@@ -22,7 +22,7 @@ import torch
 
 from . import stats as S
 from .attention import AttentionCall, attention_hooks
-from .errors import MemoryBudgetError
+from .errors import MemoryBudgetError, UnsupportedArchitectureError, WorkbenchError
 from .hooks import decoder_layers
 from .models import LoadedModel
 from .trace import Trace
@@ -52,7 +52,9 @@ class Tracer:
             attention call instead of all of them (O(m N) instead of O(N^2) per head), when no row
             statistic is recorded. The trace then also holds ``received_bound`` (layer, batch, key), the
             Hoeffding-Serfling half-width (:func:`workbench.stats.hoeffding_serfling_bound`) that each
-            entry of ``received`` is within with probability ``1 - bound_delta``. None = exact.
+            entry of ``received`` is within with probability ``1 - bound_delta``. Over several calls
+            (``generate()``: a sampled prefill, then exact decode steps) each call is weighted by the
+            queries it stands for and the bounds are combined (:meth:`_received_bound`). None = exact.
         bound_delta: failure probability of that bound, per entry.
         seed: seed of the row sample (the same rows in every layer).
         rows_from: record nothing for queries before this absolute position (statistics, key-set mass,
@@ -113,11 +115,13 @@ class Tracer:
         """Forget everything recorded so far."""
         self._rows: dict[str, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
         self._recv_sum: dict[int, torch.Tensor] = {}
-        self._recv_count: dict[int, torch.Tensor] = {}
-        self._recv_pop: dict[int, torch.Tensor] = {}
+        self._recv_count: dict[int, torch.Tensor] = {}  # queries that see each key (all, also when sampling)
+        self._strata: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)  # sampled calls' (n, N)
         self._pattern: dict[int, list[torch.Tensor]] = defaultdict(list)
         self._resid: dict[int, list[torch.Tensor]] = defaultdict(list)
         self._handles: list = []
+        self._seen_layers: set[int] = set()  # layers whose attention reached this hook
+        self._last_query = -1  # largest absolute query position seen
 
     def check_budget(self, batch: int, n_tokens: int) -> int:
         """Bytes the pattern window will take for ``batch`` sequences of ``n_tokens``; raise past the budget.
@@ -183,6 +187,8 @@ class Tracer:
 
     def on_attention(self, call: AttentionCall) -> None:
         layer = call.layer
+        self._seen_layers.add(layer)
+        self._last_query = max(self._last_query, int(call.key_start) + call.key.shape[2] - 1)
         if layer not in self._layer_set:
             return None
         heads = self._head_arg
@@ -204,7 +210,7 @@ class Tracer:
                     self._rows[name][layer].append(st[name])
             if "received" in self.stats:
                 self._accumulate_received(layer, st["received_sum"], st["received_count"],
-                                          st.get("received_population", st["received_count"]), key_start)
+                                          st.get("received_population"), key_start)
         for name, keys in self.key_sets.items():  # key sets name absolute positions
             self._rows["mass." + name][layer].append(S.key_mass(call, keys - key_start, heads))
         if self.z:
@@ -228,15 +234,28 @@ class Tracer:
                 self._pattern[call.layer].append(rows)
         return None
 
-    def _accumulate_received(self, layer: int, rsum: torch.Tensor, rcount: torch.Tensor, pop: torch.Tensor,
-                             key_start: int = 0) -> None:
-        """Add one call's sums and counts to the layer's at the absolute key positions ``key_start + j``
-        (calls during generate() see more keys each time; a sliding-window cache's keys start later).
+    def _accumulate_received(self, layer: int, rsum: torch.Tensor, rcount: torch.Tensor,
+                             pop: torch.Tensor | None = None, key_start: int = 0) -> None:
+        """Add one call's received-attention sums and counts to the layer's, at the absolute key positions
+        ``key_start + j`` (calls during generate() see more keys each time; a sliding-window cache's keys
+        start later).
+
+        A row-sampled call (``pop`` given: n_k sampled of its N_k queries that see key k) is one stratum:
+        its sum over all N_k queries is estimated by ``N_k / n_k`` times the sampled sum, so the combined
+        estimate ``sum_c (N_ck / n_ck) S_ck / sum_c N_ck`` is unbiased however the calls differ in size
+        (decode steps are exact strata, n = N); the stratum's (n_k, N_k) are kept for the bound
+        (:meth:`_received_bound`).
 
         Counts are (B, 1, Nk) on layers with a mask and (1, 1, Nk) on unmasked causal ones; they are
-        stored per batch row, so that every layer's counts stack to (L, B, 1, Nk)."""
+        stored per batch row, so that every layer's counts stack to (L, B, 1, Nk).
+        """
+        if pop is not None:
+            rsum = rsum * torch.where(rcount > 0, pop / rcount.clamp_min(1.0), torch.zeros((), device=rsum.device))
+            if bool((rcount < pop).any()):
+                pad = (key_start, 0)  # strata over absolute key positions
+                self._strata[layer].append((torch.nn.functional.pad(rcount, pad), torch.nn.functional.pad(pop, pad)))
+            rcount = pop
         rcount = rcount.expand(rsum.shape[0], -1, -1)
-        pop = pop.expand(rsum.shape[0], -1, -1)
 
         def add(store: dict[int, torch.Tensor], new: torch.Tensor) -> None:
             old = store.get(layer)
@@ -251,20 +270,67 @@ class Tracer:
             store[layer] = old
         add(self._recv_sum, rsum)
         add(self._recv_count, rcount)
-        add(self._recv_pop, pop)
+
+    def _received_bound(self, layer: int) -> torch.Tensor:
+        """Half-width (B or 1, 1, Nk) of the combined estimate of ``received`` for ``layer``.
+
+        With strata c (the sampled calls; exact calls add nothing) of n_ck sampled among N_ck queries, the
+        estimate's error is ``sum_c (N_ck / N_k)(mean_ck - mu_ck)``; each stratum's mean is within its
+        Hoeffding-Serfling half-width at failure probability delta / m_k (m_k = strata that sampled key k),
+        so by the union bound the error is within ``sum_c (N_ck / N_k) eps_ck`` with probability at least
+        1 - delta per entry. 1 where no query sees the key.
+        """
+        total = self._recv_count[layer]
+        nk = total.shape[-1]
+        strata = [(torch.nn.functional.pad(n, (0, nk - n.shape[-1])), torch.nn.functional.pad(p, (0, nk - p.shape[-1])))
+                  for n, p in self._strata.get(layer, [])]
+        if not strata:
+            return torch.where(total > 0, torch.zeros(()), torch.ones(())).expand_as(total).clone()
+        m = sum((n < p).float() for n, p in strata).clamp_min(1.0)
+        eps = sum(p * S.hoeffding_serfling_bound(n, p, self.bound_delta / m) for n, p in strata)
+        bound = (eps / total.clamp_min(1.0)).clamp_max(1.0)
+        return torch.where(total > 0, bound, torch.ones(()))
 
     # --- result -----------------------------------------------------------------------------
 
+    def _check_recorded(self) -> None:
+        """Raise a one-line error when the tracer was asked for attention data and recorded none (or missed
+        layers), naming why."""
+        wants = bool(self.stats or self.key_sets or self.z or self.pattern_window is not None)
+        if not wants:
+            if not self.resid_pre:
+                raise WorkbenchError("the tracer was asked to record nothing: pass stats=(...), key_sets, "
+                                     "pattern_window, z=True or resid_pre=True")
+            return
+        if not self._seen_layers:
+            raise UnsupportedArchitectureError(
+                "no attention call reached the tracer: the model does not run its attention through the workbench "
+                "kernel (load it with workbench.load_model), or no forward pass ran inside the tracer")
+        unseen = [layer for layer in self.layers if layer not in self._seen_layers]
+        if unseen:
+            raise WorkbenchError(f"layers {unseen} never ran attention through the workbench kernel (ran: "
+                                 f"{sorted(self._seen_layers)}): trace layers that run, or load the model with "
+                                 "workbench.load_model")
+        if not (self._rows or self._recv_sum or self._pattern):
+            if self.rows_from > self._last_query:
+                raise WorkbenchError(f"rows_from={self.rows_from} is past the last query position {self._last_query}: "
+                                     "nothing was recorded; lower rows_from or generate more tokens")
+            if self.pattern_window is not None and self.pattern_window[0] > self._last_query:
+                raise WorkbenchError(f"pattern window {self.pattern_window} starts past the last query position "
+                                     f"{self._last_query}: nothing was recorded; choose a window inside the sequence")
+
     def trace(self, input_ids: torch.Tensor | None = None) -> Trace:
-        """Assemble what was recorded into a :class:`Trace` (axes documented in :mod:`workbench.trace`)."""
+        """Assemble what was recorded into a :class:`Trace` (axes documented in :mod:`workbench.trace`).
+
+        Raises:
+            UnsupportedArchitectureError: no attention call reached the tracer (the model does not use the
+                workbench attention).
+            WorkbenchError: some recorded layers never ran, the tracer records nothing, or ``rows_from`` /
+                the pattern window lie past the sequence, so nothing was recorded.
+        """
+        self._check_recorded()
         tr = Trace(meta={"model": self.lm.spec.name, "layers": self.layers, "heads": self.heads,
                          "n_layers": self.lm.spec.n_layers, "n_heads": self.lm.spec.n_heads})
-        recorded = [layer for layer in self.layers if any(layer in d for d in self._rows.values())
-                    or layer in self._recv_sum or layer in self._pattern]
-        if self._rows or self._recv_sum or self._pattern:
-            missing = [layer for layer in self.layers if layer not in recorded]
-            if missing:
-                raise RuntimeError(f"layers {missing} never ran attention through the workbench kernel")
         for name, per_layer in self._rows.items():
             stacked = torch.stack([torch.cat(per_layer[layer], dim=-1 if name != "z" else 1).cpu() for layer in self.layers])
             dims = ("layer", "batch", "query", "head", "d_head") if name == "z" else ("layer", "batch", "head", "query")
@@ -275,12 +341,12 @@ class Tracer:
             c = torch.stack([self._recv_count[layer].cpu() for layer in self.layers])
             tr.add("received", (s / c.clamp_min(1.0)).cpu(), ("layer", "batch", "head", "key"))
             if self.sample_rows is not None:
-                pop = torch.stack([self._recv_pop[layer].cpu() for layer in self.layers])
-                bound = S.hoeffding_serfling_bound(c, pop, self.bound_delta)[:, :, 0].cpu()
+                bound = torch.stack([self._received_bound(layer).cpu() for layer in self.layers])[:, :, 0]
                 tr.add("received_bound", bound, ("layer", "batch", "key"))
                 tr.meta["received_sampling"] = {
                     "rows": self.sample_rows, "seed": self.seed, "delta": self.bound_delta,
-                    "bound": "Hoeffding-Serfling (Bardenet & Maillard 2015, Cor. 2.5), two-sided, per entry"}
+                    "bound": "Hoeffding-Serfling (Bardenet & Maillard 2015, Cor. 2.5), two-sided, per entry; "
+                             "calls combined as strata (union bound)"}
         if self._pattern:
             tr.add("pattern", torch.stack([torch.cat(self._pattern[layer], dim=2).cpu() for layer in self.layers]),
                    ("layer", "batch", "head", "query", "key"))

@@ -25,7 +25,12 @@ sink set is detected from the input). Where the sinks hold most of a row (A_S > 
 agree to 1e-5. Rows with no non-sink mass left (1 - A_S < 1e-6) are left unchanged in both.
 
 During ``generate()`` the sink set found in the prefill is kept for the decode steps (keys include
-the cache; newly generated keys are never sinks), since ACT defines S on the prompt.
+the cache; newly generated keys are never sinks), since ACT defines S on the prompt. The sinks are
+detected at every prefill call (a call whose queries start at key 0) of a calibrated layer, whatever
+the ``phase``: with ``phase="decode"`` the prompt is left unchanged but its statistics still define S
+for the decode steps. A new prompt replaces the old sinks; a decode step whose cache does not start
+with the prompt the sinks were detected on raises :class:`~workbench.errors.WorkbenchError` rather
+than calibrating with another input's sinks.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from ..attention import AttentionCall, attention_with_lse
+from ..errors import WorkbenchError
 from ..stats import head_statistics
 from .base import HeadIntervention
 
@@ -111,14 +117,51 @@ class ACTCalibration(HeadIntervention):
         self.threshold, self.min_queries = threshold, min_queries
         self.stable_above = stable_above
         self.detected: dict[tuple[int, int], torch.Tensor] = {}  # (layer, head) -> (B, Nk) bool from the last prefill
+        # layer -> (Nk, first key, last key) of the last prefill, keys (B, Hkv, D): a decode step must extend it
+        self._prompt_keys: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
 
     def sink_mask(self, call: AttentionCall, head: int) -> torch.Tensor:
-        """(B, Nk) bool sink set of ``head`` for this call (fixed, or detected in prefill and kept for decoding)."""
+        """(B, Nk) bool sink set of ``head`` for this call (fixed, or detected in prefill and kept for decoding).
+
+        Raises:
+            WorkbenchError: a decode call whose cache is not the prompt the sinks were detected on.
+        """
         if (call.layer, head) in self.fixed:
             return self._fixed_mask(call, head)
         if call.q_offset == 0:
             self._detect(call, [head])
+        else:
+            self._check_same_input(call)
         return self._stored(call, head)
+
+    def on_attention(self, call: AttentionCall) -> torch.Tensor | None:
+        """Detect the sinks at every prefill call (any phase), then calibrate where the phase applies."""
+        heads = self._note_call(call)
+        if not heads:
+            return None
+        auto = [h for h in heads if (call.layer, h) not in self.fixed]
+        if auto and call.q_offset == 0:
+            self._detect(call, auto)
+        if not self._phase_ok(call):
+            return None
+        if auto and call.q_offset > 0:
+            self._check_same_input(call)
+        out = call.output.clone()
+        self.modify(call, out, heads)
+        return out
+
+    def _check_same_input(self, call: AttentionCall) -> None:
+        """Raise unless this decode call's cached keys begin with the keys of the prefill the sinks came from."""
+        old = self._prompt_keys.get(call.layer)
+        if old is not None:
+            n, first, last = old
+            same = (first.shape == call.key[:, :, 0].shape and call.key.shape[2] > n
+                    and torch.equal(call.key[:, :, 0], first) and torch.equal(call.key[:, :, n - 1], last))
+        if old is None or not same:
+            raise WorkbenchError(
+                f"ACT calibration of layer {call.layer}: this decode step's cache is not the prompt whose sinks were "
+                "detected (none, or another input's); run the prompt's prefill inside the ACT context too, "
+                "e.g. wrap the whole generate() call")
 
     def _fixed_mask(self, call: AttentionCall, head: int) -> torch.Tensor:
         b, nk = call.query.shape[0], call.key.shape[2]
@@ -147,11 +190,10 @@ class ACTCalibration(HeadIntervention):
         m = act_sink_mask(s, self.threshold, count[:, None], self.min_queries)
         for i, h in enumerate(heads):
             self.detected[(call.layer, h)] = m[:, i]
+        self._prompt_keys[call.layer] = (call.key.shape[2], call.key[:, :, 0].clone(), call.key[:, :, -1].clone())
 
     def modify(self, call: AttentionCall, out: torch.Tensor, heads: list[int]) -> None:
-        auto = [h for h in heads if (call.layer, h) not in self.fixed]
-        if auto and call.q_offset == 0:
-            self._detect(call, auto)
+        """Calibrate ``heads`` in ``out`` with the sink sets :meth:`on_attention` detected (or the fixed ones)."""
         for h in heads:
             mask = self._fixed_mask(call, h) if (call.layer, h) in self.fixed else self._stored(call, h)
             keys = mask.any(0).nonzero().reshape(-1)

@@ -8,6 +8,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..attention import AttentionCall, attention_hooks
+from ..errors import HeadIndexError, UnsupportedArchitectureError, WorkbenchError
 from ..models import ModelSpec
 
 PHASES = ("all", "prefill", "decode")
@@ -22,8 +23,15 @@ class HeadIntervention:
             queries follow cached keys, i.e. generation steps), as in Wu et al. 2024's
             decoding-only masking.
 
+    Inside :meth:`applied`, an intervention that changed nothing is an error, raised when the block
+    ends: no attention call at all (the model does not run its attention through the workbench
+    kernel), its layers never ran (they do not exist), or no call of its phase ran (e.g. ``decode``
+    on a single forward pass). A head index past a layer's heads raises at the call.
+
     Raises:
         ValueError: unknown phase.
+        UnsupportedArchitectureError, HeadIndexError, WorkbenchError: the intervention changed nothing
+            (see above), when the ``applied()`` block ends.
     """
 
     def __init__(self, heads: Iterable[tuple[int, int]], phase: str = "all"):
@@ -34,6 +42,8 @@ class HeadIntervention:
         self._by_layer: dict[int, list[int]] = defaultdict(list)
         for layer, h in self.heads:
             self._by_layer[layer].append(h)
+        self._seen_layers: set[int] = set()
+        self._changed_calls = 0
 
     def validate(self, spec: ModelSpec) -> "HeadIntervention":
         """Check every (layer, head) against the model; raises HeadIndexError. Returns self."""
@@ -45,8 +55,44 @@ class HeadIntervention:
         decoding = call.q_offset > 0
         return self.phase == "all" or (self.phase == "decode") == decoding
 
-    def on_attention(self, call: AttentionCall) -> torch.Tensor | None:
+    def _note_call(self, call: AttentionCall) -> list[int] | None:
+        """Record that ``call`` ran (for :meth:`check_changed`); the heads of this layer to change, if any.
+
+        Raises:
+            HeadIndexError: a head to change does not exist in this layer.
+        """
+        self._seen_layers.add(call.layer)
         heads = self._by_layer.get(call.layer)
+        if heads:
+            hq = call.query.shape[1]
+            if heads[-1] >= hq:
+                raise HeadIndexError(f"head {heads[-1]} of layer {call.layer} does not exist: the layer has heads "
+                                     f"0..{hq - 1}; choose heads in that range")
+            if self._phase_ok(call):
+                self._changed_calls += 1
+        return heads
+
+    def check_changed(self) -> None:
+        """Raise if no attention call since the last :meth:`applied` block began was one this intervention
+        changes, naming why (see the class docstring)."""
+        if self._changed_calls:
+            return
+        if not self._seen_layers:
+            raise UnsupportedArchitectureError(
+                f"{type(self).__name__} saw no attention call: the model does not run its attention through the "
+                "workbench kernel (load it with workbench.load_model), or no forward pass ran inside the block")
+        missing = sorted(set(self._by_layer) - self._seen_layers)
+        if missing:
+            raise HeadIndexError(
+                f"{type(self).__name__}: layers {missing} never ran (the model ran layers {min(self._seen_layers)}.."
+                f"{max(self._seen_layers)}): choose layers that exist")
+        raise WorkbenchError(
+            f"{type(self).__name__} with phase={self.phase!r} changed nothing: no "
+            f"{'decode step (a call with a KV cache)' if self.phase == 'decode' else 'prefill call'} ran inside the "
+            "block; use generate() / a KV cache for phase 'decode', or phase 'all'")
+
+    def on_attention(self, call: AttentionCall) -> torch.Tensor | None:
+        heads = self._note_call(call)
         if not heads or not self._phase_ok(call):
             return None
         out = call.output.clone()
@@ -59,6 +105,10 @@ class HeadIntervention:
 
     @contextlib.contextmanager
     def applied(self) -> Iterator["HeadIntervention"]:
-        """Context manager: the intervention is active for every forward pass inside."""
+        """Context manager: the intervention is active for every forward pass inside.
+
+        Raises (when the block ends without an exception): see :meth:`check_changed`."""
+        self._seen_layers, self._changed_calls = set(), 0
         with attention_hooks(self):
             yield self
+        self.check_changed()
