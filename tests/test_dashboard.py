@@ -353,34 +353,90 @@ def test_needle_sink_and_massive_figures(census_dir):
 # --- the app with the real model ---------------------------------------------------------------
 
 
+def _submit(at, label: str):
+    """Click the form submit button with this label."""
+    for b in at.get("form_submit_button"):
+        if b.proto.label == label:
+            return b.click().run()
+    raise AssertionError(f"no submit button {label!r}")
+
+
+def _load_smollm2(at):
+    assert at.sidebar.selectbox(key="model_choice").value == "smollm2-135m"  # the text LM is the default
+    _submit(at, "Load model")
+    assert not at.error and not at.exception, [e.value for e in at.error]
+
+
+def test_presets_text_lm_first_vlm_labelled():
+    from dashboards.views import preset_options
+    from workbench.models import PRESETS
+
+    opts = preset_options(PRESETS)
+    assert opts[0][0] == "smollm2-135m" and "text LM" in opts[0][1]
+    vlm = dict(opts).get("digits-vlm")
+    assert vlm is None or "VLM" in vlm
+
+
+def test_census_extras_dedupe_and_label(census_dir):
+    from dashboards.views import census_extras
+
+    heads = pd.read_parquet(census_dir / "heads.parquet")
+    heads.to_csv(census_dir / "dup.csv", index=False)
+    heads.to_parquet(census_dir / "dup.parquet")
+    c = S.open_census_dir(census_dir)
+    ex = census_extras(census_dir, c.tables, c.heads, c.summary)
+    names = [e.name for e in ex]
+    assert "dup.parquet" in names and "dup.csv" not in names
+    dup = next(e for e in ex if e.name == "dup.parquet")
+    assert "first_token_mass [dup]" in dup.df.columns and "[dup]" in dup.caption
+
+
+def test_committed_census_shows_needle_and_massive_charts():
+    at = _app().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    titles = _titles(at)
+    assert "needle in a haystack (retrieval/tests.csv)" in titles and "massive activations (sinks.json)" in titles
+    listed = [m.value for m in at.markdown if m.value.startswith("**head_types")]
+    assert len(listed) == 1, listed
+
+
 @pytest.mark.slow
 def test_app_runs_intervention_on_smollm2(smollm2):
     at = _app().run()
-    at.sidebar.radio(key="model_mode").set_value("preset").run()
-    at.sidebar.button(key="load_model").click().run()
-    assert not at.error and not at.exception
-    at.selectbox(key="iv_name").set_value("head ablation")
+    _load_smollm2(at)
+    at.selectbox(key="iv_name").set_value("head ablation").run()
     at.text_input(key="iv_heads").set_value("2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8")
     at.number_input(key="iv_new").set_value(3)
-    at.number_input(key="iv_layer").set_value(4)
+    at.text_input(key="iv_compare").set_value("4.0")
     at.number_input(key="iv_window").set_value(8)
-    at.button(key="iv_run").click().run()
+    _submit(at, "Run intervention")
     assert not at.error and not at.exception, [e.value for e in at.error]
     assert len(at.code) >= 2
     titles = _titles(at)
-    assert any(t.startswith("layer 4 head 0: before / after") for t in titles), titles
+    assert any(t.startswith("head 4.0 attention: before / after") for t in titles), titles
     assert any("KL(before" in m.value for m in at.markdown)
+    # the compared head defaults to the first intervened head; zero ablation says the pattern is unchanged
+    at.text_input(key="iv_compare").set_value("")
+    _submit(at, "Run intervention")
+    assert any(t.startswith("head 2.0 attention") for t in _titles(at))
+    assert any("not its attention" in i.value for i in at.info)
+    # an error replaces the stale result
+    at.text_input(key="iv_heads").set_value("99.0")
+    _submit(at, "Run intervention")
+    assert at.error and not any(t.startswith("head ") for t in _titles(at))
 
 
 @pytest.mark.slow
 def test_app_traces_a_prompt_on_smollm2(smollm2):
     at = _app().run()
-    at.sidebar.radio(key="model_mode").set_value("preset").run()
-    at.sidebar.button(key="load_model").click().run()
+    _load_smollm2(at)
     at.sidebar.radio(key="trace_mode").set_value("run a prompt").run()
     at.text_area(key="prompt").set_value("The cat sat on the mat. The dog")
-    at.get("form_submit_button")[0].click().run()
+    _submit(at, "Trace")
     assert not at.error and not at.exception, [e.value for e in at.error]
     assert at.radio(key="head").options == [str(h) for h in range(9)]
     assert len(at.selectbox(key="layer").options) == 30
     assert "layer 0 head 0" in _titles(at)
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    ticks = spec["layout"]["xaxis"]["ticktext"]
+    assert "·cat" in ticks and not any("\u0120" in t for t in ticks)

@@ -63,7 +63,12 @@ def readable_token(raw: str) -> str:
     elif not (s.startswith("<") and s.endswith(">")) and s and all(c in _BYTE_DECODER for c in s) \
             and any(ord(c) > 127 for c in s):
         s = bytes(_BYTE_DECODER[c] for c in s).decode("utf-8", errors="backslashreplace")
-    s = s.replace("▁", " ")
+    return visible_whitespace(s.replace("▁", " "))
+
+
+def visible_whitespace(text: str) -> str:
+    """Decoded text with its whitespace made visible (:data:`VISIBLE_WHITESPACE`); ``∅`` for empty text."""
+    s = str(text)
     for k, v in VISIBLE_WHITESPACE.items():
         s = s.replace(k, v)
     return s if s else "∅"
@@ -601,3 +606,17 @@ def write_html(figures: Sequence, path, heading: str, intro: str = "", provenanc
     if not js.exists():
         js.parent.mkdir(parents=True, exist_ok=True)
         js.write_text(get_plotlyjs())
+
+
+def markdown_page(md: str, path, title: str, provenance: dict | None = None) -> None:
+    """Write markdown (CommonMark with tables, rendered by markdown-it-py) as an HTML page with the
+    report style (fluid width up to 1400 px) and a provenance footer."""
+    from pathlib import Path
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    Path(path).write_text("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
+                          "content='width=device-width, initial-scale=1'><title>" + title + "</title>"
+                          f"<style>{PAGE_STYLE}</style></head><body>" + body + provenance_footer(provenance)
+                          + "</body></html>")
