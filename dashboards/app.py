@@ -177,8 +177,11 @@ tab_attn, tab_census, tab_iv = st.tabs(["Attention", "Census", "Intervention"])
 
 # --- attention ---------------------------------------------------------------------------------
 
-with tab_attn:
+@st.fragment
+def attention_tab(trace, lm):
+    """The Attention tab (a fragment: choosing a layer or head reruns only this tab)."""
     if trace_mode == "run a prompt":
+        trace = st.session_state.get("prompt_trace")
         if lm is None:
             st.info("Load a model in the sidebar to trace a prompt.")
         else:
@@ -240,7 +243,9 @@ with tab_attn:
 
 # --- census ------------------------------------------------------------------------------------
 
-with tab_census:
+@st.fragment
+def census_tab(census, extras):
+    """The Census tab (a fragment: its widgets rerun only this tab)."""
     if census is None:
         st.info("Enter a census directory (reports/<model>/) or upload a per-head table in the sidebar.")
     else:
@@ -276,7 +281,9 @@ with tab_census:
 
 # --- intervention ------------------------------------------------------------------------------
 
-with tab_iv:
+@st.fragment
+def intervention_tab(lm):
+    """The Intervention tab (a fragment: its widgets rerun only this tab)."""
     from workbench.interventions.registry import available_interventions, build_intervention
 
     specs = available_interventions()
@@ -347,9 +354,17 @@ with tab_iv:
             b.code(res.text_after or "(no tokens)", language=None)
             st.dataframe(res.changes(lm.tokenizer).astype({"before": str, "after": str}), key="iv_changes",
                          hide_index=True)
-            for title, fig in res.figures(lm.tokenizer):
+            for i, (title, fig) in enumerate(res.figures(lm.tokenizer)):
                 if title.startswith("head "):
                     fig.update_layout(height=520)
-                st.plotly_chart(fig, key=f"iv_fig_{title}", config=PLOT_CONFIG)
+                st.plotly_chart(fig, key=f"iv_fig_{i}", config=PLOT_CONFIG)
             st.caption("after, for an intervened head: the attention it used (ACT: calibrated rows; uniform: "
                        "1/|visible keys|); for a later head, its attention in the intervened run.")
+
+
+with tab_attn:
+    attention_tab(trace, lm)
+with tab_census:
+    census_tab(census, extras)
+with tab_iv:
+    intervention_tab(lm)

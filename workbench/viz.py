@@ -541,6 +541,16 @@ def table_html(df: pd.DataFrame, digits: int = 4, max_rows: int = 30) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
+def display_heads(df: pd.DataFrame, digits: int | None = 3) -> pd.DataFrame:
+    """A per-head table for display: ``layer`` and ``head`` become one ``head`` column written ``layer.head``
+    (as the CLI flags take it), numbers rounded to ``digits``; the data's own columns are untouched."""
+    out = df.copy()
+    if {"layer", "head"} <= set(out.columns):
+        out.insert(0, "head ", [format_head(a, b) for a, b in zip(out["layer"], out["head"])])
+        out = out.drop(columns=["layer", "head"]).rename(columns={"head ": "head"})
+    return out.round(digits) if digits is not None else out
+
+
 def top_heads(df: pd.DataFrame, column: str, k: int = 10, ascending: bool = False) -> pd.DataFrame:
     """The ``k`` heads with the largest (or smallest) ``column``: columns ``layer``, ``head``, ``column``."""
     _need(df, ["layer", "head", column], "top_heads")
@@ -620,3 +630,34 @@ def markdown_page(md: str, path, title: str, provenance: dict | None = None) -> 
                           "content='width=device-width, initial-scale=1'><title>" + title + "</title>"
                           f"<style>{PAGE_STYLE}</style></head><body>" + body + provenance_footer(provenance)
                           + "</body></html>")
+
+
+NOTEBOOK_PNG_ENV = "WORKBENCH_NOTEBOOK_PNG"
+
+
+def setup_notebook(png: bool | None = None) -> str:
+    """Choose how notebook figures are written into their outputs; returns the plotly renderer name.
+
+    Every figure goes out as plotly's interactive JSON (``application/vnd.plotly.v1+json``, drawn by
+    Jupyter). With ``png`` (default: the environment variable ``WORKBENCH_NOTEBOOK_PNG=1``, which
+    ``scripts/run_notebooks.py`` sets when it writes the committed outputs) a static PNG rendered by
+    kaleido (headless Chromium) is added to the same output, so a code host that runs no JavaScript
+    still shows the figure. Without it (CI) no browser is started.
+    """
+    import os
+    import warnings
+
+    import plotly.io as pio
+
+    warnings.filterwarnings("ignore", message="The kopts argument is ignored")  # kaleido's server mode
+    if png is None:
+        png = os.environ.get(NOTEBOOK_PNG_ENV, "") == "1"
+    name = "plotly_mimetype"
+    if png:
+        import kaleido
+
+        kaleido.start_sync_server(silence_warnings=True)
+        name = "plotly_mimetype+png"
+        pio.renderers["png"].width, pio.renderers["png"].height = 1000, 560
+    pio.renderers.default = name
+    return name
