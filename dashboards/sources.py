@@ -12,7 +12,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from workbench.errors import TraceFileError, WorkbenchError
 from workbench.models import parse_heads as parse_head_list
@@ -50,7 +52,8 @@ def trace_head_table(trace: Trace, batch: int = 0) -> pd.DataFrame:
     """Per-head scores of one traced sequence: columns ``layer``, ``head`` and, where recorded,
 
     ``first_token_mass`` (s_0, mean received attention of the first token), ``max_received``
-    (max_k s_k over keys k >= 1: a non-first sink), ``entropy`` (mean over queries, nats),
+    (max_k s_k over keys k >= 1 seen by at least max(8, T/4) queries, the sinks analyzer's rule: a
+    non-first sink; NaN when no key qualifies) and ``max_received_key`` (that k, -1 if none), ``entropy`` (mean over queries, nats),
     ``mean_distance`` (tokens) and ``top_prob`` (mean max attention probability).
     """
     cols: dict[str, object] = {}
@@ -59,7 +62,16 @@ def trace_head_table(trace: Trace, batch: int = 0) -> pd.DataFrame:
         r = trace["received"][:, batch].float()  # (layer, head, key)
         cols["first_token_mass"] = r[..., 0]
         if r.shape[-1] > 1:
-            cols["max_received"] = r[..., 1:].max(-1).values
+            from workbench.viz import received_maxima
+
+            # the sinks analyzer's rule: only keys seen by at least max(8, T/4) queries (a late key's
+            # mean over a handful of queries is noise); T = queries averaged over (rows_from .. T-1)
+            n0 = int(trace.meta.get("rows_from", 0))
+            t = r.shape[-1]
+            counts = np.minimum(np.arange(t, 0, -1), t - n0)
+            vals, keys = received_maxima(r.numpy(), counts=counts, n_queries=t - n0)
+            cols["max_received"] = torch.as_tensor(vals)
+            cols["max_received_key"] = torch.as_tensor(keys)
     for name, col in (("entropy", "entropy"), ("distance", "mean_distance"), ("top_prob", "top_prob")):
         if name in trace:
             cols[col] = trace[name][:, batch].float().mean(-1)

@@ -167,7 +167,111 @@ def test_compare_intervention_changes_only_downstream(tiny_lm):
     assert c.kl > 0
     c2 = compare_intervention(tiny_lm, HeadAblation([(0, 0)], "zero"), ids, max_new_tokens=0, layer=1, head=1, window=8)
     assert not torch.allclose(c2.pattern_before, c2.pattern_after)
-    assert [t for t, _ in c2.figures(lambda i: f"t{i}")] == ["next token", "layer 1 head 1"]
+    assert [t for t, _ in c2.figures(lambda i: f"t{i}")] == ["next token", "head 1.1"]
+
+
+class _Capture:
+    """Attention hook keeping one layer's q, k, v and (intervened) output of the last call."""
+
+    def __init__(self, layer):
+        self.layer, self.call = layer, None
+
+    def on_attention(self, call):
+        if call.layer == self.layer:
+            self.call = {k: getattr(call, k).detach().clone() for k in ("query", "key", "value", "output")}
+            self.call["scale"] = call.scale
+        return None
+
+
+def _eager_rows(c, head):
+    """Eager softmax attention of one query head from captured q, k (causal): (N, N) float64."""
+    q = c["query"][0, head].double()
+    rep = c["query"].shape[1] // c["key"].shape[1]
+    k = c["key"][0, head // rep].double()
+    s = (q @ k.T) * c["scale"]
+    n = s.shape[0]
+    s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(s, -1)
+
+
+def _intervened_call(lm, iv, ids, layer):
+    from workbench.attention import attention_hooks
+
+    cap = _Capture(layer)
+    with iv.applied(), attention_hooks(cap), torch.no_grad():
+        lm.model(input_ids=ids, use_cache=False)
+    return cap.call
+
+
+def test_act_after_map_is_the_calibrated_attention(tiny_lm):
+    """For an ACT-calibrated head, "after" is the attention the head used: equal to eager calibrated
+    attention built from the model's own q and k (sink set recomputed from the eager map), and
+    after @ V reproduces the head's intervened output."""
+    from workbench.comparison import compare_intervention
+    from workbench.interventions.act import ACTCalibration
+
+    ids = torch.randint(3, 90, (1, 24), generator=torch.Generator().manual_seed(2))
+    heads = [(0, 1), (1, 2)]
+    c = compare_intervention(tiny_lm, ACTCalibration(heads, beta=0.4, threshold=0.05), ids, max_new_tokens=0,
+                             layer=1, head=2, window=24)
+    assert c.intervened and c.pattern_note == ""
+    call = _intervened_call(tiny_lm, ACTCalibration(heads, beta=0.4, threshold=0.05), ids, 1)
+    a = _eager_rows(call, 2)
+    n = a.shape[0]
+    s = a.sum(0) / torch.arange(n, 0, -1, dtype=torch.float64)  # s_k: mean over the queries i >= k
+    hit = s > 0.05
+    sinks = hit.clone()
+    sinks[int(hit.nonzero()[0])] = False  # ACT drops the first detected sink
+    assert sinks.any(), "the planted low threshold must leave a hidden sink"
+    a_s = a[:, sinks].sum(-1, keepdim=True)
+    ref = torch.where(sinks, 0.4 * a, a * (1 - 0.4 * a_s) / (1 - a_s))
+    assert torch.allclose(c.pattern_after.double(), ref, atol=1e-5)
+    assert c.max_pattern_change() > 1e-3
+    v = call["value"][0, 2 // (call["query"].shape[1] // call["key"].shape[1])].double()
+    assert torch.allclose(c.pattern_after.double() @ v, call["output"][0, 2].double(), atol=1e-5)
+
+
+def test_uniform_and_zero_ablation_maps(tiny_lm):
+    from workbench.comparison import compare_intervention
+    from workbench.interventions import HeadAblation
+
+    ids = torch.randint(3, 90, (1, 20), generator=torch.Generator().manual_seed(3))
+    c = compare_intervention(tiny_lm, HeadAblation([(1, 3)], "uniform"), ids, max_new_tokens=0, layer=1, head=3,
+                             window=6)
+    call = _intervened_call(tiny_lm, HeadAblation([(1, 3)], "uniform"), ids, 1)
+    ref = torch.tril(torch.ones(20, 20, dtype=torch.float64))
+    ref = (ref / ref.sum(-1, keepdim=True))[14:]
+    assert torch.allclose(c.pattern_after.double(), ref, atol=1e-6) and c.max_pattern_change() > 1e-3
+    v = call["value"][0, 3 // 2].double()
+    assert torch.allclose(c.pattern_after.double() @ v, call["output"][0, 3, 14:].double(), atol=1e-5)
+    z = compare_intervention(tiny_lm, HeadAblation([(1, 3)], "zero"), ids, max_new_tokens=0, layer=1, head=3, window=6)
+    assert torch.equal(z.pattern_after, z.pattern_before) and "not its attention" in z.pattern_note
+    ch = z.changes().set_index("quantity")
+    assert ch.loc["head 1.3 output norm ||z||, mean over the window", "after"] == 0.0
+    assert ch.loc["head 1.3 output norm ||z||, mean over the window", "before"] > 0
+    assert ch.loc["max |Δ logit|, next token", "after"] > 0
+
+
+def test_var_rows_reproduce_eager_var():
+    """var_rows (the map shown for VAR) times V equals the eager VAR output of the same call."""
+    from workbench.attention import AttentionCall, attention_with_lse
+    from workbench.comparison import var_rows
+    from workbench.interventions.var import var_eager
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 12, 8, generator=g) for _ in range(3))
+    k[:, :, 0] *= 4  # a strong first key
+    out, lse = attention_with_lse(q, k, v, None, 8 ** -0.5)
+    call = AttentionCall(0, q, k, v, None, out, lse, 8 ** -0.5)
+    sinks = torch.zeros(12, dtype=torch.bool)
+    sinks[0] = True
+    image = torch.zeros(12, dtype=torch.bool)
+    image[1:7] = True
+    ref, sel = var_eager(call, sinks, image, 0.6, 0.2, 0.5)
+    a = torch.softmax(call.scores(), -1)
+    rows = var_rows(a, sinks, image, 0.6, 0.2, 0.5)
+    assert sel.any() and torch.allclose(rows.sum(-1), torch.ones(1, 2, 12), atol=1e-6)
+    assert torch.allclose(rows @ v, ref, atol=1e-5)
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -182,7 +286,51 @@ def test_attention_map_pools_long_contexts_and_says_so():
     assert z[5, 1999 // 4] == pytest.approx(0.9)
     assert "max-pooled 1x4" in fig.layout.title.text
     small = viz.attention_map(np.eye(3), tokens=["a", "b", "c"], title="s")
-    assert list(small.data[0].x) == ["0:a", "1:b", "2:c"] and small.layout.title.text == "s"
+    assert list(small.data[0].x) == [0, 1, 2] and small.layout.title.text == "s"
+    # repeated tokens stay separate positions; tick labels are the readable tokens, hover adds position and id
+    rep = viz.attention_map(np.eye(3), tokens=["·a", "·a", "⏎"], ids=[7, 7, 9], title="r")
+    assert list(rep.layout.xaxis.ticktext) == ["·a", "·a", "⏎"] and list(rep.layout.xaxis.tickvals) == [0, 1, 2]
+    assert list(rep.data[0].customdata[2][1]) == ["2 ⏎ (id 9)", "1 ·a (id 7)"]
+    assert rep.layout.yaxis.autorange == "reversed"
+
+
+def test_layer_zero_is_at_the_top_everywhere(census_dir):
+    heads = pd.read_parquet(census_dir / "heads.parquet")
+    assert viz.layer_head_heatmap(heads, "entropy").layout.yaxis.autorange == "reversed"
+    sink = viz.sink_chart(heads, "first_token_mass")
+    assert sink.layout.yaxis.autorange == "reversed" and sink.layout.yaxis2.autorange == "reversed"
+
+
+def test_received_maxima_use_the_min_queries_rule():
+    # T = 40: keys seen by fewer than max(8, 40 // 4) = 10 queries (k > 30) never count
+    r = np.full((2, 40), 0.01, dtype=np.float32)
+    r[0, 35] = 0.9  # a late key seen by 5 queries
+    r[0, 12] = 0.2
+    vals, keys = viz.received_maxima(r)
+    assert keys.tolist() == [12, 1] and vals[0] == pytest.approx(0.2)
+    assert viz.received_maxima(r, min_queries=1)[1][0] == 35
+
+
+def test_numbers_and_heads_are_formatted():
+    assert viz.format_number(7484689.545) == "7.48e+06" and viz.format_number(0.01432) == "0.01432"
+    assert viz.format_number(12) == "12" and viz.format_head(16, 0) == "16.0"
+    assert "provenance not recorded" in viz.provenance_footer(None)
+    foot = viz.provenance_footer({"git_commit": "abc<1>", "model": "smollm2-135m", "seed": 0})
+    assert "abc&lt;1&gt;" in foot and "smollm2-135m" in foot
+
+
+@pytest.mark.slow
+def test_display_tokens_on_the_smollm2_tokenizer(smollm2):
+    text = "The capital of France is Paris.\n\tNa\u00efve caf\u00e9"
+    ids = smollm2.tokenizer(text, add_special_tokens=False)["input_ids"]
+    raw = smollm2.tokenizer.convert_ids_to_tokens(ids)
+    assert any("\u0120" in t for t in raw) and any("\u010a" in t for t in raw)  # the BPE markers Ġ and Ċ are there
+    shown = viz.display_tokens(smollm2.tokenizer, ids)
+    assert not any("\u0120" in t or "\u010a" in t for t in shown)
+    assert "·capital" in shown and "⏎" in shown and "·café" in shown
+    # read back without the markers, the tokens are the text
+    assert "".join(shown).replace("·", " ").replace("⏎", "\n").replace("⇥", "\t") == text
+    assert viz.display_token_strings(raw) == shown
 
 
 def test_needle_sink_and_massive_figures(census_dir):
@@ -205,34 +353,90 @@ def test_needle_sink_and_massive_figures(census_dir):
 # --- the app with the real model ---------------------------------------------------------------
 
 
+def _submit(at, label: str):
+    """Click the form submit button with this label."""
+    for b in at.get("form_submit_button"):
+        if b.proto.label == label:
+            return b.click().run()
+    raise AssertionError(f"no submit button {label!r}")
+
+
+def _load_smollm2(at):
+    assert at.sidebar.selectbox(key="model_choice").value == "smollm2-135m"  # the text LM is the default
+    _submit(at, "Load model")
+    assert not at.error and not at.exception, [e.value for e in at.error]
+
+
+def test_presets_text_lm_first_vlm_labelled():
+    from dashboards.views import preset_options
+    from workbench.models import PRESETS
+
+    opts = preset_options(PRESETS)
+    assert opts[0][0] == "smollm2-135m" and "text LM" in opts[0][1]
+    vlm = dict(opts).get("digits-vlm")
+    assert vlm is None or "VLM" in vlm
+
+
+def test_census_extras_dedupe_and_label(census_dir):
+    from dashboards.views import census_extras
+
+    heads = pd.read_parquet(census_dir / "heads.parquet")
+    heads.to_csv(census_dir / "dup.csv", index=False)
+    heads.to_parquet(census_dir / "dup.parquet")
+    c = S.open_census_dir(census_dir)
+    ex = census_extras(census_dir, c.tables, c.heads, c.summary)
+    names = [e.name for e in ex]
+    assert "dup.parquet" in names and "dup.csv" not in names
+    dup = next(e for e in ex if e.name == "dup.parquet")
+    assert "first_token_mass [dup]" in dup.df.columns and "[dup]" in dup.caption
+
+
+def test_committed_census_shows_needle_and_massive_charts():
+    at = _app().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    titles = _titles(at)
+    assert "needle in a haystack (retrieval/tests.csv)" in titles and "massive activations (sinks.json)" in titles
+    listed = [m.value for m in at.markdown if m.value.startswith("**head_types")]
+    assert len(listed) == 1, listed
+
+
 @pytest.mark.slow
 def test_app_runs_intervention_on_smollm2(smollm2):
     at = _app().run()
-    at.sidebar.radio(key="model_mode").set_value("preset").run()
-    at.sidebar.button(key="load_model").click().run()
-    assert not at.error and not at.exception
-    at.selectbox(key="iv_name").set_value("head ablation")
+    _load_smollm2(at)
+    at.selectbox(key="iv_name").set_value("head ablation").run()
     at.text_input(key="iv_heads").set_value("2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8")
     at.number_input(key="iv_new").set_value(3)
-    at.number_input(key="iv_layer").set_value(4)
+    at.text_input(key="iv_compare").set_value("4.0")
     at.number_input(key="iv_window").set_value(8)
-    at.button(key="iv_run").click().run()
+    _submit(at, "Run intervention")
     assert not at.error and not at.exception, [e.value for e in at.error]
     assert len(at.code) >= 2
     titles = _titles(at)
-    assert any(t.startswith("layer 4 head 0: before / after") for t in titles), titles
+    assert any(t.startswith("head 4.0 attention: before / after") for t in titles), titles
     assert any("KL(before" in m.value for m in at.markdown)
+    # the compared head defaults to the first intervened head; zero ablation says the pattern is unchanged
+    at.text_input(key="iv_compare").set_value("")
+    _submit(at, "Run intervention")
+    assert any(t.startswith("head 2.0 attention") for t in _titles(at))
+    assert any("not its attention" in i.value for i in at.info)
+    # an error replaces the stale result
+    at.text_input(key="iv_heads").set_value("99.0")
+    _submit(at, "Run intervention")
+    assert at.error and not any(t.startswith("head ") for t in _titles(at))
 
 
 @pytest.mark.slow
 def test_app_traces_a_prompt_on_smollm2(smollm2):
     at = _app().run()
-    at.sidebar.radio(key="model_mode").set_value("preset").run()
-    at.sidebar.button(key="load_model").click().run()
+    _load_smollm2(at)
     at.sidebar.radio(key="trace_mode").set_value("run a prompt").run()
     at.text_area(key="prompt").set_value("The cat sat on the mat. The dog")
-    at.get("form_submit_button")[0].click().run()
+    _submit(at, "Trace")
     assert not at.error and not at.exception, [e.value for e in at.error]
     assert at.radio(key="head").options == [str(h) for h in range(9)]
     assert len(at.selectbox(key="layer").options) == 30
     assert "layer 0 head 0" in _titles(at)
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    ticks = spec["layout"]["xaxis"]["ticktext"]
+    assert "·cat" in ticks and not any("\u0120" in t for t in ticks)

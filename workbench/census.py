@@ -107,6 +107,47 @@ def load_sections() -> None:
         importlib.import_module(mod)
 
 
+# What each census column means, with its units: the line under its figure in census.html.
+DEFINITIONS = {
+    "first_token_mass": "s_0 = (1/T) sum_i A[i, 0]: mean attention on the first token, a probability in [0, 1]",
+    "entropy": "mean over queries of -sum_j A[i, j] ln A[i, j], in nats (0 = one key, ln(i+1) = uniform)",
+    "mean_distance": "mean over queries of sum_j A[i, j] (i - j): how far back the head looks, in tokens",
+    "first_token_sink_share": "share of samples (0-1) in which s_0 > 0.3 (a first-token sink, Gu et al. 2024)",
+    "hidden_sink_share": "share of samples (0-1) with a hidden sink: a key k >= 1 with s_k > 0.1 seen by at least "
+                         "max(8, T/4) queries (ACT's rule, Yu et al. 2024, with the minimum-queries guard)",
+    "mean_hidden_sinks": "mean number of hidden-sink keys per sample (count)",
+    "hidden_sink_mass": "mean attention on the hidden sinks, a probability in [0, 1]",
+    "retrieval_score": "retrieval score (Wu et al. 2024): share of the needle's answer tokens the head copies "
+                       "(its top-attended key is the token being generated), 0-1",
+    "previous_token_score": "share of the head's attention on key i-1 (TransformerLens head_detector score), 0-1",
+    "duplicate_token_score": "share of the head's attention on earlier copies of the current token "
+                             "(TransformerLens head_detector score on repeated random tokens), 0-1",
+    "induction_score": "share of the head's attention on the tokens after earlier copies of the current token "
+                       "(induction; TransformerLens head_detector score on repeated random tokens), 0-1",
+    "vhd": "VHD = ||z_image - z_text||_2 at the first generated token (He et al. 2025), units of the head output z",
+    "image_centric_share": "share of images (0-1) for which the head is image-centric (Kang et al. 2025)",
+}
+
+
+def figure_items(figures: list, heads: pd.DataFrame | None) -> list[tuple]:
+    """(title, figure, definition, top-10 table) for :func:`workbench.viz.write_html`: the definition of the
+    column a figure shows (:data:`DEFINITIONS`, "layer 0 at the top" for heatmaps) and, for a per-head
+    column, its ten largest heads written ``layer.head``."""
+    from .viz import table_html, top_heads
+
+    out = []
+    for title, fig in figures:
+        col = next((c for c in sorted(DEFINITIONS, key=len, reverse=True) if c in title), None)
+        if col is None:
+            out.append((title, fig))
+            continue
+        side = ""
+        if heads is not None and col in heads.columns and pd.api.types.is_numeric_dtype(heads[col]):
+            side = f"<b>top 10 heads by {col}</b>" + table_html(top_heads(heads, col), 3)
+        out.append((title, fig, DEFINITIONS[col] + "; layer 0 at the top.", side))
+    return out
+
+
 @dataclass
 class CensusResult:
     """The census: ``heads`` (one row per layer and head), ``summary`` per section, files written."""
@@ -179,9 +220,10 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
         heads.to_csv(d / "heads.csv", index=False)
         write_json({"model": lm.spec.name, "heads": json.loads(heads.to_json(orient="records"))}, d / "heads.json", prov)
         (d / "summary.json").write_text(json.dumps(summary, indent=1))
-        write_html(figures, d / "census.html", f"Head census: {lm.spec.name}",
+        write_html(figure_items(figures, heads), d / "census.html", f"Head census: {lm.spec.name}",
                    f"{n_samples} windows of {seq_len} tokens of pydoc_data.topics prose ({start['rule']}); "
-                   "kernel-backed statistics.", prov=prov)
+                   "kernel-backed statistics. Heads are written layer.head, as the CLI flags take them.",
+                   provenance=prov)
         files = {k: str(d / v) for k, v in [("parquet", "heads.parquet"), ("csv", "heads.csv"), ("json", "heads.json"),
                                               ("summary", "summary.json"), ("html", "census.html")]}
     return CensusResult(lm.spec.name, heads, summary, files)

@@ -109,10 +109,17 @@ def trace(
     lm = load_model(model, device=device, dtype=dtype)
     out = run_dir(out, lm.spec.name, "trace")
     ids = lm.encode(text, chat=chat)
+    n_tok = int(ids.shape[1])
+    notes: list[str] = []
     win = None
     if window:
         a, b = window.split(":")
-        win = (int(a), min(int(b), ids.shape[1]))
+        win = (int(a), min(int(b), n_tok))
+        if int(b) > n_tok:
+            notes.append(f"--window {window} clipped to {win[0]}:{win[1]} (the prompt has {n_tok} tokens)")
+    elif html is not None:
+        win = (max(0, n_tok - HTML_DEFAULT_QUERIES), n_tok)
+        notes.append(f"--html without --window: maps of the last {win[1] - win[0]} queries ({win[0]}:{win[1]})")
     tr = Tracer(lm, layers=parse_indices(layers, lm.spec.n_layers, "layer"),
                 heads=parse_indices(heads, lm.spec.n_heads, "head"), stats=chosen, pattern_window=win, z=z,
                 resid_pre=resid, memory_budget_bytes=int(budget_mb * 2**20), received_sample_rows=sample_rows)
@@ -123,16 +130,57 @@ def trace(
                         "chat": chat, "layers": layers, "heads": heads, "window": window, "z": z, "resid": resid,
                         "stats": list(chosen), "sample_rows": sample_rows})
     t.save(out, provenance=prov)
-    result = {"trace": str(out), "n_tokens": int(ids.shape[1]), "arrays": {k: list(v.shape) for k, v in t.arrays.items()}}
-    if html is not None and win is not None:
-        from .viz import attention_map, write_html
-
-        figs = [(f"layer {layer} head {h}", attention_map(t["pattern"][li, 0, hi], t.meta["token_strings"][0], win[0],
-                                                          title=f"layer {layer} head {h}"))
-                for li, layer in enumerate(t.layers[:2]) for hi, h in enumerate(t.heads[:3])]
-        write_html(figs, html, f"Attention: {lm.spec.name}", prov=prov)
+    result = {"trace": str(out), "n_tokens": n_tok, "arrays": {k: list(v.shape) for k, v in t.arrays.items()}}
+    if html is not None:
         result["html"] = str(html)
-    emit(result, as_json, f"wrote {out} ({ids.shape[1]} tokens)")
+        result["html_maps"] = write_trace_html(t, lm.spec.name, html, notes, prov)
+    if notes:
+        result["notes"] = notes
+        if as_json:
+            for note in notes:
+                typer.echo(f"note: {note}", err=True)
+    human = "\n".join([f"wrote {out}: {n_tok} tokens, layers {_ranges(t.layers)}, heads {_ranges(t.heads)}; arrays "
+                        + ", ".join(f"{k} {tuple(v.shape)}" for k, v in t.arrays.items() if k != "tokens")]
+                       + ([f"wrote {html}: {result['html_maps']}"] if html is not None else [])
+                       + [f"note: {n}" for n in notes])
+    emit(result, as_json, human)
+
+
+HTML_DEFAULT_QUERIES = 64  # `trace --html` without --window maps the last this many queries
+HTML_MAX_MAPS = 24  # at most this many attention maps on one trace page
+
+
+def _ranges(xs: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` as ``0-2,5,7-8`` (the way --layers/--heads take them)."""
+    out, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def write_trace_html(t, model: str, path: Path, notes: list[str], provenance: dict | None = None) -> str:
+    """The HTML view of a trace: one attention map per traced (layer, head), at most :data:`HTML_MAX_MAPS`;
+    returns the sentence saying what the page shows (also written on it)."""
+    from .viz import format_head, trace_attention_map, write_html
+
+    pairs = [(layer, h) for layer in t.layers for h in t.heads]
+    shown = pairs[:HTML_MAX_MAPS]
+    q0 = t.meta.get("query_start", 0)
+    q1 = q0 + int(t["pattern"].shape[3])
+    what = (f"{len(shown)} attention maps (heads {', '.join(format_head(*p) for p in shown)}; layers "
+            f"{_ranges(t.layers)} x heads {_ranges(t.heads)} traced), queries {q0}..{q1 - 1}")
+    if len(shown) < len(pairs):
+        what += f"; the first {len(shown)} of {len(pairs)}: choose others with --layers/--heads"
+    figs = [(f"head {format_head(layer, h)}", trace_attention_map(t, layer, h),
+             "A[i, j]: probability that query i attends to key j (rows sum to 1); tokens on the axes "
+             "(· = space, ⏎ = newline), position and id on hover") for layer, h in shown]
+    intro = what + "." + "".join(f"<br>note: {n}" for n in notes)
+    write_html(figs, path, f"Attention: {model}", intro, provenance=provenance)
+    return what
 
 
 @app.command()
@@ -157,14 +205,35 @@ def census(
     res = run_census(lm, n_samples=samples, seq_len=seq_len, out_dir=out,
                      sections=sections.split(",") if sections else None, progress=True,
                      options={"retrieval_from": str(retrieval_from)} if retrieval_from else None)
-    top = res.heads.sort_values("first_token_mass", ascending=False).head(5)
-    from .provenance import describe
+    emit(res.to_json(), as_json, census_summary(res))
 
-    shown = {k: v for k, v in res.summary.items() if k != "provenance"}
-    human = (f"census of {res.model}: {len(res.heads)} heads; files: {res.files.get('html')}\n"
-             + json.dumps(shown, indent=1) + "\nheads with most first-token mass:\n" + top.to_string(index=False)
-             + "\nprovenance: " + describe(res.summary.get("provenance")))
-    emit(res.to_json(), as_json, human)
+
+def census_summary(res) -> str:
+    """A short human summary of a census: where the files are, each section's scalar results, top sink heads,
+    and the run's provenance."""
+    from .provenance import describe
+    from .viz import format_head, format_number
+
+    s = res.summary
+    lines = [f"census of {res.model}: {len(res.heads)} heads over {s.get('n_samples')} windows x {s.get('seq_len')} "
+             f"tokens of {s.get('text', 'text')}",
+             f"files: {res.files.get('html', '(none written)')} (+ heads.parquet/.csv/.json, summary.json)"]
+    for name, sec in s.items():
+        if not isinstance(sec, dict):
+            continue
+        if "skipped" in sec:
+            lines.append(f"  {name}: skipped ({sec['skipped']})")
+            continue
+        vals = [f"{k} {format_number(v)}" for k, v in sec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if vals:
+            lines.append(f"  {name}: " + "; ".join(vals))
+    if "first_token_mass" in res.heads:
+        top = res.heads.sort_values("first_token_mass", ascending=False).head(5)
+        lines.append("heads with most first-token mass (layer.head s_0): "
+                     + ", ".join(f"{format_head(a, b)} {v:.3f}" for a, b, v in zip(top.layer, top["head"], top.first_token_mass)))
+    lines.append("provenance: " + describe(s.get("provenance")))
+    lines.append("full result: --json")
+    return "\n".join(lines)
 
 
 # Modules that add commands to ``app`` when imported (each analyzer appends its own).

@@ -20,17 +20,23 @@ from .viz import layer_head_heatmap, write_html
 
 
 def profile_figure(profile: pd.DataFrame, massive_layers: pd.DataFrame | None = None) -> go.Figure:
-    """Per-layer sink profile (first-token sink rate, heads with hidden sinks) beside the share of samples
-    with massive activations entering each layer."""
+    """Per-layer sink profile (first-token sink rate, heads with hidden sinks, % of heads) beside the largest
+    massive activation entering each layer (right axis, log scale with ticks at powers of ten)."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=profile.layer, y=profile.first_token_sink_rate, name="first-token sink rate (% heads, s_0>0.3)"))
-    fig.add_trace(go.Scatter(x=profile.layer, y=profile.heads_with_hidden_sinks, name="heads with hidden sinks (%)"))
+    fig.add_trace(go.Scatter(x=profile.layer, y=profile.first_token_sink_rate, name="first-token sinks (s_0 > 0.3)",
+                             hovertemplate="layer %{x}: %{y:.1f}% of heads<extra></extra>"))
+    fig.add_trace(go.Scatter(x=profile.layer, y=profile.heads_with_hidden_sinks, name="heads with hidden sinks",
+                             hovertemplate="layer %{x}: %{y:.1f}% of heads<extra></extra>"))
     if massive_layers is not None:
-        fig.add_trace(go.Bar(x=massive_layers.layer, y=massive_layers.max_abs_value, name="largest massive |activation|",
-                             opacity=0.3), secondary_y=True)
-        fig.update_yaxes(type="log", title_text="|activation| (resid_pre)", secondary_y=True)
-    fig.update_layout(title="Sink onset across layers vs massive activations", xaxis_title="layer")
-    fig.update_yaxes(title_text="% of heads", secondary_y=False)
+        fig.add_trace(go.Bar(x=massive_layers.layer, y=massive_layers.max_abs_value, name="largest |activation|",
+                             opacity=0.3, hovertemplate="layer %{x}: max |h| = %{y:.3s}<extra></extra>"),
+                      secondary_y=True)
+        fig.update_yaxes(type="log", dtick=1, exponentformat="power", title_text="largest |activation| (resid_pre)",
+                         secondary_y=True, showgrid=False)
+    fig.update_layout(title="Sink onset across layers vs massive activations", xaxis_title="layer",
+                      legend=dict(orientation="h", y=-0.2))
+    fig.update_xaxes(dtick=2)
+    fig.update_yaxes(title_text="% of heads", range=[0, 100], secondary_y=False)
     return fig
 
 
@@ -111,28 +117,68 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         d.mkdir(parents=True, exist_ok=True)
         (d / "sinks.json").write_text(json.dumps(result, indent=1, default=str))
         an.heads.to_csv(d / "sinks_heads.csv", index=False)
-        figs = [("Per-layer sink profile", profile_figure(an.profile, mlayers)),
-                ("First-token mass s_0 per head", layer_head_heatmap(an.heads, "first_token_mass")),
-                ("Share of samples with hidden sinks (ACT sink set non-empty)", layer_head_heatmap(an.heads, "hidden_sink_share")),
-                ("Hidden-sink tokens", go.Figure(go.Bar(x=an.tokens.head(25).token.map(repr) + " (" + an.tokens.head(25).kind + ")",
-                                                        y=an.tokens.head(25).head_hits)).update_layout(
-                    xaxis_title="token", yaxis_title="(sample, position, head) hits"))]
-        rates = ", ".join(f"{v:.1f}% at {k} tokens" for k, v in an.sink_rate_first_token.items())
-        ptab = "".join(f"<tr><td>{r['intervention']}</td><td>{r['perplexity']:.3f}</td><td>{r['entries_edited']}</td></tr>"
-                       for r in result["perplexity"])
-        outl = ", ".join(f"dim {r['dim']} at layer {r['layer']} ({r['token_share']:.0%} of tokens)"
-                         for r in result["outlier_features"]) or "none"
-        intro = (f"Windows of pydoc_data.topics prose; {result['window_start']}. "
-                 f"Sink_1^0.3 (first-token sink rate): {rates}. Massive dims {dims}, appearing entering layer {onset}; "
-                 f"outlier features (rule: {result['massive_rule']}): {outl}; "
-                 f"first layer where over half the heads are first-token sinks: {result['sink_onset_layer']}. "
-                 f"Perplexity on held-out prose ({n_ppl} x {ppl_len} tokens) with the massive entries entering layer {onset} "
-                 f"kept / zeroed / set to their mean:</p><table border=1><tr><th>intervention</th><th>perplexity</th>"
-                 f"<th>entries edited</th></tr>{ptab}</table><p>")
-        write_html(figs, d / "sinks.html", f"Attention sinks and massive activations: {lm.spec.name}", intro,
-                   prov=result["provenance"])
+        write_sinks_html(result, an.heads, d / "sinks.html")
         result["files"] = {"json": str(d / "sinks.json"), "html": str(d / "sinks.html"), "heads_csv": str(d / "sinks_heads.csv")}
     return result
+
+
+def write_sinks_html(result: dict, heads: pd.DataFrame, path: str | Path) -> None:
+    """Write ``sinks.html`` from a :func:`sinks_report` result and its per-head table (``sinks_heads.csv``).
+
+    Every figure has a definition-and-units line, heatmaps have their top-10 heads beside them, numbers
+    are formatted (:func:`workbench.viz.format_number`: a perplexity of 7484689.5 reads 7.48e+06) and the
+    footer gives the result's provenance (or says it was not recorded).
+    """
+    from .viz import format_head, format_number, table_html, top_heads, visible_whitespace
+
+    profile = pd.DataFrame(result["profile"])
+    mlayers = pd.DataFrame(result.get("massive_by_layer") or [])
+    tokens = pd.DataFrame(result.get("sink_tokens") or [])
+    eps = result.get("sink_eps", SINK_EPS)
+    samples = result.get("samples", {})
+    short, long_ = samples.get("short", ["?", "?"]), samples.get("long", ["?", "?"])
+    figs = [("Per-layer sink profile", profile_figure(profile, mlayers if len(mlayers) else None),
+             f"Left axis: % of the layer's heads whose first token receives mean attention s_0 > {eps} (first-token "
+             "sinks), and % with a non-empty ACT sink set (hidden sinks: keys k >= 1 with s_k > 0.1 seen by at least "
+             "max(8, T/4) queries). Right axis (log): the largest |activation| of the residual stream entering "
+             "the layer (dimensionless units of the hidden state)."),
+            ("First-token mass s_0 per head", layer_head_heatmap(heads, "first_token_mass", "s_0 per head"),
+             "s_0 = (1/T) sum_i A[i, 0]: mean attention the first token receives, a probability in [0, 1], averaged "
+             f"over the detection samples ({short[0]} x {short[1]} and {long_[0]} x {long_[1]} tokens); layer 0 at the top.",
+             table_html(top_heads(heads, "first_token_mass"), 3)),
+            ("Hidden sinks: share of samples with a non-empty ACT sink set",
+             layer_head_heatmap(heads, "hidden_sink_share", "hidden_sink_share per head"),
+             "Fraction of samples (0-1) in which the head has at least one hidden sink (key k >= 1 with s_k > 0.1, "
+             "ACT's rule with the minimum-queries guard); layer 0 at the top.",
+             table_html(top_heads(heads, "hidden_sink_share"), 3))]
+    if len(tokens):
+        t = tokens.head(25)
+        labels = [f"{visible_whitespace(a)} ({k})" for a, k in zip(t.token, t.kind)]
+        bar = go.Figure(go.Bar(x=labels, y=t.head_hits, hovertemplate="%{x}: %{y} hits<extra></extra>"))
+        bar.update_layout(title="Tokens that hold hidden sinks", xaxis_title="token (kind)",
+                          yaxis_title="(sample, position, head) hits", xaxis_tickangle=-45)
+        figs.append(("Hidden-sink tokens", bar,
+                     "Number of (sample, position, head) triples in which the token is a sink of the head; kind "
+                     "'first': at position 0, 'hidden': a later position (ACT's hidden sinks); · marks a space."))
+    rates = ", ".join(f"{format_number(v, 3)}% at {k} tokens" for k, v in result["sink_rate_first_token_by_length"].items())
+    rows = "".join(f"<tr><td>{r['intervention']}</td><td>{format_number(r['perplexity'], 4)}</td>"
+                   f"<td>{format_number(r.get('nll', float('nan')), 4)}</td><td>{r['entries_edited']}</td></tr>"
+                   for r in result.get("perplexity", []))
+    ppl = result.get("samples", {}).get("perplexity", ["?", "?"])
+    onset = result.get("massive_onset_layer")
+    hidden = pd.DataFrame(result.get("hidden_sink_heads") or [])
+    hidden_list = ", ".join(format_head(a, b) for a, b in zip(hidden.get("layer", []), hidden.get("head", [])))
+    intro = (f"Model <b>{result['model']}</b>; text: {result.get('text', '')}. First-token sink rate "
+             f"(Gu et al.'s Sink<sub>1</sub><sup>{eps}</sup>, % of heads with s_0 &gt; {eps}): {rates}. Massive "
+             f"activation dimensions {result.get('massive_dims')}, appearing entering layer {onset}; first layer where "
+             f"over half the heads are first-token sinks: {result.get('sink_onset_layer')}. Heads with the most "
+             f"hidden sinks (layer.head): {hidden_list or 'none'}.</p>"
+             f"<h2>Perplexity when the massive activations are removed</h2><p>Held-out prose ({ppl[0]} x {ppl[1]} "
+             f"tokens); the massive entries entering layer {onset} kept (baseline), set to zero, or set to their mean. "
+             "Perplexity = exp(mean negative log-likelihood per token, nats).</p><table><tr><th>intervention</th>"
+             f"<th>perplexity</th><th>NLL (nats/token)</th><th>entries edited</th></tr>{rows}</table><p>")
+    write_html(figs, path, f"Attention sinks and massive activations: {result['model']}", intro,
+               provenance=result.get("provenance"))
 
 
 def sinks_section(ctx: CensusContext) -> CensusSection:

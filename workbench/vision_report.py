@@ -93,6 +93,66 @@ def vision_analysis(lm: LoadedModel, n_images: int = 8, seed: int = 1234, tau: f
                         [lm.tokenizer.decode(a[0]) for a in answers])
 
 
+VHD_DEFINITION = ("VHD(l, h) = ||z_image - z_text||_2: L2 distance between the head's output z (its d_head-dim "
+                  "attention output before o_proj) at the first generated token with the image and in the matched "
+                  "text-only pass (image tokens removed); units: those of z (the value vectors' scale). "
+                  "He et al. 2025; mean over the images; layer 0 at the top.")
+
+
+def write_vision_html(result: dict, per_head: pd.DataFrame, path, share: pd.DataFrame | None = None) -> None:
+    """Write ``vision.html`` from the ``vision.json`` result and the per-head VHD table (``vhd_heads.csv``).
+
+    Figures: VHD per head with the top-10 vision-aware heads beside it; T-VHD per generated token;
+    optionally (``share``: layer, head, image_attention, image_centric_share) the attention on image
+    tokens and the image-centric share. Tables: image-centric heads and visual sink tokens. Every
+    figure has its definition and units; the footer gives the result's provenance.
+    """
+    import plotly.graph_objects as go
+
+    from .viz import format_head, layer_head_heatmap, table_html, top_heads, visible_whitespace, write_html
+
+    figs = [("Vision-aware heads: VHD per head", layer_head_heatmap(per_head, "vhd", "VHD per head"),
+             VHD_DEFINITION, "<b>top 10 heads by VHD</b>" + table_html(top_heads(per_head, "vhd"), 3))]
+    tv = pd.DataFrame(result.get("t_vhd") or [])
+    if len(tv):
+        fig = go.Figure()
+        for sample, g in tv.groupby("sample"):
+            fig.add_trace(go.Scatter(x=g["step"], y=g["t_vhd"], mode="lines+markers", name=f"image {sample}",
+                                     text=[visible_whitespace(t) for t in g["token"].astype(str)],
+                                     hovertemplate="step %{x} token %{text}<br>T-VHD %{y:.4g}<extra></extra>"))
+        fig.update_layout(title="T-VHD per generated token", xaxis_title="generation step",
+                          yaxis_title="T-VHD (sum of VHD over heads)")
+        figs.append(("T-VHD over the answer", fig,
+                     "T-VHD(t) = sum over all layers and heads of VHD at generation step t (same units as VHD); "
+                     "a token that depends on the image has a large T-VHD. Hover shows the token (· = space)."))
+    if share is not None and len(share):
+        figs.append(("Attention on image tokens", layer_head_heatmap(share, "image_attention", "A_I per head"),
+                     "A_I = attention mass a head's last-prompt query puts on the image tokens, a probability in "
+                     "[0, 1], mean over the images; layer 0 at the top.",
+                     table_html(top_heads(share, "image_attention"), 3)))
+        figs.append(("Image-centric share", layer_head_heatmap(share, "image_centric_share", "image-centric share"),
+                     "Share of images (0-1) for which the head is image-centric: A_I >= 0.2 and at least rho of it "
+                     "on non-sink image tokens (Kang et al. 2025).", table_html(top_heads(share, "image_centric_share"), 3)))
+    ic = pd.DataFrame(result.get("image_centric_heads") or [])
+    vs = pd.DataFrame(result.get("visual_sinks") or [])
+    dims = result.get("sink_dims")
+    intro = (f"Model <b>{result.get('model')}</b>; {result.get('n_images')} held-out digit composites, question "
+             f"'What digits are in the image?'. Sink dimensions (massive activations) {dims}. Mean attention on "
+             f"image tokens over all heads: {float(result.get('image_attention_mean', float('nan'))):.3f}. "
+             f"Answers: {', '.join(repr(a.strip()) for a in result.get('answers', []))}.</p>"
+             + ("<h2>Image-centric heads (layer.head)</h2><p class='definition'>share: fraction of images for which "
+                "the head is image-centric; image_attention: mean A_I (probability); nonsink_ratio: share of A_I on "
+                "non-sink image tokens.</p>" + table_html(ic, 3, 15) if len(ic) else "")
+             + ("<h2>Visual sink tokens</h2><p class='definition'>image_index: position among the image tokens; "
+                "n_samples_sink: images in which it is a sink (phi >= tau on the sink dimensions); phi: the "
+                "massive-activation score (ratio to the median).</p>" + table_html(vs, 3, 15) if len(vs) else "")
+             + "<p>")
+    heads_txt = ", ".join(format_head(r["layer"], r["head"]) for r in (result.get("vision_aware_heads") or [])[:8])
+    if heads_txt:
+        intro = intro.replace("</p>", f" Top vision-aware heads: {heads_txt}.</p>", 1)
+    write_html(figs, path, f"Vision heads: {result.get('model')}", intro, provenance=result.get("provenance"))
+
+
 def census_section(ctx):
     """Census section ``vision``: VHD and image-centric share per head for a digits VLM; a note otherwise."""
     from .census import CensusSection

@@ -121,7 +121,7 @@ def patch(
     result["html"] = str(d.parent / f"{d.name}.html")
     write_html(figs, d.parent / f"{d.name}.html", f"Circuits: {lm.spec.name}",
                "Path patching (Wang et al. 2022) and activation patching of head outputs z; normalised logit difference.",
-               prov=prov)
+               provenance=prov)
     write_json(result, d / "summary.json", prov)
     lines = []
     for name, info in result["tasks"].items():

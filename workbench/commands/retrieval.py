@@ -200,7 +200,7 @@ def masking_test(
     write_json({"model": lm.spec.name, "phase": phase, "table": table.to_dict(orient="records")}, d / f"{tag}.json", prov)
     write_html(masking_figures(df), d / f"{tag}.html", f"Retrieval-head masking test ({phase}): {lm.spec.name}",
                "Needle accuracy (ROUGE-1 recall > 0.5) with the top-K retrieval heads or K random non-retrieval "
-               "heads ablated; random-K grids average over seeds.", prov=prov)
+               "heads ablated; random-K grids average over seeds.", provenance=prov)
     result = {"model": lm.spec.name, "phase": phase, "table": table.to_dict(orient="records"),
               "accuracy": {c: float(g.correct.mean()) for c, g in df.groupby("condition")},
               "files": {"table": str(d / f"{tag}.csv"), "tests": str(d / f"{tag}_tests.csv"),

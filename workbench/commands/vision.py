@@ -32,8 +32,7 @@ def vision(
 ) -> None:
     """Vision-aware heads (VHD, T-VHD), visual sink tokens and image-centric heads of a VLM."""
     from ..models import load_model
-    from ..viz import layer_head_heatmap, write_html
-    from ..vision_report import vision_analysis
+    from ..vision_report import vision_analysis, write_vision_html
 
     lm = load_model(model, device=device, dtype=dtype)
     res = vision_analysis(lm, n_images=images, tau=tau, rho=rho, progress=not as_json)
@@ -50,11 +49,9 @@ def vision(
     write_json(result, d / "vision.json", prov)
     share = res.image_attention.groupby(["layer", "head"], as_index=False).agg(
         image_centric_share=("image_centric", "mean"), image_attention=("image_attention", "mean"))
-    write_html([("VHD at the first generated token", layer_head_heatmap(res.per_head, "vhd", "VHD per head")),
-                ("image attention", layer_head_heatmap(share, "image_attention", "attention on image tokens")),
-                ("image-centric share", layer_head_heatmap(share, "image_centric_share", "image-centric share"))],
-               d / "vision.html", f"Vision heads: {lm.spec.name}",
-               f"{images} held-out digit composites, question: 'What digits are in the image?'", prov=prov)
+    result["provenance"] = prov
+    write_vision_html(result, res.per_head, d / "vision.html", share)
+    share.to_csv(d / "image_attention_heads.csv", index=False)
     result["files"] = {"json": str(d / "vision.json"), "html": str(d / "vision.html")}
     va = res.vision_aware.head(8)
     human = (f"sink dims {res.sink_dims}; visual sink image positions: "

@@ -246,7 +246,7 @@ def save(res: SweepResult, out_dir: str | Path, model: str, prov: dict | None = 
     write_html(figures(res), out / "retrieval.html", f"Retrieval heads: {model}",
                f"{s['n_tests']} needle tests ({s['n_correct']} correct) over lengths {s['lengths']}, depths "
                f"{s['depths']}, needles {s['needles']}; {s['n_retrieval_heads']} retrieval heads (score > "
-               f"{s['threshold']}) of {s['n_heads']}. Retrieval score as in Wu et al. 2024.", prov=prov)
+               f"{s['threshold']}) of {s['n_heads']}. Retrieval score as in Wu et al. 2024.", provenance=prov)
     res.files = {k: str(out / v) for k, v in [("parquet", "retrieval_heads.parquet"), ("json", "retrieval_heads.json"),
                                               ("csv", "retrieval_heads.csv"), ("html", "retrieval.html"),
                                               ("results", RESULTS_FILE)]}

@@ -130,7 +130,9 @@ def _markdown(df: pd.DataFrame) -> str:
     cols = ["task", "metric", "head_set", "seed", "ablation", "n_heads", "n_examples", "value", "ci_low", "ci_high",
             "delta", "delta_ci_low", "delta_ci_high"]
     cols = [c for c in cols if c in df.columns]
-    fmt = lambda x: f"{x:.4g}" if isinstance(x, float) else str(x)  # noqa: E731
+    from ..viz import format_number
+
+    fmt = lambda x: format_number(x, 4) if isinstance(x, float) else str(x)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
     return "\n".join(lines)
@@ -138,7 +140,7 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict, prov: dict | None = None) -> dict:
     """Write results.csv/.parquet/.json, report.md and report.html into ``out`` (with ``prov``); returns the paths."""
-    from ..provenance import describe, footer_html, write_json, write_parquet
+    from ..provenance import describe, write_json, write_parquet
 
     df.to_csv(out / "results.csv", index=False)
     if prov is not None:
@@ -152,17 +154,15 @@ def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict,
              f"{spec.mean_seq_len} tokens; uniform: uniform attention over visible keys), phase `{spec.phase}`. "
              f"Intervals: {level}% percentile bootstrap over examples ({spec.n_bootstrap} resamples); delta intervals "
              "are paired with the baseline.")
-    sets = "\n".join(f"- `{k}`: {', '.join(f'L{a}H{b}' for a, b in v)}" for k, v in heads_used.items())
-    md = f"# Study: {spec.name}\n\n{intro}\n\n## Head sets\n\n{sets}\n\n## Results\n\n{_markdown(df.drop(columns=['heads']))}\n"
+    sets = "\n".join(f"- `{k}`: {', '.join(f'{a}.{b}' for a, b in v)}" for k, v in heads_used.items())
+    md = (f"# Study: {spec.name}\n\n{intro}\n\n## Head sets (layer.head)\n\n{sets}\n\n## Results\n\n"
+          f"{_markdown(df.drop(columns=['heads']))}\n")
     if prov is not None:
         md += f"\n---\nProvenance: {describe(prov)}\n"
     (out / "report.md").write_text(md)
-    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>Study {spec.name}</title></head><body>"
-            f"<h1>Study: {spec.name}</h1><p>{intro}</p><h2>Head sets</h2><ul>"
-            + "".join(f"<li>{k}: {', '.join(f'L{a}H{b}' for a, b in v)}</li>" for k, v in heads_used.items())
-            + "</ul><h2>Results</h2>" + df.drop(columns=["heads"]).to_html(index=False, float_format=lambda x: f"{x:.4g}")
-            + (footer_html(prov) if prov is not None else "") + "</body></html>")
-    (out / "report.html").write_text(html)
+    from ..viz import markdown_page
+
+    markdown_page(md, out / "report.html", f"Study {spec.name}", prov)
     return {k: str(out / f) for k, f in [("results", "results.csv"), ("parquet", "results.parquet"), ("json", "results.json"),
                                           ("report", "report.md"), ("html", "report.html"), ("rows", ROWS)]}
 
