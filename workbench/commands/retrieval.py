@@ -37,6 +37,30 @@ def _needles(file: Optional[Path], n: Optional[int]):
     return needles
 
 
+EXECUTOR_HELP = "where cells run: local (this process, serial) or ray (Ray actors, each loading the model once)"
+
+
+def executor_option():
+    return typer.Option("local", "--executor", help=EXECUTOR_HELP)
+
+
+def address_option():
+    return typer.Option(None, "--address", help="Ray cluster HOST:PORT or auto (default: start a local cluster)")
+
+
+def workers_option():
+    return typer.Option(2, "--workers", help="Ray workers (actors), each with its own copy of the model")
+
+
+def gpus_option():
+    return typer.Option(0.0, "--gpus-per-worker", help="GPUs per Ray worker (0: CPU)")
+
+
+def threads_option():
+    return typer.Option(None, "--threads", help="torch threads per worker (default: 1 per Ray worker; "
+                                                 "the process setting locally)")
+
+
 def _haystack(file: Optional[Path]) -> Optional[str]:
     if file is None:
         return None
@@ -55,16 +79,24 @@ def retrieval(
     haystack: Optional[Path] = typer.Option(None, help="haystack text file (default: pydoc_data.topics prose)"),
     out: Optional[Path] = typer.Option(None, help="output directory (default reports/<model>/retrieval)"),
     resume: bool = typer.Option(False, "--resume", help="continue a sweep in --out, skipping finished tests"),
+    executor: str = executor_option(),
+    address: Optional[str] = address_option(),
+    workers: int = workers_option(),
+    gpus_per_worker: float = gpus_option(),
+    threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Retrieval-head detection (Wu et al. 2024): needle sweep, per-head retrieval scores, figures."""
+    from ..executor import make_executor
     from ..models import load_model
     from ..retrieval.sweep import default_out, run_sweep, save
 
+    ex = make_executor(executor, model, workers, threads, gpus_per_worker, address)
     lm = load_model(model)
     out = out or default_out(lm.spec.name)
-    res = run_sweep(lm, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(needle_file, needles), out,
-                    resume=resume, haystack=_haystack(haystack))
+    with ex:
+        res = run_sweep(lm, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(needle_file, needles), out,
+                        resume=resume, haystack=_haystack(haystack), executor=ex)
     save(res, out, lm.spec.name)
     s = res.summary
     top = res.heads.sort_values("score", ascending=False).head(10)

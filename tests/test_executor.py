@@ -1,0 +1,133 @@
+"""Executors: a local 2-worker Ray cluster gives the local executor's results, and a killed worker loses no cell."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_lm
+from workbench.errors import WorkbenchError
+from workbench.executor import ExecutorError, LocalExecutor, ModelLoader, RayExecutor, make_executor
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local 2-CPU Ray cluster for the whole module (started here, so executors join it)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024 ** 2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A random-weight Llama saved with SmolLM2's tokenizer, so workers load it with load_model(path)."""
+    from workbench import load_model
+
+    tok = load_model("smollm2-135m").tokenizer
+    d = tmp_path_factory.mktemp("tiny")
+    lm = make_tiny_lm(n_layers=2, n_heads=4, n_kv_heads=2, vocab=len(tok), max_pos=512, seed=5)
+    lm.model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    from workbench import load_model
+
+    return load_model(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def pool(cluster, tiny_dir):
+    with RayExecutor(ModelLoader.of(tiny_dir), workers=2, threads=1) as ex:
+        yield ex
+
+
+SWEEP = dict(lengths=[160, 200], depths=[0, 50, 100], progress=False, max_new_tokens=3)
+
+
+def _sweep(lm, out, **kw):
+    from workbench.retrieval.needle import NEEDLES
+    from workbench.retrieval.sweep import read_results, run_sweep
+
+    res = run_sweep(lm, needles=NEEDLES[:2], out_dir=out, **SWEEP, **kw)
+    return res, read_results(out)
+
+
+def test_ray_sweep_equals_local_sweep(pool, tiny, tmp_path):
+    torch.set_num_threads(1)  # the workers' setting, so float reductions run in the same order
+    local, lrec = _sweep(tiny, tmp_path / "local", executor=LocalExecutor(threads=1))
+    dist, drec = _sweep(tiny, tmp_path / "ray", executor=pool)
+    assert len(drec) == len(lrec) == 12
+    by_key = {r["key"]: r for r in lrec}
+    for r in drec:  # every record identical, whatever order the workers finished in
+        assert r == by_key[r["key"]]
+    assert dist.summary == local.summary
+    assert dist.heads.equals(local.heads)
+    # both workers took cells: the worker pids differ
+    assert len(set(ray.get([a.pid.remote() for a in pool.actors]))) == 2
+
+
+def test_killed_worker_has_its_cells_rescheduled(pool, tiny, tmp_path):
+    from workbench.retrieval.sweep import read_results
+
+    killed, before = [], pool.replacements
+
+    def kill_a_busy_worker(rec):
+        if not killed:
+            busy = pool.in_flight()
+            assert busy  # the other worker is running a cell right now
+            i, actor = next(iter(busy.items()))
+            killed.append(i)
+            ray.kill(actor)
+
+    res, recs = _sweep(tiny, tmp_path, executor=pool, on_test=kill_a_busy_worker)
+    assert pool.replacements == before + 1 and len(pool.actors) == 2
+    keys = [r["key"] for r in recs]
+    assert len(keys) == 12 and len(set(keys)) == 12  # every cell exactly once
+    assert res.summary["n_tests"] == 12
+    assert read_results(tmp_path) == recs
+
+
+def test_resume_with_ray_after_a_local_start(pool, tiny, tmp_path):
+    """The driver alone writes results, so a sweep started locally resumes on Ray without redoing a test."""
+    class Stop(Exception):
+        pass
+
+    first = []
+
+    def stop_after_four(rec):
+        first.append(rec["key"])
+        if len(first) == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _sweep(tiny, tmp_path, on_test=stop_after_four)
+    rest = []
+    res, recs = _sweep(tiny, tmp_path, executor=pool, resume=True, on_test=lambda r: rest.append(r["key"]))
+    assert len(rest) == 8 and not set(rest) & set(first)
+    assert sorted(r["key"] for r in recs) == sorted(first + rest)
+
+
+def test_workers_with_another_model_are_refused(pool, tmp_path):
+    lm = make_tiny_lm(n_layers=3)
+    with pytest.raises(ExecutorError, match="not the driver's"):
+        list(pool.map(object(), [1], lm))
+
+
+def test_a_pool_the_cluster_cannot_place_is_refused(pool, tiny_dir):
+    with pytest.raises(ExecutorError, match="cannot place 1 workers"):
+        RayExecutor(ModelLoader.of(tiny_dir), workers=1).start()  # the pool holds both CPUs
+
+
+def test_errors_are_one_line(tmp_path):
+    with pytest.raises(ExecutorError, match="unknown executor"):
+        make_executor("dask")
+    with pytest.raises(ExecutorError, match="need --executor ray"):
+        make_executor("local", address="127.0.0.1:6379")
+    with pytest.raises(ExecutorError, match="cannot reach a Ray cluster at 127.0.0.1:9"):
+        RayExecutor(ModelLoader.of("smollm2-135m"), address="127.0.0.1:9").start()
+    with pytest.raises(WorkbenchError, match="at least 1 worker"):
+        RayExecutor(ModelLoader.of("smollm2-135m"), workers=0)
