@@ -1,6 +1,9 @@
 """Executors: a local 2-worker Ray cluster gives the local executor's results, and a killed worker loses no cell."""
 from __future__ import annotations
 
+import os
+
+import pandas as pd
 import pytest
 import torch
 
@@ -14,6 +17,7 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def cluster():
     """One local 2-CPU Ray cluster for the whole module (started here, so executors join it)."""
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as RayExecutor does for the clusters it starts
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024 ** 2)
     yield
     ray.shutdown()
@@ -122,7 +126,7 @@ def test_a_pool_the_cluster_cannot_place_is_refused(pool, tiny_dir):
         RayExecutor(ModelLoader.of(tiny_dir), workers=1).start()  # the pool holds both CPUs
 
 
-def test_errors_are_one_line(tmp_path):
+def test_errors_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(ExecutorError, match="unknown executor"):
         make_executor("dask")
     with pytest.raises(ExecutorError, match="need --executor ray"):
@@ -131,3 +135,38 @@ def test_errors_are_one_line(tmp_path):
         RayExecutor(ModelLoader.of("smollm2-135m"), address="127.0.0.1:9").start()
     with pytest.raises(WorkbenchError, match="at least 1 worker"):
         RayExecutor(ModelLoader.of("smollm2-135m"), workers=0)
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ExecutorError, match=r"needs Ray, which is not installed: pip install"):
+        make_executor("ray", "smollm2-135m")
+
+
+def test_ray_study_equals_local_study(pool, tiny, tmp_path):
+    from tests.test_studies import SPEC
+    from workbench.studies import parse_spec, run_study
+    from workbench.studies.runner import read_rows
+
+    torch.set_num_threads(1)
+    spec = parse_spec({**SPEC, "model": tiny.spec.name})
+    local = run_study(spec, tiny, out_root=tmp_path / "local", progress=False, executor=LocalExecutor(threads=1))
+    dist = run_study(spec, tiny, out_root=tmp_path / "ray", progress=False, executor=pool)
+    assert dist.n_run == local.n_run == 2 * (1 + 3 * 2)
+    a = {r["key"]: r for r in read_rows(local.out)}
+    b = {r["key"]: r for r in read_rows(dist.out)}
+    assert a == b  # every condition's per-example values identical
+    pd.testing.assert_frame_equal(dist.table, local.table)  # bootstrap over rows in plan order: same intervals
+
+
+def test_ray_masking_grid_equals_local(pool, tiny):
+    from workbench.interventions import HeadAblation
+    from workbench.retrieval.masking import Condition, run_niah
+    from workbench.retrieval.needle import NEEDLES
+
+    torch.set_num_threads(1)
+    conds = [Condition("baseline", "none", 0, None, None, None),
+             Condition("zero/top-2", "top", 2, None, "zero", HeadAblation([(0, 1), (1, 2)], "zero", "decode")),
+             Condition("uniform/all", "top", 2, None, "uniform", HeadAblation([(0, 0), (1, 3)], "uniform", "all"))]
+    kw = dict(lengths=[160, 200], depths=[0, 100], needles=NEEDLES[:2], max_new_tokens=3, progress=False)
+    local = run_niah(tiny, conds, **kw)
+    dist = run_niah(tiny, conds, executor=pool, **kw)
+    assert len(local) == 3 * 8
+    pd.testing.assert_frame_equal(dist, local)

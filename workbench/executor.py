@@ -181,6 +181,8 @@ class RayExecutor(Executor):
             raise ExecutorError(f"--workers {self.workers} / threads {self.threads} / --gpus-per-worker "
                                 f"{self.gpus_per_worker}: give at least 1 worker, 1 thread and >= 0 GPUs")
         self.ray = _import_ray()
+        if self.address:
+            _check_reachable(self.address)  # fail before anything loads
         if self.max_replacements is None:
             self.max_replacements = 2 * int(self.workers)
 
@@ -198,6 +200,9 @@ class RayExecutor(Executor):
                 raise ExecutorError(f"cannot connect to the Ray cluster at {self.address}: "
                                     f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
         else:
+            # Ray runs workers at nice 15 by default (the driver first); here the workers do the work, so
+            # they get the same priority as a local run
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=int(self.workers) * int(self.threads), num_gpus=None,
                      include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 ** 2)
             self._started_ray = True

@@ -128,6 +128,11 @@ def ablate(
     needles: Optional[int] = typer.Option(None, help="use the first N needles"),
     scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default reports/<model>/retrieval)"),
     baseline: bool = typer.Option(True, help="also run without ablation"),
+    executor: str = executor_option(),
+    address: Optional[str] = address_option(),
+    workers: int = workers_option(),
+    gpus_per_worker: float = gpus_option(),
+    threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Needle accuracy with chosen heads ablated (and the unablated baseline)."""
@@ -141,6 +146,9 @@ def ablate(
     if phase not in PHASES:
         raise WorkbenchError(f"unknown phase {phase!r}: use decode, all or prefill")
     check_kinds([kind])
+    from ..executor import make_executor
+
+    ex = make_executor(executor, model, workers, threads, gpus_per_worker, address)
     lm = load_model(model)
     needs_scores = heads.startswith(("retrieval:", "random:"))
     sc = _scores(scores, lm.spec.name, needs_scores)
@@ -151,7 +159,9 @@ def ablate(
     abl = HeadAblation(sel, kind, phase, means).validate(lm.spec)
     conds = ([Condition("baseline", "none", 0, None, None, None)] if baseline else []) + \
         [Condition(f"{kind}/{heads}", "ablated", len(sel), seed, kind, abl)]
-    df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles))
+    with ex:
+        df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles),
+                      executor=ex)
     ab = df[df.selection == "ablated"]
     grid = accuracy_grids(ab)
     g = next(iter(grid.values()))
@@ -178,6 +188,11 @@ def masking_test(
     needles: Optional[int] = typer.Option(None, help="use the first N needles"),
     scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default reports/<model>/retrieval)"),
     out: Optional[Path] = typer.Option(None, help="output directory (default: the scores directory)"),
+    executor: str = executor_option(),
+    address: Optional[str] = address_option(),
+    workers: int = workers_option(),
+    gpus_per_worker: float = gpus_option(),
+    threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Causal test: needle accuracy with the top-K retrieval heads vs K random non-retrieval heads masked."""
@@ -192,11 +207,16 @@ def masking_test(
     if phase not in PHASES:
         raise WorkbenchError(f"unknown phase {phase!r}: use decode, all or prefill")
     kind_list = check_kinds([k.strip() for k in kinds.split(",") if k.strip()])
+    from ..executor import make_executor
+
+    ex = make_executor(executor, model, workers, threads, gpus_per_worker, address)
     lm = load_model(model)
     sc = _scores(scores, lm.spec.name, True)
     means = fit_all_means(lm) if "mean" in kind_list else None
     conds = build_conditions(lm, sc, _ints(ks, "ks"), list(range(seeds)), kind_list, phase, means)
-    df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles))
+    with ex:
+        df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles),
+                      executor=ex)
     table = masking_table(df)
     d = Path(out or (scores if scores and Path(scores).is_dir() else default_out(lm.spec.name)))
     d.mkdir(parents=True, exist_ok=True)
