@@ -109,7 +109,9 @@ def read_table(path: Path) -> pd.DataFrame:
         if path.suffix == ".csv":
             return pd.read_csv(path)
         if path.suffix == ".json":
-            return pd.DataFrame(json.loads(path.read_text()))
+            obj = json.loads(path.read_text())
+            # a result file: {"heads": [...records], "provenance": {...}}; or a bare list of records
+            return pd.DataFrame(obj["heads"] if isinstance(obj, dict) and "heads" in obj else obj)
     except Exception as err:  # pyarrow, parser and JSON errors all mean "unreadable"
         raise CensusDirError(f"cannot read table {path}: {err}") from None
     raise CensusDirError(f"{path} is not a .parquet, .csv or .json table")

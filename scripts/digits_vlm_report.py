@@ -3,7 +3,7 @@
 
     PYTHONPATH=. .venv/bin/python scripts/digits_vlm_report.py --images 40
 
-Answers are cached in reports/digits-vlm/hallucination/answers-<images>-<weights hash>.jsonl, so a rerun resumes.
+Answers are cached in <out>/digits-vlm/hallucination/answers-<configuration hash>.jsonl, so a rerun resumes.
 """
 import argparse
 import json
@@ -99,7 +99,7 @@ def main() -> int:
 
     imgs = H.heldout_images(a.images)
     items = H.pope_items(imgs)
-    cache = d / "hallucination" / f"answers-{a.images}-{lm.extras.get('weights', 'x')}.jsonl"
+    cache = d / "hallucination"  # answers-<configuration hash>.jsonl (workbench.hallucination.cache_file)
     pope, chair = {}, {}
     for method in H.METHODS:
         df = H.run_pope(lm, imgs, items, method, cache=cache)

@@ -1,5 +1,6 @@
 """Model loading errors and the CLI: one-line errors, --json output, the census against eager maps."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,7 +89,8 @@ def test_cli_trace_sampled_received_has_a_bound(capsys, tmp_path, smollm2):
     assert code == 0 and set(doc["arrays"]) == {"received", "received_bound", "tokens"}
     from workbench.trace import Trace
 
-    tr = Trace.load(tmp_path / "t")
+    tr = Trace.load(doc["trace"])
+    assert Path(doc["trace"]) == tmp_path / "t" / "smollm2-135m" / "trace"  # ROOT/<model>/trace
     assert tr.meta["received_sampling"]["rows"] == 16 and float(tr["received_bound"].max()) <= 1.0
 
 

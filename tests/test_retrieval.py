@@ -345,10 +345,11 @@ def test_cli_retrieval_and_ablate_json(tmp_path):
     js = json.loads(r.stdout)
     assert len(js["heads"]) == 270 and {"layer", "head", "score"} <= set(js["heads"][0])
     assert isinstance(js["retrieval_heads"], list)
-    assert (out / "retrieval_heads.parquet").exists()
+    assert (out / "smollm2-135m" / "retrieval" / "retrieval_heads.parquet").exists()  # ROOT/<model>/retrieval
+    # ablate reads the scores from the same run folder (never from reports/)
     r = subprocess.run([sys.executable, "-m", "workbench.cli", "ablate", "--heads", "retrieval:top-3", "--kind",
                         "uniform", "--task", "niah", "--lengths", "160", "--depths", "50", "--needles", "1",
-                        "--scores", str(out), "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
+                        "--out", str(out), "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     js = json.loads(r.stdout)
     assert 0.0 <= js["accuracy"] <= 1.0 and len(js["heads"]) == 3

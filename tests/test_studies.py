@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workbench.jsonl import CheckpointMismatchError
 from workbench.studies import StudySpecError, StudyStateError, parse_spec, run_study
 from workbench.studies.heads import resolve_head_set
 from workbench.studies.runner import ROWS, bootstrap_ci, read_rows
@@ -51,12 +52,16 @@ def test_example_specs_parse():
 
 
 def test_head_sets_from_tables(tiny_lm, tmp_path):
+    from conftest import make_tiny_lm
+
+    from workbench.provenance import ProvenanceError, collect, write_parquet
+
     d = tmp_path / "tiny-llama"
-    d.mkdir()
-    pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 2, 3], "first_token_mass": [0.1, 0.9, 0.5, 0.2]}) \
-        .to_parquet(d / "heads.parquet")
-    (d / "retrieval").mkdir()
-    pd.DataFrame({"layer": [1, 0], "head": [0, 3], "score": [0.2, 0.7]}).to_parquet(d / "retrieval" / "retrieval_heads.parquet")
+    prov = collect(tiny_lm)
+    write_parquet(pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 2, 3], "first_token_mass": [0.1, 0.9, 0.5, 0.2]}),
+                  d / "heads.parquet", prov)
+    write_parquet(pd.DataFrame({"layer": [1, 0], "head": [0, 3], "score": [0.2, 0.7]}),
+                  d / "retrieval" / "retrieval_heads.parquet", prov)
     spec = parse_spec({"name": "t", "head_sets": {"s": {"source": "sinks", "k": 2}, "r": {"source": "retrieval", "k": 1},
                                                   "x": {"source": "random", "k": 4, "exclude": ["s", "r"]}},
                        "tasks": {"ioi": {}}})
@@ -69,6 +74,14 @@ def test_head_sets_from_tables(tiny_lm, tmp_path):
     assert rnd == resolve_head_set(spec.head_sets[2], tiny_lm, res, seed=3, reports=tmp_path)  # seeded
     with pytest.raises(StudySpecError, match="no census heads table"):
         resolve_head_set(spec.head_sets[0], tiny_lm, {}, reports=tmp_path / "missing")
+    # a table computed on other weights (same architecture, another seed) is refused, naming the file
+    other = make_tiny_lm(seed=1)
+    with pytest.raises(ProvenanceError, match="other weights"):
+        resolve_head_set(spec.head_sets[0], other, {}, reports=tmp_path)
+    # and so is one without provenance
+    pd.DataFrame({"layer": [0], "head": [0], "first_token_mass": [0.1]}).to_parquet(d / "heads.parquet")
+    with pytest.raises(ProvenanceError, match="no provenance"):
+        resolve_head_set(spec.head_sets[0], tiny_lm, {}, reports=tmp_path)
 
 
 def test_bootstrap_intervals():
@@ -126,9 +139,9 @@ def test_interrupted_study_resumes_without_losing_rows(smollm2, tmp_path):
     base = t[(t.task == "text") & (t.head_set == "none")].value.item()
     assert 1.0 < base < 1000.0  # a perplexity
     assert (rest.out / "report.md").exists() and "| task |" in (rest.out / "report.md").read_text()
-    # a different spec in the same folder is refused
+    # a different spec in the same folder is refused, naming the field that differs
     other = parse_spec({**SPEC, "ablations": ["zero"]})
-    with pytest.raises(StudyStateError, match="different spec"):
+    with pytest.raises(CheckpointMismatchError, match="spec.ablations"):
         run_study(other, smollm2, out_root=tmp_path / "b", resume=True, progress=False)
 
 

@@ -120,12 +120,23 @@ class CensusResult:
                 "heads": json.loads(self.heads.to_json(orient="records"))}
 
 
-def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir: str | Path | None = "reports",
+def census_config(lm: LoadedModel, n_samples: int, seq_len: int, sections: list[str], options: dict) -> dict:
+    """The census's full configuration (its provenance ``config``): settings, sections, options, code hash."""
+    from .provenance import code_sha256
+
+    return {"command": "census", "model": lm.spec.name, "n_samples": n_samples, "seq_len": seq_len,
+            "sections": list(sections), "options": {k: v for k, v in options.items()},
+            "code_sha256": code_sha256(["workbench.census", "workbench.stats", "workbench.tracer",
+                                        "workbench.attention", "workbench.text", *SECTION_MODULES])}
+
+
+def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir: str | Path | None = "runs",
                sections: list[str] | None = None, progress: bool = True, options: dict | None = None) -> CensusResult:
     """Run the census sections over ``n_samples`` windows of ``seq_len`` tokens of real text.
 
-    Writes, under ``out_dir/<model>/``: ``heads.parquet``, ``heads.csv``, ``heads.json``,
-    ``summary.json`` and ``census.html`` (plotly figures). ``out_dir=None`` writes nothing.
+    Writes, under ``out_dir/<model-slug>/`` (:func:`workbench.runs.model_dir`): ``heads.parquet``,
+    ``heads.csv``, ``heads.json``, ``summary.json`` and ``census.html`` (plotly figures), each with the
+    run's provenance (:mod:`workbench.provenance`; ``summary["provenance"]``). ``out_dir=None`` writes nothing.
 
     Raises:
         ContextTooLongError: ``seq_len`` exceeds the context window.
@@ -148,16 +159,22 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
             heads = sec.heads if heads is None else heads.merge(sec.heads, on=["layer", "head"], how="left")
         summary[name] = sec.summary
         figures += [(f"{name}: {t}", f) for t, f in sec.figures]
+    from .provenance import collect, write_json, write_parquet
+    from .runs import model_dir
+
+    prov = collect(lm, census_config(lm, n_samples, seq_len, names, ctx.options))
+    summary = {"model": lm.spec.name, **summary, "provenance": prov}
     files: dict = {}
     if out_dir is not None:
-        d = Path(out_dir) / lm.spec.name.replace("/", "--")
+        d = model_dir(out_dir, lm.spec.name)
         d.mkdir(parents=True, exist_ok=True)
-        heads.to_parquet(d / "heads.parquet", index=False)
+        write_parquet(heads, d / "heads.parquet", prov)
         heads.to_csv(d / "heads.csv", index=False)
-        (d / "heads.json").write_text(heads.to_json(orient="records", indent=1))
+        write_json({"model": lm.spec.name, "heads": json.loads(heads.to_json(orient="records"))}, d / "heads.json", prov)
         (d / "summary.json").write_text(json.dumps(summary, indent=1))
         write_html(figures, d / "census.html", f"Head census: {lm.spec.name}",
-                   f"{n_samples} windows of {seq_len} tokens of pydoc_data.topics prose; kernel-backed statistics.")
+                   f"{n_samples} windows of {seq_len} tokens of pydoc_data.topics prose; kernel-backed statistics.",
+                   prov=prov)
         files = {k: str(d / v) for k, v in [("parquet", "heads.parquet"), ("csv", "heads.csv"), ("json", "heads.json"),
                                               ("summary", "summary.json"), ("html", "census.html")]}
     return CensusResult(lm.spec.name, heads, summary, files)

@@ -6,6 +6,7 @@ Every analysis command accepts ``--json`` and then prints exactly one JSON objec
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Optional
 import typer
 
 from .errors import WorkbenchError
+from .runs import DEFAULT_ROOT, run_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Attention-head workbench: sinks, retrieval heads, vision-aware heads, interventions.")
@@ -66,7 +68,7 @@ def trace(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
     prompt: Optional[str] = typer.Option(None, help="prompt text"),
     file: Optional[Path] = typer.Option(None, help="read the prompt from this text file"),
-    out: Path = typer.Option(Path("trace"), help="output trace directory"),
+    out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root: the trace is saved in ROOT/<model>/trace/"),
     layers: Optional[str] = typer.Option(None, help="layers, e.g. 0,3,5-7 (default all)"),
     heads: Optional[str] = typer.Option(None, help="heads, e.g. 0,4 (default all)"),
     window: Optional[str] = typer.Option(None, help="query window for full attention maps, START:STOP"),
@@ -98,6 +100,7 @@ def trace(
         raise WorkbenchError("--sample-rows needs a positive number of rows and --stats received "
                              "(per-query statistics need every row)")
     lm = load_model(model)
+    out = run_dir(out, lm.spec.name, "trace")
     ids = lm.encode(text, chat=chat)
     win = None
     if window:
@@ -107,7 +110,12 @@ def trace(
                 heads=parse_indices(heads, lm.spec.n_heads, "head"), stats=chosen, pattern_window=win, z=z,
                 resid_pre=resid, memory_budget_bytes=int(budget_mb * 2**20), received_sample_rows=sample_rows)
     t = tr.run(ids)
-    t.save(out)
+    from .provenance import collect
+
+    prov = collect(lm, {"command": "trace", "model": model, "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                        "chat": chat, "layers": layers, "heads": heads, "window": window, "z": z, "resid": resid,
+                        "stats": list(chosen), "sample_rows": sample_rows})
+    t.save(out, provenance=prov)
     result = {"trace": str(out), "n_tokens": int(ids.shape[1]), "arrays": {k: list(v.shape) for k, v in t.arrays.items()}}
     if html is not None and win is not None:
         from .viz import attention_map, write_html
@@ -115,7 +123,7 @@ def trace(
         figs = [(f"layer {layer} head {h}", attention_map(t["pattern"][li, 0, hi], t.meta["token_strings"][0], win[0],
                                                           title=f"layer {layer} head {h}"))
                 for li, layer in enumerate(t.layers[:2]) for hi, h in enumerate(t.heads[:3])]
-        write_html(figs, html, f"Attention: {lm.spec.name}")
+        write_html(figs, html, f"Attention: {lm.spec.name}", prov=prov)
         result["html"] = str(html)
     emit(result, as_json, f"wrote {out} ({ids.shape[1]} tokens)")
 
@@ -125,11 +133,11 @@ def census(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
     samples: int = typer.Option(8, help="number of text windows"),
     seq_len: int = typer.Option(512, help="tokens per window"),
-    out: Path = typer.Option(Path("reports"), help="reports directory (a <model>/ folder is written in it)"),
+    out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (the census is written in ROOT/<model>/)"),
     sections: Optional[str] = typer.Option(None, help="comma-separated sections (default all)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """The head census: per-head statistics over real text, written to reports/<model>/."""
+    """The head census: per-head statistics over real text, written to ROOT/<model>/ (default runs/)."""
     from .census import run_census
     from .models import load_model
 

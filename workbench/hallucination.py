@@ -16,7 +16,9 @@ Confidence intervals: 95% percentile bootstrap over images (1000 resamples, fixe
 of one image are resampled together. Methods: ``none``, ``vhr`` (:mod:`workbench.interventions.vhr`),
 ``var`` (:mod:`workbench.interventions.var`).
 
-Results are appended item by item to JSON-lines files, so an interrupted run resumes where it stopped.
+Answers are appended item by item to a JSON-lines cache per configuration (:func:`cache_file`), so an
+interrupted run resumes where it stopped and a changed parameter (p, rho, tau, alpha, max_new_tokens), model
+or code version misses the cache.
 """
 from __future__ import annotations
 
@@ -84,27 +86,47 @@ def _sink_dims(lm: LoadedModel) -> list[int]:
     return lm.extras["sink_dims"]
 
 
-def intervention(lm: LoadedModel, inp, method: str):
-    """The context manager applying ``method`` to one input (``none``: a no-op)."""
-    import contextlib
+def method_params(method: str, params: dict | None = None) -> dict:
+    """The parameters of ``method`` (its defaults updated by ``params``): VHR ``alpha`` (2); VAR ``p`` (0.6),
+    ``summ`` (0.2), ``rho`` (0.5), ``tau`` (20); none: {}.
+
+    Raises:
+        UnknownMethodError: unknown method. WorkbenchError: a parameter the method does not have.
+    """
+    from .interventions import var as V
+    from .interventions import vhr as R
+    from .vision import TAU
 
     check_method(method)
+    defaults = {"none": {}, "vhr": {"alpha": R.ALPHA}, "var": {"p": V.P, "summ": V.SUMM, "rho": V.RHO, "tau": TAU}}[method]
+    extra = set(params or {}) - set(defaults)
+    if extra:
+        raise WorkbenchError(f"method {method} has no parameter {sorted(extra)[0]!r}: it takes "
+                             f"{', '.join(defaults) or 'no parameters'}")
+    return {**defaults, **{k: float(v) for k, v in (params or {}).items()}}
+
+
+def intervention(lm: LoadedModel, inp, method: str, params: dict | None = None):
+    """The context manager applying ``method`` (with :func:`method_params`) to one input (``none``: a no-op)."""
+    import contextlib
+
+    kw = method_params(method, params)
     if method == "none":
         return contextlib.nullcontext()
     if method == "vhr":
         from .interventions.vhr import VisionAwareHeadReinforcement
 
-        return VisionAwareHeadReinforcement.prepare(lm, inp).applied()
+        return VisionAwareHeadReinforcement.prepare(lm, inp, alpha=kw["alpha"]).applied()
     from .interventions.var import VisualAttentionRedistribution
     from .vlm import image_positions
 
-    return VisualAttentionRedistribution(lm, image_positions(lm.model, inp.input_ids), _sink_dims(lm)).applied()
+    return VisualAttentionRedistribution(lm, image_positions(lm.model, inp.input_ids), _sink_dims(lm), **kw).applied()
 
 
 @torch.no_grad()
-def answer(lm: LoadedModel, inp, method: str = "none", max_new_tokens: int = 1) -> str:
+def answer(lm: LoadedModel, inp, method: str = "none", max_new_tokens: int = 1, params: dict | None = None) -> str:
     """Greedy answer text of one input under ``method`` (stops at a newline)."""
-    with intervention(lm, inp, method):
+    with intervention(lm, inp, method, params):
         if max_new_tokens == 1:
             logits = lm.model(input_ids=inp.input_ids, use_cache=False, **inp.kwargs()).logits[0, -1]
             return lm.tokenizer.decode(int(logits.argmax()))
@@ -130,8 +152,44 @@ def mentioned_digits(text: str) -> list[int]:
 # --- resumable runs ----------------------------------------------------------------------------------
 
 
-def _resume(path: Path | None) -> dict:
-    return {} if path is None else {r["key"]: r for r in read_jsonl(path)}
+CACHE_CODE = ("workbench.hallucination", "workbench.digits", "workbench.digits_vlm", "workbench.vlm", "workbench.vision",
+              "workbench.interventions.var", "workbench.interventions.vhr", "workbench.attention")
+
+
+def cache_config(lm: LoadedModel, task: str, method: str, params: dict | None, images: Sequence[D.Composite],
+                 max_new_tokens: int) -> dict:
+    """Everything an answer depends on: model weights, task, method and its parameters (p, summ, rho, tau,
+    alpha), decoding length, the images' pixels and a hash of the code (:data:`CACHE_CODE`)."""
+    import hashlib
+
+    from .provenance import code_sha256, weights_sha256
+
+    h = hashlib.sha256()
+    for c in images:
+        h.update(np.ascontiguousarray(np.asarray(c.pixels)).tobytes())
+    return {"analysis": "hallucination-answers", "task": task, "model": lm.spec.name, "weights_sha256": weights_sha256(lm),
+            "method": method, "params": method_params(method, params), "max_new_tokens": int(max_new_tokens),
+            "n_images": len(images), "images_sha256": h.hexdigest(), "code_sha256": code_sha256(CACHE_CODE)}
+
+
+def cache_file(cache_dir: Path, config: dict) -> Path:
+    """The answer-cache file of one configuration: ``<cache_dir>/answers-<config hash, 16 hex>.jsonl``.
+
+    Another parameter, model or code version gives another file, so a cached answer is never reused
+    for a different configuration; the file's header (:func:`workbench.jsonl.open_checkpoint`) guards it too.
+    """
+    from .provenance import config_hash
+
+    return Path(cache_dir) / f"answers-{config_hash(config)[:16]}.jsonl"
+
+
+def _resume(cache_dir: Path | None, config: dict) -> tuple[dict, Path | None]:
+    if cache_dir is None:
+        return {}, None
+    from .jsonl import open_checkpoint
+
+    path = cache_file(cache_dir, config)
+    return {r["key"]: r for r in open_checkpoint(path, config)}, path
 
 
 def _append(path: Path | None, row: dict) -> None:
@@ -140,25 +198,27 @@ def _append(path: Path | None, row: dict) -> None:
 
 
 def run_pope(lm: LoadedModel, images: Sequence[D.Composite], items: pd.DataFrame, method: str = "none",
-             splits: Sequence[str] = SPLITS, cache: Path | None = None, progress: bool = True) -> pd.DataFrame:
+             splits: Sequence[str] = SPLITS, cache: Path | None = None, progress: bool = True,
+             params: dict | None = None) -> pd.DataFrame:
     """Answer the POPE questions of ``splits`` under ``method``; returns ``items`` rows with ``answer``, ``pred``.
 
-    Questions shared by several splits (the positives) are answered once. ``cache`` (JSON lines)
-    keeps finished answers so a rerun resumes.
+    Questions shared by several splits (the positives) are answered once. ``cache`` (a folder) keeps
+    finished answers in :func:`cache_file` of the full configuration (:func:`cache_config`), so a rerun
+    resumes and a changed parameter, model or code never reuses an answer. ``params``: :func:`method_params`.
     """
-    from .digits_vlm import make_input
+    from . import digits_vlm
 
     for s in splits:
         check_method(method, s)
     sub = items[items.split.isin(splits)].copy()
-    done = _resume(cache)
+    done, cache = _resume(cache, cache_config(lm, "pope", method, params, images, 1))
     answers = {}
     todo = sorted({(int(r.image), int(r.digit)) for r in sub.itertuples()})
     for img, digit in tqdm(todo, desc=f"POPE {method}", disable=not progress):
         key = f"pope/{method}/{img}/{digit}"
         if key not in done:
-            inp = make_input(lm, D.YESNO_QUESTION.format(d=digit), images[img].pixels)
-            done[key] = {"key": key, "answer": answer(lm, inp, method)}
+            inp = digits_vlm.make_input(lm, D.YESNO_QUESTION.format(d=digit), images[img].pixels)
+            done[key] = {"key": key, "answer": answer(lm, inp, method, params=params)}
             _append(cache, done[key])
         answers[(img, digit)] = done[key]["answer"]
     sub["answer"] = [answers[(int(r.image), int(r.digit))] for r in sub.itertuples()]
@@ -168,21 +228,21 @@ def run_pope(lm: LoadedModel, images: Sequence[D.Composite], items: pd.DataFrame
 
 
 def run_chair(lm: LoadedModel, images: Sequence[D.Composite], method: str = "none", max_new_tokens: int = 8,
-              cache: Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """Answer "What digits are in the image?" for every image under ``method``.
+              cache: Path | None = None, progress: bool = True, params: dict | None = None) -> pd.DataFrame:
+    """Answer "What digits are in the image?" for every image under ``method`` (``cache``: as in :func:`run_pope`).
 
     Returns DataFrame (image, method, answer, truth, mentioned, hallucinated, covered).
     """
-    from .digits_vlm import make_input
+    from . import digits_vlm
 
     check_method(method)
-    done = _resume(cache)
+    done, cache = _resume(cache, cache_config(lm, "chair", method, params, images, max_new_tokens))
     rows = []
     for i, comp in enumerate(tqdm(images, desc=f"CHAIR {method}", disable=not progress)):
         key = f"chair/{method}/{i}"
         if key not in done:
-            inp = make_input(lm, D.LIST_QUESTION, comp.pixels)
-            done[key] = {"key": key, "answer": answer(lm, inp, method, max_new_tokens)}
+            inp = digits_vlm.make_input(lm, D.LIST_QUESTION, comp.pixels)
+            done[key] = {"key": key, "answer": answer(lm, inp, method, max_new_tokens, params)}
             _append(cache, done[key])
         text = done[key]["answer"]
         m = mentioned_digits(text)

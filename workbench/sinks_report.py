@@ -43,7 +43,7 @@ def massive_records(df: pd.DataFrame) -> list[dict]:
 
 
 def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long: int = 8, long_len: int = 512,
-                 n_ppl: int = 8, ppl_len: int = 256, out_dir: str | Path | None = "reports", progress: bool = True) -> dict:
+                 n_ppl: int = 8, ppl_len: int = 256, out_dir: str | Path | None = "runs", progress: bool = True) -> dict:
     """Run the sink and massive-activation analyses on real text and write ``sinks.json`` / ``sinks.html``.
 
     Text: ``train`` prose windows for detection (``n_short`` x ``short_len`` and ``n_long`` x ``long_len``
@@ -84,8 +84,17 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         "sink_tokens": an.tokens.head(30).to_dict(orient="records"),
         "hidden_sink_heads": hidden_heads.to_dict(orient="records"),
     }
+    from .provenance import code_sha256, collect
+
+    result["provenance"] = collect(lm, {
+        "command": "sinks", "model": lm.spec.name, "n_short": n_short, "short_len": short_len, "n_long": n_long,
+        "long_len": long_len, "n_ppl": n_ppl, "ppl_len": ppl_len,
+        "code_sha256": code_sha256(["workbench.sinks_report", "workbench.sinks", "workbench.massive",
+                                    "workbench.stats", "workbench.attention", "workbench.text"])})
     if out_dir is not None:
-        d = Path(out_dir) / lm.spec.name.replace("/", "--")
+        from .runs import model_dir
+
+        d = model_dir(out_dir, lm.spec.name)
         d.mkdir(parents=True, exist_ok=True)
         (d / "sinks.json").write_text(json.dumps(result, indent=1, default=str))
         an.heads.to_csv(d / "sinks_heads.csv", index=False)
@@ -103,7 +112,8 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
                  f"Perplexity on held-out prose ({n_ppl} x {ppl_len} tokens) with the massive entries entering layer {onset} "
                  f"kept / zeroed / set to their mean:</p><table border=1><tr><th>intervention</th><th>perplexity</th>"
                  f"<th>entries edited</th></tr>{ptab}</table><p>")
-        write_html(figs, d / "sinks.html", f"Attention sinks and massive activations: {lm.spec.name}", intro)
+        write_html(figs, d / "sinks.html", f"Attention sinks and massive activations: {lm.spec.name}", intro,
+                   prov=result["provenance"])
         result["files"] = {"json": str(d / "sinks.json"), "html": str(d / "sinks.html"), "heads_csv": str(d / "sinks_heads.csv")}
     return result
 

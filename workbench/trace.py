@@ -115,12 +115,17 @@ class Trace:
 
     # --- files -----------------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``arrays.safetensors`` and ``trace.json`` into ``directory`` (created if needed)."""
+    def save(self, directory: str | Path, provenance: dict | None = None) -> Path:
+        """Write ``arrays.safetensors`` and ``trace.json`` into ``directory`` (created if needed).
+
+        ``provenance`` (:func:`workbench.provenance.collect`) goes under the top-level key ``"provenance"``.
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous() for k, v in self.arrays.items()}, str(d / "arrays.safetensors"))
         doc = {"format": FORMAT, "dims": {k: list(v) for k, v in self.dims.items()}, "meta": self.meta}
+        if provenance is not None:
+            doc["provenance"] = provenance
         (d / "trace.json").write_text(json.dumps(doc, indent=1, default=_json_default))
         return d
 

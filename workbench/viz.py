@@ -288,9 +288,15 @@ def _need(df: pd.DataFrame, cols: Sequence[str], who: str) -> None:
         raise KeyError(f"{who} needs columns {list(cols)}; missing {missing} (has {list(df.columns)})")
 
 
-def write_html(figures: Sequence[tuple[str, go.Figure]], path, heading: str, intro: str = "") -> None:
-    """Write figures into one HTML page; plotly.js is written once beside it (``plotly.min.js``)."""
+def write_html(figures: Sequence[tuple[str, go.Figure]], path, heading: str, intro: str = "",
+               prov: dict | None = None) -> None:
+    """Write figures into one HTML page; plotly.js is written once beside it (``plotly.min.js``).
+
+    ``prov`` (:func:`workbench.provenance.collect`) adds the provenance footer (:func:`~workbench.provenance.footer_html`).
+    """
     from pathlib import Path
+
+    from .provenance import footer_html
 
     path = Path(path)
     parts = [f"<h1>{heading}</h1>", f"<p>{intro}</p>" if intro else ""]
@@ -298,7 +304,7 @@ def write_html(figures: Sequence[tuple[str, go.Figure]], path, heading: str, int
         parts.append(f"<h2>{name}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs="directory" if i == 0 else False))
     path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>" + heading + "</title></head><body>"
-                    + "\n".join(parts) + "</body></html>")
+                    + "\n".join(parts) + (footer_html(prov) if prov is not None else "") + "</body></html>")
     if figures:
         # "directory" mode expects plotly.min.js next to the page
         from plotly.offline import get_plotlyjs

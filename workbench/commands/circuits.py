@@ -10,7 +10,9 @@ from ..cli import app, emit
 
 
 def _model_dir(out: Path | None, model_name: str) -> Path:
-    return (Path("reports") / model_name.replace("/", "--")) if out is None else out
+    from ..runs import model_dir
+
+    return model_dir(out, model_name)
 
 
 @app.command()
@@ -22,7 +24,7 @@ def heads(
     half_len: int = typer.Option(128, help="length of the random block (each sequence is 2 x this)"),
     seed: int = typer.Option(0, help="seed of the random tokens"),
     top: int = typer.Option(5, help="top heads listed per type"),
-    out: Path = typer.Option(None, help="output table (default reports/<model>/head_types.parquet and .csv)"),
+    out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/head_types.parquet and .csv)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Classic head types: previous-token, duplicate-token and induction scores of every head
@@ -34,12 +36,15 @@ def heads(
     lm = load_model(model)
     text = token_windows(lm.tokenizer, seq_len, samples)
     df = classic_head_scores(lm, text, n_random=random_seqs, half_len=half_len, seed=seed, progress=True)
-    path = out or _model_dir(None, lm.spec.name) / "head_types.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(path, index=False)
+    from ..provenance import code_sha256, collect, write_parquet
+
+    path = _model_dir(out, lm.spec.name) / "head_types.parquet"
+    settings = {"samples": samples, "seq_len": seq_len, "random": random_seqs, "half_len": half_len, "seed": seed}
+    prov = collect(lm, {"command": "heads", "model": model, **settings,
+                        "code_sha256": code_sha256(["workbench.head_types", "workbench.stats", "workbench.text"])}, seed)
+    write_parquet(df, path, prov)
     df.to_csv(path.with_suffix(".csv"), index=False)
-    res = {"model": lm.spec.name, "table": str(path), "settings": {"samples": samples, "seq_len": seq_len,
-           "random": random_seqs, "half_len": half_len, "seed": seed}}
+    res = {"model": lm.spec.name, "table": str(path), "settings": settings, "provenance": prov}
     lines = []
     for k in HEAD_TYPES:
         col = f"{k}_score"
@@ -60,7 +65,7 @@ def patch(
     stages: int = typer.Option(2, help="circuit stages (1: heads writing to the logits)"),
     overlap_k: int = typer.Option(10, help="top-k heads compared for the overlap"),
     activation: bool = typer.Option(True, help="also run activation patching of every head"),
-    out: Path = typer.Option(None, help="output folder (default reports/<model>/circuits)"),
+    out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/circuits/ and circuits.html)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Activation and path patching of head outputs z on clean/corrupted prompt pairs; circuit per task."""
@@ -71,7 +76,11 @@ def patch(
 
     names = ["ioi", "colored_objects"] if task == "both" else [task]
     lm = load_model(model)
-    d = out or _model_dir(None, lm.spec.name) / "circuits"
+    d = _model_dir(out, lm.spec.name) / "circuits"
+    from ..provenance import collect, write_json, write_parquet
+
+    prov = collect(lm, {"command": "patch", "model": model, "task": task, "n": n, "seed": seed, "k": k, "stages": stages,
+                        "overlap_k": overlap_k, "activation": activation}, seed)
     d.mkdir(parents=True, exist_ok=True)
     result: dict = {"model": lm.spec.name, "out": str(d), "tasks": {}}
     figs, direct, acts, circuits = [], {}, {}, {}
@@ -84,13 +93,13 @@ def patch(
         circuit, tables = extract_circuit(lm, t, k=k, stages=stages)
         circuit.to_csv(d / f"{name}_circuit.csv", index=False)
         for s, tab in tables.items():
-            tab.to_parquet(d / f"{name}_path_stage{s}.parquet", index=False)
+            write_parquet(tab, d / f"{name}_path_stage{s}.parquet", prov)
             figs.append((f"{name}: path patching effect, stage {s}", layer_head_heatmap(tab, "effect", colorscale="RdBu")))
         direct[name], circuits[name] = tables[1], circuit
         info["circuit"] = json.loads(circuit.to_json(orient="records"))
         if activation:
             act = activation_patching(lm, t)
-            act.to_parquet(d / f"{name}_activation.parquet", index=False)
+            write_parquet(act, d / f"{name}_activation.parquet", prov)
             acts[name] = act
             info["top_activation_patching"] = json.loads(act.nlargest(k, "normalised")[["layer", "head", "normalised"]]
                                                          .to_json(orient="records"))
@@ -107,8 +116,9 @@ def patch(
     # the page sits beside the folder (reports/<model>/circuits.html), sharing the census page's plotly.min.js
     result["html"] = str(d.parent / f"{d.name}.html")
     write_html(figs, d.parent / f"{d.name}.html", f"Circuits: {lm.spec.name}",
-               "Path patching (Wang et al. 2022) and activation patching of head outputs z; normalised logit difference.")
-    (d / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+               "Path patching (Wang et al. 2022) and activation patching of head outputs z; normalised logit difference.",
+               prov=prov)
+    write_json(result, d / "summary.json", prov)
     lines = []
     for name, info in result["tasks"].items():
         lines.append(f"{name}: LD clean {info['ld_clean']:.3f}, corrupted {info['ld_corrupted']:.3f}, top-1 {info['top1_clean']:.2f}")

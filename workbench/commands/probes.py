@@ -21,7 +21,7 @@ def probe(
     seq_len: int = typer.Option(128, help="tokens per sequence"),
     threshold: float = typer.Option(0.1, help="sink: head-mean received attention above which a key is a sink"),
     seed: int = typer.Option(0, help="split / control-task seed"),
-    out: Optional[Path] = typer.Option(None, help="result JSON (default reports/<model>/probes/<task>_L<layer>_<site>.json)"),
+    out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/probes/<task>_L<layer>_<site>.json)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Train a linear probe and its Hewitt-Liang control probe; report accuracy and selectivity."""
@@ -42,9 +42,12 @@ def probe(
         data = sink_dataset(lm, layer, n_seqs=n, seq_len=seq_len, site=site, head=head, threshold=threshold)
     res = train_probe(data, seed=seed).to_dict()
     res.update(model=lm.spec.name, task=task, layer=layer, site=site, head=head, n_sequences=n, seq_len=seq_len)
-    path = out or Path("reports") / lm.spec.name / "probes" / f"{task}_L{layer}_{site}{'' if head is None else f'_H{head}'}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1))
+    from ..provenance import collect, write_json
+    from ..runs import run_dir
+
+    path = run_dir(out, lm.spec.name, "probes") / f"{task}_L{layer}_{site}{'' if head is None else f'_H{head}'}.json"
+    write_json(res, path, collect(lm, {"command": "probe", "model": model, "task": task, "layer": layer, "site": site,
+                                       "head": head, "n": n, "seq_len": seq_len, "threshold": threshold}, seed))
     res["file"] = str(path)
     human = (f"{res['description']}\n  task accuracy {res['task_accuracy']:.3f} (balanced {res['task_balanced_accuracy']:.3f}), "
              f"control {res['control_accuracy']:.3f} (balanced {res['control_balanced_accuracy']:.3f}), "

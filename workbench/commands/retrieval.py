@@ -9,6 +9,7 @@ import typer
 
 from ..cli import app, emit
 from ..errors import WorkbenchError
+from ..runs import DEFAULT_ROOT
 
 
 def _ints(s: str, what: str) -> list[int]:
@@ -77,8 +78,9 @@ def retrieval(
     needles: Optional[int] = typer.Option(None, help="use the first N needles (default all)"),
     needle_file: Optional[Path] = typer.Option(None, help="JSON Lines needles: name, sentence, question, answer"),
     haystack: Optional[Path] = typer.Option(None, help="haystack text file (default: pydoc_data.topics prose)"),
-    out: Optional[Path] = typer.Option(None, help="output directory (default reports/<model>/retrieval)"),
-    resume: bool = typer.Option(False, "--resume", help="continue a sweep in --out, skipping finished tests"),
+    out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root: the sweep is written in ROOT/<model>/retrieval/"),
+    resume: bool = typer.Option(False, "--resume", help="continue the sweep in the run folder, skipping finished tests "
+                                                        "(refused, naming the fields, if its configuration differs)"),
     executor: str = executor_option(),
     address: Optional[str] = address_option(),
     workers: int = workers_option(),
@@ -93,7 +95,7 @@ def retrieval(
 
     ex = make_executor(executor, model, workers, threads, gpus_per_worker, address)
     lm = load_model(model)
-    out = out or default_out(lm.spec.name)
+    out = default_out(lm.spec.name, out)
     with ex:
         res = run_sweep(lm, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(needle_file, needles), out,
                         resume=resume, haystack=_haystack(haystack), executor=ex)
@@ -106,13 +108,14 @@ def retrieval(
     emit(res.to_json(), as_json, human)
 
 
-def _scores(path: Optional[Path], model: str, required: bool):
+def _scores(path: Optional[Path], lm, required: bool, root: Path = DEFAULT_ROOT):
+    """Saved retrieval scores: ``path`` if given, else the run folder's; checked to be of ``lm``'s weights."""
     from ..retrieval.sweep import default_out, load_scores
 
-    p = path or default_out(model)
+    p = path or default_out(lm.spec.name, root)
     if not required and not Path(p).exists():
         return None
-    return load_scores(p)
+    return load_scores(p, lm)
 
 
 @app.command()
@@ -126,8 +129,10 @@ def ablate(
     lengths: str = typer.Option("512,1024,2048", help="context lengths in tokens"),
     depths: str = typer.Option("0,25,50,75,100", help="needle depths in percent"),
     needles: Optional[int] = typer.Option(None, help="use the first N needles"),
-    scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default reports/<model>/retrieval)"),
+    scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default ROOT/<model>/retrieval)"),
     baseline: bool = typer.Option(True, help="also run without ablation"),
+    out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (scores are read from, and the result "
+                                                         "written to, ROOT/<model>/retrieval/)"),
     executor: str = executor_option(),
     address: Optional[str] = address_option(),
     workers: int = workers_option(),
@@ -140,6 +145,7 @@ def ablate(
     from ..interventions.base import PHASES
     from ..models import load_model
     from ..retrieval.masking import Condition, accuracy_grids, check_kinds, fit_all_means, run_niah, select_heads
+    from ..retrieval.sweep import default_out
 
     if task != "niah":
         raise WorkbenchError(f"unknown task {task!r}: only niah is available")
@@ -151,7 +157,7 @@ def ablate(
     ex = make_executor(executor, model, workers, threads, gpus_per_worker, address)
     lm = load_model(model)
     needs_scores = heads.startswith(("retrieval:", "random:"))
-    sc = _scores(scores, lm.spec.name, needs_scores)
+    sc = _scores(scores, lm, needs_scores, out)
     sel = select_heads(heads, lm.spec.n_layers, lm.spec.n_heads, sc, seed)
     means = fit_all_means(lm) if kind == "mean" else None
     if means is not None:
@@ -171,6 +177,14 @@ def ablate(
                        "accuracy": g.values.tolist()}}
     if baseline:
         result["baseline_accuracy"] = float(df[df.selection == "none"].correct.mean())
+    from ..provenance import collect, write_json
+
+    cfg = {"command": "ablate", "model": model, "heads": heads, "selected": result["heads"], "kind": kind,
+           "phase": phase, "seed": seed, "lengths": lengths, "depths": depths, "needles": needles, "baseline": baseline,
+           "scores_config_hash": (sc.attrs.get("provenance") or {}).get("config_hash") if sc is not None else None}
+    d = default_out(lm.spec.name, out)
+    name = f"ablate_{kind}_{phase}_" + "".join(c if c.isalnum() else "-" for c in heads) + ".json"
+    result["file"] = str(write_json(result, d / name, collect(lm, cfg, seed)))
     human = (f"{kind} ablation of {len(sel)} heads ({phase}): accuracy {result['accuracy']:.3f}"
              + (f" (baseline {result['baseline_accuracy']:.3f})" if baseline else "") + f"\n{g.to_string()}")
     emit(result, as_json, human)
@@ -186,8 +200,8 @@ def masking_test(
     lengths: str = typer.Option("512,1024,2048", help="context lengths in tokens"),
     depths: str = typer.Option("0,25,50,75,100", help="needle depths in percent"),
     needles: Optional[int] = typer.Option(None, help="use the first N needles"),
-    scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default reports/<model>/retrieval)"),
-    out: Optional[Path] = typer.Option(None, help="output directory (default: the scores directory)"),
+    scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default ROOT/<model>/retrieval)"),
+    out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root: the table is written in ROOT/<model>/retrieval/"),
     executor: str = executor_option(),
     address: Optional[str] = address_option(),
     workers: int = workers_option(),
@@ -211,22 +225,28 @@ def masking_test(
 
     ex = make_executor(executor, model, workers, threads, gpus_per_worker, address)
     lm = load_model(model)
-    sc = _scores(scores, lm.spec.name, True)
+    sc = _scores(scores, lm, True, out)
     means = fit_all_means(lm) if "mean" in kind_list else None
     conds = build_conditions(lm, sc, _ints(ks, "ks"), list(range(seeds)), kind_list, phase, means)
     with ex:
         df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles),
                       executor=ex)
     table = masking_table(df)
-    d = Path(out or (scores if scores and Path(scores).is_dir() else default_out(lm.spec.name)))
+    d = default_out(lm.spec.name, out)
     d.mkdir(parents=True, exist_ok=True)
     tag = f"masking_{phase}"
+    from ..provenance import collect, write_json, write_parquet
+
+    prov = collect(lm, {"command": "masking-test", "model": model, "ks": ks, "seeds": seeds, "kinds": kind_list,
+                        "phase": phase, "lengths": lengths, "depths": depths, "needles": needles,
+                        "scores_config_hash": (sc.attrs.get("provenance") or {}).get("config_hash")})
     df.to_csv(d / f"{tag}_tests.csv", index=False)
     table.to_csv(d / f"{tag}.csv", index=False)
-    (d / f"{tag}.json").write_text(json.dumps({"phase": phase, "table": table.to_dict(orient="records")}, indent=1))
+    write_parquet(table, d / f"{tag}.parquet", prov)
+    write_json({"model": lm.spec.name, "phase": phase, "table": table.to_dict(orient="records")}, d / f"{tag}.json", prov)
     write_html(masking_figures(df), d / f"{tag}.html", f"Retrieval-head masking test ({phase}): {lm.spec.name}",
                "Needle accuracy (ROUGE-1 recall > 0.5) with the top-K retrieval heads or K random non-retrieval "
-               "heads ablated; random-K grids average over seeds.")
+               "heads ablated; random-K grids average over seeds.", prov=prov)
     result = {"model": lm.spec.name, "phase": phase, "table": table.to_dict(orient="records"),
               "accuracy": {c: float(g.correct.mean()) for c, g in df.groupby("condition")},
               "files": {"table": str(d / f"{tag}.csv"), "tests": str(d / f"{tag}_tests.csv"),

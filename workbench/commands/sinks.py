@@ -9,6 +9,7 @@ import typer
 
 from ..cli import app, emit
 from ..errors import WorkbenchError
+from ..runs import DEFAULT_ROOT, run_dir
 
 
 def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
@@ -33,7 +34,7 @@ def sinks(
     long_len: int = typer.Option(512, help="tokens per longer window"),
     ppl_samples: int = typer.Option(8, help="held-out windows for the perplexity test"),
     ppl_len: int = typer.Option(256, help="tokens per perplexity window"),
-    out: Optional[Path] = typer.Option(Path("reports"), help="reports directory (writes <model>/sinks.json, sinks.html)"),
+    out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (writes ROOT/<model>/sinks.json, sinks.html)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Attention sinks (Sink_1^0.3, per-layer profile, ACT hidden sinks, sink tokens) and massive activations
@@ -62,8 +63,10 @@ def calibrate(
     n_eval: int = typer.Option(200, help="evaluation questions (heldout split)"),
     max_heads: int = typer.Option(30, help="cap on screened candidate heads for --search"),
     context_tokens: int = typer.Option(32, help="tokens of context per question"),
-    checkpoint: Optional[Path] = typer.Option(None, help="JSON-lines file to resume an interrupted --search"),
-    out: Optional[Path] = typer.Option(None, help="write the result JSON here"),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="JSON-lines checkpoint of --search (default ROOT/<model>/act/search.jsonl; resumed when its "
+                   "configuration matches, refused when it does not)"),
+    out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (writes ROOT/<model>/act/calibrate.json or search.json)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """ACT attention calibration (Yu et al. 2024) on chosen heads or an automated head search; accuracy with
@@ -79,17 +82,22 @@ def calibrate(
     if not 0.0 <= beta <= 1.0:
         raise WorkbenchError(f"--beta {beta} must lie in [0, 1] (ACT uses 0.4)")
     lm = load_model(model)
+    d = run_dir(out, lm.spec.name, "act")
     if search:
-        res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint, context_tokens=context_tokens)
+        res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint or d / "search.jsonl",
+                         context_tokens=context_tokens)
     else:
         chosen = parse_heads(heads, lm.spec.n_layers, lm.spec.n_heads)
         ev = build_task(task, lm.tokenizer, "heldout", n_eval, context_tokens=context_tokens)
         res = {"task": task, "beta": beta, "n_eval": n_eval, "context_tokens": context_tokens,
                "heads": [f"{a}.{b}" for a, b in chosen], "evaluation": evaluate_heads(lm, ev, chosen, beta)}
     res["model"] = lm.spec.name
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=1, default=str))
+    from ..provenance import collect, write_json
+
+    cfg = {"command": "calibrate", "model": model, "task": task, "beta": beta, "heads": heads, "search": search,
+           "n_cal": n_cal, "n_eval": n_eval, "max_heads": max_heads, "context_tokens": context_tokens}
+    path = write_json(res, d / ("search.json" if search else "calibrate.json"), collect(lm, cfg))
+    res["file"] = str(path)
     e = res["evaluation"]
     human = (f"{task} ({e['n']} held-out questions), beta {beta}, heads {res['heads'] or 'none'}:\n"
              f"baseline   {e['baseline_accuracy']:.3f} (95% CI {e['baseline_ci95'][0]:.3f}-{e['baseline_ci95'][1]:.3f})\n"

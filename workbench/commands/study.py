@@ -19,8 +19,9 @@ def run(
     spec: Path = typer.Argument(..., help="study spec (TOML)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its rows.jsonl"),
     overwrite: bool = typer.Option(False, "--overwrite", help="discard earlier results of this study"),
-    out: Path = typer.Option(Path("reports/studies"), help="studies folder (a <name>/ folder is written in it)"),
-    reports: Path = typer.Option(Path("reports"), help="folder of analyzer tables (census, retrieval, head types)"),
+    out: Path = typer.Option(Path("runs"), "--out", help="output root: the study is written in ROOT/<model>/studies/<name>/"),
+    tables: Optional[Path] = typer.Option(None, help="root of the analyzer tables the head sets read (census, "
+                                                     "retrieval, head types; default: the output root)"),
     executor: str = executor_option(),
     address: Optional[str] = address_option(),
     workers: int = workers_option(),
@@ -36,7 +37,7 @@ def run(
     s = load_spec(spec)
     ex = make_executor(executor, s.model, workers, threads, gpus_per_worker, address)
     with ex:
-        res = run_study(s, load_model(s.model), out_root=out, resume=resume, overwrite=overwrite, reports=reports,
+        res = run_study(s, load_model(s.model), out_root=out, resume=resume, overwrite=overwrite, reports=tables,
                         progress=True, executor=ex)
     cols = ["task", "head_set", "seed", "ablation", "value", "ci_low", "ci_high", "delta"]
     human = (f"study {res.name}: ran {res.n_run} conditions, {res.n_resumed} from an earlier run\n"

@@ -11,7 +11,9 @@ from ..cli import app, emit
 
 
 def _out_dir(out: Path, model: str) -> Path:
-    d = out / model.replace("/", "--")
+    from ..runs import model_dir
+
+    d = model_dir(out, model)
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -23,7 +25,7 @@ def vision(
     tau: float = typer.Option(20.0, help="sink threshold on phi = max |x_d / rms(x)| over the sink dimensions"),
     rho: float = typer.Option(0.5, help="visual non-sink ratio threshold of image-centric heads"),
     top: int = typer.Option(20, help="heads listed in the summary"),
-    out: Path = typer.Option(Path("reports"), help="reports directory (writes <out>/<model>/vision.*)"),
+    out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/vision.*)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Vision-aware heads (VHD, T-VHD), visual sink tokens and image-centric heads of a VLM."""
@@ -34,19 +36,23 @@ def vision(
     lm = load_model(model)
     res = vision_analysis(lm, n_images=images, tau=tau, rho=rho, progress=not as_json)
     d = _out_dir(out, lm.spec.name)
+    from ..provenance import code_sha256, collect, write_json
+
+    prov = collect(lm, {"command": "vision", "model": model, "images": images, "tau": tau, "rho": rho, "top": top,
+                        "code_sha256": code_sha256(["workbench.vision", "workbench.vision_report", "workbench.vlm"])})
     res.per_head.to_csv(d / "vhd_heads.csv", index=False)
     res.t_vhd.to_csv(d / "t_vhd.csv", index=False)
     res.visual_sinks.to_csv(d / "visual_sinks.csv", index=False)
     res.image_centric.to_csv(d / "image_centric_heads.csv", index=False)
     result = {"model": lm.spec.name, "n_images": images, **res.to_json(top)}
-    (d / "vision.json").write_text(json.dumps(result, indent=1, default=str))
+    write_json(result, d / "vision.json", prov)
     share = res.image_attention.groupby(["layer", "head"], as_index=False).agg(
         image_centric_share=("image_centric", "mean"), image_attention=("image_attention", "mean"))
     write_html([("VHD at the first generated token", layer_head_heatmap(res.per_head, "vhd", "VHD per head")),
                 ("image attention", layer_head_heatmap(share, "image_attention", "attention on image tokens")),
                 ("image-centric share", layer_head_heatmap(share, "image_centric_share", "image-centric share"))],
                d / "vision.html", f"Vision heads: {lm.spec.name}",
-               f"{images} held-out digit composites, question: 'What digits are in the image?'")
+               f"{images} held-out digit composites, question: 'What digits are in the image?'", prov=prov)
     result["files"] = {"json": str(d / "vision.json"), "html": str(d / "vision.html")}
     va = res.vision_aware.head(8)
     human = (f"sink dims {res.sink_dims}; visual sink image positions: "
@@ -63,7 +69,8 @@ def hallucination(
     split: str = typer.Option("random", help="POPE negatives: random | popular | adversarial"),
     images: int = typer.Option(40, help="held-out composites (POPE: 1 positive + 1 negative question each)"),
     chair: bool = typer.Option(False, "--chair", help="also run the CHAIR-style listing task"),
-    out: Path = typer.Option(Path("reports"), help="answers are cached under <out>/<model>/hallucination/ (resumable)"),
+    out: Path = typer.Option(Path("runs"), "--out", help="output root: answers are cached under ROOT/<model>/hallucination/ "
+                                                        "(keyed by the full configuration and code, resumable)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """POPE-style yes/no (and optionally CHAIR-style listing) hallucination metrics with 95% bootstrap CIs."""
@@ -75,11 +82,19 @@ def hallucination(
     lm = load_model(model)
     require_digits_model(lm)
     imgs = heldout_images(images)
-    cache = _out_dir(out, lm.spec.name) / "hallucination" / f"answers-{images}-{lm.extras.get('weights', 'x')}.jsonl"
+    cache = _out_dir(out, lm.spec.name) / "hallucination"  # one answers-<config hash>.jsonl per configuration
     df = run_pope(lm, imgs, pope_items(imgs), method, [split], cache=cache, progress=not as_json)
-    result = {"model": lm.spec.name, "method": method, "split": split, **with_ci(df, pope_metrics)}
+    from ..hallucination import method_params
+    from ..provenance import collect, write_json
+
+    result = {"model": lm.spec.name, "method": method, "params": method_params(method), "split": split,
+              **with_ci(df, pope_metrics)}
     if chair:
         result["chair"] = with_ci(run_chair(lm, imgs, method, cache=cache, progress=not as_json), chair_metrics)
+    result["file"] = str(write_json(result, cache.parent / f"hallucination_{method}_{split}_{images}.json",
+                                    collect(lm, {"command": "hallucination", "model": model, "method": method,
+                                                 "params": result["params"], "split": split, "images": images,
+                                                 "chair": chair})))
     human = (f"{lm.spec.name} POPE-{split} with {method}: accuracy {result['accuracy']:.3f} precision "
              f"{result['precision']:.3f} recall {result['recall']:.3f} F1 {result['f1']:.3f} yes-ratio {result['yes_ratio']:.3f}")
     emit(result, as_json, human)

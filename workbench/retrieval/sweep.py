@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import WorkbenchError
-from ..jsonl import append_jsonl, read_jsonl
+from ..jsonl import append_jsonl, open_checkpoint, read_jsonl
 from .needle import Needle, build_prompt, load_needles
 from .score import MAX_NEW_TOKENS, RETRIEVAL_THRESHOLD, ROUGE_THRESHOLD, greedy_decode, retrieval_hits, rouge1_recall
 
@@ -68,6 +68,25 @@ class SweepJob:
     def run(self, lm, cell: tuple) -> dict:
         length, depth, needle = cell
         return run_test(lm, needle, length, depth, self.haystack, self.max_new_tokens)
+
+
+def sweep_config(lm, lengths: Sequence[int], depths: Sequence[float], needles: Sequence[Needle],
+                 haystack: str | None, max_new_tokens: int) -> dict:
+    """The sweep's full configuration (checkpoint header and provenance): model and weights hash, grid,
+    needles, haystack hash, decoding length and a hash of the code that computes a test."""
+    import dataclasses
+    import hashlib
+
+    from ..provenance import code_sha256, weights_sha256
+
+    return {"analysis": "retrieval", "model": lm.spec.name, "weights_sha256": weights_sha256(lm),
+            "lengths": [int(n) for n in lengths], "depths": [float(d) for d in depths],
+            "needles": [dataclasses.asdict(n) for n in needles],
+            "haystack_sha256": None if haystack is None else hashlib.sha256(haystack.encode()).hexdigest(),
+            "max_new_tokens": int(max_new_tokens),
+            "code_sha256": code_sha256(["workbench.retrieval.sweep", "workbench.retrieval.needle",
+                                        "workbench.retrieval.score", "workbench.attention", "workbench.tracer",
+                                        "workbench.stats"])}
 
 
 def read_results(out_dir: str | Path) -> list[dict]:
@@ -131,10 +150,12 @@ def run_sweep(lm, lengths: Sequence[int] = DEFAULT_LENGTHS, depths: Sequence[flo
     if done and not resume:
         raise WorkbenchError(f"{path} already holds {len(done)} finished tests: pass --resume to continue that "
                              "sweep, or choose another --out directory")
-    other = {r.get("model") for r in done} - {lm.spec.name}
-    if other:
-        raise WorkbenchError(f"{path} holds results of model {sorted(other)}, not {lm.spec.name}: "
-                             "choose another --out directory")
+    if not done:
+        path.unlink(missing_ok=True)  # a header without records: start afresh with this configuration
+    from ..provenance import collect
+
+    config = sweep_config(lm, lengths, depths, needles, haystack, max_new_tokens)
+    done = open_checkpoint(path, config, collect(lm, config))  # refuses another model, grid, setting or code
     finished = {r["key"] for r in done}
     plan = [(int(n), float(d), nd) for n in lengths for d in depths for nd in needles]
     todo = [t for t in plan if test_key(t[0], t[1], t[2].name) not in finished]
@@ -214,50 +235,73 @@ def accuracy_heatmap(tests: pd.DataFrame, title: str):
     return fig
 
 
-def save(res: SweepResult, out_dir: str | Path, model: str) -> dict:
-    """Write retrieval_heads.parquet/.csv/.json, tests.csv, summary.json and retrieval.html into ``out_dir``."""
+def save(res: SweepResult, out_dir: str | Path, model: str, prov: dict | None = None) -> dict:
+    """Write retrieval_heads.parquet/.csv/.json, tests.csv, summary.json and retrieval.html into ``out_dir``.
+
+    ``prov`` (default: the provenance in the header of ``out_dir/results.jsonl``, or none) goes into the
+    Parquet metadata, the JSON files and the page footer.
+    """
+    from ..jsonl import read_header
+    from ..provenance import write_json, write_parquet
     from ..viz import write_html
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    res.heads.to_parquet(out / "retrieval_heads.parquet", index=False)
+    if prov is None:
+        prov = (read_header(out / RESULTS_FILE) or {}).get("provenance")
+    if prov is not None:
+        write_parquet(res.heads, out / "retrieval_heads.parquet", prov)
+    else:
+        res.heads.to_parquet(out / "retrieval_heads.parquet", index=False)
     res.heads.to_csv(out / "retrieval_heads.csv", index=False)
-    (out / "retrieval_heads.json").write_text(json.dumps({"model": model, **res.to_json()}, indent=1, default=str))
+    write_json({"model": model, **res.to_json()}, out / "retrieval_heads.json", prov)
     if len(res.tests):
         res.tests.to_csv(out / "tests.csv", index=False)
-    (out / "summary.json").write_text(json.dumps(res.summary, indent=1, default=str))
+    write_json({"model": model, **res.summary}, out / "summary.json", prov)
     s = res.summary
     write_html(figures(res), out / "retrieval.html", f"Retrieval heads: {model}",
                f"{s['n_tests']} needle tests ({s['n_correct']} correct) over lengths {s['lengths']}, depths "
                f"{s['depths']}, needles {s['needles']}; {s['n_retrieval_heads']} retrieval heads (score > "
-               f"{s['threshold']}) of {s['n_heads']}. Retrieval score as in Wu et al. 2024.")
+               f"{s['threshold']}) of {s['n_heads']}. Retrieval score as in Wu et al. 2024.", prov=prov)
     res.files = {k: str(out / v) for k, v in [("parquet", "retrieval_heads.parquet"), ("json", "retrieval_heads.json"),
                                               ("csv", "retrieval_heads.csv"), ("html", "retrieval.html"),
                                               ("results", RESULTS_FILE)]}
     return res.files
 
 
-def load_scores(path: str | Path) -> pd.DataFrame:
+def load_scores(path: str | Path, lm=None) -> pd.DataFrame:
     """Per-head scores saved by :func:`save` (a directory, or its .parquet/.json file).
 
+    With ``lm`` the file's provenance must name ``lm``'s weights (:func:`workbench.provenance.check_model_weights`);
+    the provenance is then in ``df.attrs["provenance"]``.
+
     Raises:
-        WorkbenchError: nothing saved there.
+        WorkbenchError: nothing saved there. ProvenanceError: the scores were computed on other weights.
     """
     p = Path(path)
     if p.is_dir():
         p = p / "retrieval_heads.parquet"
     if not p.exists():
-        raise WorkbenchError(f"no saved retrieval scores at {p}: run `workbench retrieval --model M --out DIR` first "
+        raise WorkbenchError(f"no saved retrieval scores at {p}: run `workbench retrieval --model M` first "
                              "or pass --scores PATH")
+    if lm is not None:
+        from ..provenance import check_model_weights
+
+        prov = check_model_weights(p, lm, f"the retrieval scores {p}")
+        df = load_scores(p)
+        df.attrs["provenance"] = prov
+        return df
     if p.suffix == ".json":
         return pd.DataFrame(json.loads(p.read_text())["heads"]).assign(
             retrieval=lambda d: d.score > RETRIEVAL_THRESHOLD)
     return pd.read_parquet(p)
 
 
-def default_out(model: str) -> Path:
-    """Default sweep directory: reports/<model>/retrieval."""
-    return Path("reports") / model.replace("/", "--") / "retrieval"
+def default_out(model: str, root: str | Path | None = None) -> Path:
+    """Default sweep directory: ``<root>/<model-slug>/retrieval`` (root default ``runs/``, :mod:`workbench.runs`)."""
+    from ..runs import run_dir
+
+    return run_dir(root, model, "retrieval")
 
 
 def prompt_ids(lm, needle: Needle, length: int, depth: float, haystack: str | None = None) -> torch.Tensor:

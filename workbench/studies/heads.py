@@ -12,8 +12,11 @@ from .spec import HeadSetSpec, StudySpecError
 Head = tuple[int, int]
 
 
-def model_reports(lm: LoadedModel, root: str | Path = "reports") -> Path:
-    return Path(root) / lm.spec.name.replace("/", "--")
+def model_reports(lm: LoadedModel, root: str | Path = "runs") -> Path:
+    """The model's folder under an output root (:func:`workbench.runs.model_dir`)."""
+    from ..runs import model_dir
+
+    return model_dir(root, lm.spec.name)
 
 
 def _top(df: pd.DataFrame, column: str, k: int, what: str, path) -> list[Head]:
@@ -24,15 +27,19 @@ def _top(df: pd.DataFrame, column: str, k: int, what: str, path) -> list[Head]:
     return [(int(a), int(b)) for a, b in zip(top["layer"], top["head"])]
 
 
-def _table(paths: list[Path], what: str, how: str) -> tuple[pd.DataFrame, Path]:
+def _table(paths: list[Path], what: str, how: str, lm: LoadedModel | None = None) -> tuple[pd.DataFrame, Path]:
+    from ..provenance import check_model_weights
+
     for p in paths:
         if p.exists():
+            if lm is not None and p.suffix == ".parquet":  # a CSV a user names cannot carry provenance
+                check_model_weights(p, lm, f"the {what} table {p}")  # never mix in results of other weights
             return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p), p
     raise StudySpecError(f"no {what} table at {' or '.join(map(str, paths))}: {how}, or give `path` in the head set")
 
 
 def resolve_head_set(hs: HeadSetSpec, lm: LoadedModel, resolved: dict[str, list[Head]], seed: int | None = None,
-                     reports: str | Path = "reports") -> list[Head]:
+                     reports: str | Path = "runs") -> list[Head]:
     """The heads of one head set (random sets: for one ``seed``).
 
     Sources (see :mod:`.spec`): ``sinks`` = top-k ``first_token_mass`` of the census heads table;
@@ -41,18 +48,22 @@ def resolve_head_set(hs: HeadSetSpec, lm: LoadedModel, resolved: dict[str, list[
     ``head_types.parquet`` or computed now; ``explicit`` = the listed heads; ``random`` = k heads
     drawn uniformly (``random.Random(seed)``) from all heads not in the ``exclude`` sets.
 
+    Tables are read from the model's folder under ``reports`` (the output root, :mod:`workbench.runs`) or the
+    head set's ``path``, and must carry provenance of ``lm``'s weights.
+
     Raises:
         StudySpecError: a table is missing or lacks the column; HeadIndexError: a head is out of range.
+        ProvenanceError: a table was computed on other weights (or carries no provenance).
     """
     o, spec = hs.options, lm.spec
     base = model_reports(lm, reports)
     paths = [Path(o["path"])] if "path" in o else None
     if hs.source == "sinks":
-        df, p = _table(paths or [base / "heads.parquet"], "census heads", "run `workbench census`")
+        df, p = _table(paths or [base / "heads.parquet"], "census heads", "run `workbench census`", lm)
         heads = _top(df, o.get("column", "first_token_mass"), o["k"], "first-token mass", p)
     elif hs.source == "retrieval":
         df, p = _table(paths or [base / "retrieval_heads.parquet", base / "retrieval" / "retrieval_heads.parquet"],
-                       "retrieval-head", "run the retrieval-head sweep (`workbench retrieval`)")
+                       "retrieval-head", "run the retrieval-head sweep (`workbench retrieval`)", lm)
         heads = _top(df, o.get("column", "score"), o["k"], "retrieval score", p)
     elif hs.source == "classic":
         from ..head_types import HEAD_TYPES, classic_head_scores
@@ -62,7 +73,7 @@ def resolve_head_set(hs: HeadSetSpec, lm: LoadedModel, resolved: dict[str, list[
             raise StudySpecError(f"head_sets.{hs.name}.type = {o['type']!r}: use one of {HEAD_TYPES}")
         path = paths[0] if paths else base / "head_types.parquet"
         if path.exists():
-            df = pd.read_parquet(path)
+            df, _ = _table([path], "head-type", "run `workbench heads`", lm)
         else:
             df = classic_head_scores(lm, token_windows(lm.tokenizer, 256, 4), progress=False)
         heads = _top(df, f"{o['type']}_score", o["k"], f"{o['type']} score", path)

@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..errors import WorkbenchError
-from ..jsonl import append_jsonl, read_jsonl
+from ..jsonl import append_jsonl, open_checkpoint, read_jsonl
 from ..interventions import HeadAblation
 from ..models import LoadedModel
 from .heads import resolve_head_set
@@ -159,10 +159,16 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict) -> dict:
-    """Write results.csv/.parquet, report.md and report.html into ``out``; returns the file paths."""
+def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict, prov: dict | None = None) -> dict:
+    """Write results.csv/.parquet/.json, report.md and report.html into ``out`` (with ``prov``); returns the paths."""
+    from ..provenance import describe, footer_html, write_json, write_parquet
+
     df.to_csv(out / "results.csv", index=False)
-    df.to_parquet(out / "results.parquet", index=False)
+    if prov is not None:
+        write_parquet(df, out / "results.parquet", prov)
+        write_json({"study": spec.name, "results": json.loads(df.to_json(orient="records"))}, out / "results.json", prov)
+    else:
+        df.to_parquet(out / "results.parquet", index=False)
     level = int(round(spec.ci * 100))
     intro = (f"Study `{spec.name}` on `{spec.model}` (spec: `{spec.path}`). Ablations: {', '.join(spec.ablations)} "
              f"(zero: z = 0; mean: z = mean head output over {spec.mean_samples} train-split windows of "
@@ -171,14 +177,16 @@ def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict)
              "are paired with the baseline.")
     sets = "\n".join(f"- `{k}`: {', '.join(f'L{a}H{b}' for a, b in v)}" for k, v in heads_used.items())
     md = f"# Study: {spec.name}\n\n{intro}\n\n## Head sets\n\n{sets}\n\n## Results\n\n{_markdown(df.drop(columns=['heads']))}\n"
+    if prov is not None:
+        md += f"\n---\nProvenance: {describe(prov)}\n"
     (out / "report.md").write_text(md)
     html = (f"<!doctype html><html><head><meta charset='utf-8'><title>Study {spec.name}</title></head><body>"
             f"<h1>Study: {spec.name}</h1><p>{intro}</p><h2>Head sets</h2><ul>"
             + "".join(f"<li>{k}: {', '.join(f'L{a}H{b}' for a, b in v)}</li>" for k, v in heads_used.items())
             + "</ul><h2>Results</h2>" + df.drop(columns=["heads"]).to_html(index=False, float_format=lambda x: f"{x:.4g}")
-            + "</body></html>")
+            + (footer_html(prov) if prov is not None else "") + "</body></html>")
     (out / "report.html").write_text(html)
-    return {k: str(out / f) for k, f in [("results", "results.csv"), ("parquet", "results.parquet"),
+    return {k: str(out / f) for k, f in [("results", "results.csv"), ("parquet", "results.parquet"), ("json", "results.json"),
                                           ("report", "report.md"), ("html", "report.html"), ("rows", ROWS)]}
 
 
@@ -196,30 +204,49 @@ class StudyResult:
                 "conditions_resumed": self.n_resumed, "results": json.loads(self.table.to_json(orient="records"))}
 
 
-def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Path = "reports/studies",
-              resume: bool = False, overwrite: bool = False, reports: str | Path = "reports",
+def study_config(spec: StudySpec, lm: LoadedModel, conds: list[Condition]) -> dict:
+    """A study's full configuration (checkpoint header and provenance): the spec, model weights, the resolved
+    head sets of every condition and a hash of the code that evaluates them."""
+    from ..provenance import code_sha256, weights_sha256
+
+    return {"analysis": "study", "spec": spec.raw, "model": lm.spec.name, "weights_sha256": weights_sha256(lm),
+            "conditions": {c.key: [list(h) for h in c.heads] for c in conds},
+            "code_sha256": code_sha256(["workbench.studies.runner", "workbench.studies.tasks", "workbench.studies.heads",
+                                        "workbench.studies.spec", "workbench.interventions.ablation",
+                                        "workbench.attention", "workbench.text"])}
+
+
+def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Path = "runs",
+              resume: bool = False, overwrite: bool = False, reports: str | Path | None = None,
               progress: bool = True, max_conditions: int | None = None, executor=None) -> StudyResult:
-    """Run (or resume) a study and write its results and report under ``out_root/<name>/``.
+    """Run (or resume) a study and write its results and report under ``out_root/<model>/studies/<name>/``.
 
     Args:
         spec: a parsed spec (:func:`~.spec.load_spec`).
         lm: the model (default ``load_model(spec.model)``).
-        resume: continue from ``rows.jsonl``; overwrite: delete earlier rows first.
-        reports: folder of the analyzers' tables (census, retrieval, head types).
+        out_root: the output root (:mod:`workbench.runs`).
+        resume: continue from ``rows.jsonl`` (only if its configuration header matches); overwrite: delete
+            earlier rows first.
+        reports: root of the analyzers' tables (census, retrieval, head types; default ``out_root``); they must
+            carry provenance of ``lm``'s weights.
         max_conditions: stop after running this many new conditions (for testing interruption).
         executor: where conditions run (:mod:`workbench.executor`; default the local, serial one);
             rows are written here, by the driver, as conditions finish, and aggregated in plan order.
     Raises:
-        StudyStateError: earlier rows exist without resume/overwrite, or were made by another spec.
+        StudyStateError: earlier rows exist without resume/overwrite.
+        CheckpointMismatchError: the rows were made with another configuration (names the fields).
+        ProvenanceError: an analyzer table was computed on other weights.
         StudySpecError, TaskUnavailableError: bad spec or a task that cannot run here.
     """
     from ..models import load_model
     from ..text import token_windows
 
+    from ..provenance import collect
+    from ..runs import run_dir
+
     lm = lm or load_model(spec.model)
-    out = Path(out_root) / spec.name
+    out = run_dir(out_root, lm.spec.name, "studies") / spec.name
     out.mkdir(parents=True, exist_ok=True)
-    meta = out / "spec.json"
     if overwrite:
         for f in (ROWS, "spec.json"):
             (out / f).unlink(missing_ok=True)
@@ -227,13 +254,14 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
     if done and not resume:
         raise StudyStateError(f"{out} already has {len(done)} finished conditions: pass --resume to continue "
                               "or --overwrite to start again")
-    if meta.exists():
-        old = json.loads(meta.read_text())
-        if old.get("digest") != spec.digest:
-            raise StudyStateError(f"{out} holds results of a different spec (digest {old.get('digest')} != "
-                                  f"{spec.digest}): use --overwrite or rename the study")
-    meta.write_text(json.dumps({"digest": spec.digest, "model": lm.spec.name, "spec": spec.raw}, indent=1, default=str))
-    conds = plan_conditions(spec, lm, reports)
+    if not done:
+        (out / ROWS).unlink(missing_ok=True)  # a header without rows: start afresh with this configuration
+    conds = plan_conditions(spec, lm, out_root if reports is None else reports)
+    config = study_config(spec, lm, conds)
+    prov = collect(lm, config, spec.seed)
+    done = open_checkpoint(out / ROWS, config, prov)  # refuses rows of another spec, model, head set or code
+    (out / "spec.json").write_text(json.dumps({"digest": spec.digest, "model": lm.spec.name, "spec": spec.raw},
+                                              indent=1, default=str))
     finished = {r["key"] for r in done}
     todo = [c for c in conds if c.key not in finished]
     means = {}
@@ -258,5 +286,5 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
     for c in conds:
         if c.head_set != "none":
             heads_used[c.head_set if c.seed is None else f"{c.head_set}/s{c.seed}"] = c.heads
-    files = write_report(spec, df, out, heads_used)
+    files = write_report(spec, df, out, heads_used, prov)
     return StudyResult(spec.name, out, df, files, n_run, len(finished))
