@@ -170,3 +170,17 @@ def test_ray_masking_grid_equals_local(pool, tiny):
     dist = run_niah(tiny, conds, executor=pool, **kw)
     assert len(local) == 3 * 8
     pd.testing.assert_frame_equal(dist, local)
+
+
+def test_ray_act_search_equals_local(pool, tiny, tmp_path):
+    from workbench.act_search import search_heads
+    from workbench.jsonl import read_jsonl
+    from workbench.tasks import build_task
+
+    torch.set_num_threads(1)
+    task = build_task("pydoc-cloze", tiny.tokenizer, "train", 8, context_tokens=16)
+    cands = [(1, 3), (0, 0), (1, 0), (0, 2)]
+    local = search_heads(tiny, task, cands, checkpoint=tmp_path / "local.jsonl", progress=False)
+    dist = search_heads(tiny, task, cands, checkpoint=tmp_path / "ray.jsonl", progress=False, executor=pool)
+    pd.testing.assert_frame_equal(dist, local)  # in candidate order whichever worker finished first
+    assert sorted(map(str, read_jsonl(tmp_path / "ray.jsonl"))) == sorted(map(str, read_jsonl(tmp_path / "local.jsonl")))
