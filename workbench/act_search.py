@@ -104,19 +104,45 @@ def _margin(scores: torch.Tensor, task: ChoiceTask) -> torch.Tensor:
     return right - other
 
 
+class SearchJob:
+    """Calibrates one candidate head per cell ``(layer, head)`` (what an executor's workers run); ``setup``
+    caches the baseline residual streams once per worker."""
+
+    def __init__(self, task: ChoiceTask, beta: float, key: str):
+        self.task, self.beta, self.key = task, beta, key
+
+    def __getstate__(self) -> dict:  # ship the task, never a worker's cache
+        return {"task": self.task, "beta": self.beta, "key": self.key}
+
+    def setup(self, lm: LoadedModel) -> None:
+        self.cache = PrefixCache(lm, self.task)
+        base = self.cache.scores(0)
+        self.base_acc = float(correct(base, self.task).float().mean())
+        self.base_margin = _margin(base, self.task)
+
+    def run(self, lm: LoadedModel, cell: tuple[int, int]) -> dict:
+        layer, h = cell
+        with ACTCalibration([(layer, h)], beta=self.beta).applied():
+            s = self.cache.scores(layer)
+        return {"key": self.key, "layer": layer, "head": h, "accuracy": float(correct(s, self.task).float().mean()),
+                "baseline_accuracy": self.base_acc,
+                "margin_delta": float((_margin(s, self.task) - self.base_margin).mean())}
+
+
 def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, int]], beta: float = DEFAULT_BETA,
-                 checkpoint: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+                 checkpoint: str | Path | None = None, progress: bool = True, executor=None) -> pd.DataFrame:
     """Calibrate each candidate head alone on ``task`` (the calibration split).
+
+    ``executor`` (:mod:`workbench.executor`; default the local, serial one) runs the heads; the checkpoint
+    is written here, by the driver, and the table is in ``candidates`` order whichever executor ran them.
 
     Returns:
         DataFrame, one row per head: ``layer``, ``head``, ``accuracy``, ``baseline_accuracy``, ``delta``
         (accuracy points, 0..1 scale), ``margin_delta`` (mean change of the log-prob margin of the right
         answer over the best wrong one), ``helps`` (delta > 0).
     """
-    cache = PrefixCache(lm, task)
-    base = cache.scores(0)
-    base_acc = float(correct(base, task).float().mean())
-    base_margin = _margin(base, task)
+    from .executor import LocalExecutor
+
     done: dict[tuple[int, int], dict] = {}
     key = hashlib.sha1(json.dumps([task.name, task.split, task.contexts.tolist(), task.choices.tolist(), beta])
                        .encode()).hexdigest()[:16]
@@ -131,16 +157,14 @@ def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, 
         if path.suffix != ".jsonl":  # a folder: one checkpoint file per configuration
             path = path / f"search-{config_hash(config)[:16]}.jsonl"
         done = {(r["layer"], r["head"]): r for r in open_checkpoint(path, config) if r.get("key") == key}
-    for layer, h in tqdm(candidates, desc="ACT search: heads", disable=not progress):
-        if (layer, h) in done:
-            continue
-        with ACTCalibration([(layer, h)], beta=beta).applied():
-            s = cache.scores(layer)
-        rec = {"key": key, "layer": layer, "head": h, "accuracy": float(correct(s, task).float().mean()),
-               "baseline_accuracy": base_acc, "margin_delta": float((_margin(s, task) - base_margin).mean())}
-        done[(layer, h)] = rec
-        if path is not None:
-            append_jsonl(path, rec)
+    todo = [c for c in candidates if c not in done]
+    with tqdm(total=len(candidates), initial=len(candidates) - len(todo), desc="ACT search: heads",
+              disable=not progress) as bar:
+        for _, rec in (executor or LocalExecutor()).map(SearchJob(task, beta, key), todo, lm):
+            done[(rec["layer"], rec["head"])] = rec
+            if path is not None:
+                append_jsonl(path, rec)
+            bar.update(1)
     df = pd.DataFrame([done[c] for c in candidates]).drop(columns=["key"])
     df["delta"] = df["accuracy"] - df["baseline_accuracy"]
     df["helps"] = df["delta"] > 0
@@ -192,9 +216,9 @@ def evaluate_heads(lm: LoadedModel, task: ChoiceTask, heads: list[tuple[int, int
 
 def act_search(lm: LoadedModel, task_name: str = "pydoc-cloze", n_cal: int = 64, n_eval: int = 200,
                beta: float = DEFAULT_BETA, max_heads: int = 30, checkpoint: str | Path | None = None,
-               seed: int = 0, context_tokens: int = 32, progress: bool = True) -> dict:
+               seed: int = 0, context_tokens: int = 32, progress: bool = True, executor=None) -> dict:
     """The whole protocol (module docstring): screen, search on ``n_cal`` train questions, evaluate on
-    ``n_eval`` held-out questions.
+    ``n_eval`` held-out questions. ``executor`` runs the per-head search (:func:`search_heads`).
 
     Returns: dict with ``task``, ``beta``, ``candidates`` (screened heads), ``search`` (per-head rows),
     ``heads`` (chosen "L.H" list), ``calibration`` (search-split comparison of the chosen set) and
@@ -208,7 +232,7 @@ def act_search(lm: LoadedModel, task_name: str = "pydoc-cloze", n_cal: int = 64,
     ev = build_task(task_name, lm.tokenizer, "heldout", n_eval, seed=seed, context_tokens=context_tokens)
     screened = screen_heads(lm, cal, max_heads, progress)
     cands = [(int(a), int(b)) for a, b in zip(screened["layer"], screened["head"])]
-    table = search_heads(lm, cal, cands, beta, checkpoint, progress)
+    table = search_heads(lm, cal, cands, beta, checkpoint, progress, executor)
     chosen = [(int(r.layer), int(r.head)) for r in table.itertuples() if r.helps]
     return {
         "task": task_name, "beta": beta, "n_cal": n_cal, "n_eval": n_eval, "context_tokens": context_tokens,

@@ -38,6 +38,30 @@ def _needles(file: Optional[Path], n: Optional[int]):
     return needles
 
 
+EXECUTOR_HELP = "where cells run: local (this process, serial) or ray (Ray actors, each loading the model once)"
+
+
+def executor_option():
+    return typer.Option("local", "--executor", help=EXECUTOR_HELP)
+
+
+def address_option():
+    return typer.Option(None, "--address", help="Ray cluster HOST:PORT or auto (default: start a local cluster)")
+
+
+def workers_option():
+    return typer.Option(2, "--workers", help="Ray workers (actors), each with its own copy of the model")
+
+
+def gpus_option():
+    return typer.Option(0.0, "--gpus-per-worker", help="GPUs per Ray worker (0: CPU)")
+
+
+def threads_option():
+    return typer.Option(None, "--threads", help="torch threads per worker (default: 1 per Ray worker; "
+                                                 "the process setting locally)")
+
+
 def _haystack(file: Optional[Path]) -> Optional[str]:
     if file is None:
         return None
@@ -59,16 +83,24 @@ def retrieval(
                                                         "(refused, naming the fields, if its configuration differs)"),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    executor: str = executor_option(),
+    address: Optional[str] = address_option(),
+    workers: int = workers_option(),
+    gpus_per_worker: float = gpus_option(),
+    threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Retrieval-head detection (Wu et al. 2024): needle sweep, per-head retrieval scores, figures."""
+    from ..executor import make_executor
     from ..models import load_model
     from ..retrieval.sweep import default_out, run_sweep, save
 
+    ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     lm = load_model(model, device=device, dtype=dtype)
     out = default_out(lm.spec.name, out)
-    res = run_sweep(lm, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(needle_file, needles), out,
-                    resume=resume, haystack=_haystack(haystack))
+    with ex:
+        res = run_sweep(lm, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(needle_file, needles), out,
+                        resume=resume, haystack=_haystack(haystack), executor=ex)
     save(res, out, lm.spec.name)
     s = res.summary
     top = res.heads.sort_values("score", ascending=False).head(10)
@@ -105,6 +137,11 @@ def ablate(
                                                          "written to, ROOT/<model>/retrieval/)"),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    executor: str = executor_option(),
+    address: Optional[str] = address_option(),
+    workers: int = workers_option(),
+    gpus_per_worker: float = gpus_option(),
+    threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Needle accuracy with chosen heads ablated (and the unablated baseline)."""
@@ -119,6 +156,9 @@ def ablate(
     if phase not in PHASES:
         raise WorkbenchError(f"unknown phase {phase!r}: use decode, all or prefill")
     check_kinds([kind])
+    from ..executor import make_executor
+
+    ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     lm = load_model(model, device=device, dtype=dtype)
     needs_scores = heads.startswith(("retrieval:", "random:"))
     sc = _scores(scores, lm, needs_scores, out)
@@ -129,7 +169,9 @@ def ablate(
     abl = HeadAblation(sel, kind, phase, means).validate(lm.spec)
     conds = ([Condition("baseline", "none", 0, None, None, None)] if baseline else []) + \
         [Condition(f"{kind}/{heads}", "ablated", len(sel), seed, kind, abl)]
-    df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles))
+    with ex:
+        df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles),
+                      executor=ex)
     ab = df[df.selection == "ablated"]
     grid = accuracy_grids(ab)
     g = next(iter(grid.values()))
@@ -166,6 +208,11 @@ def masking_test(
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root: the table is written in ROOT/<model>/retrieval/"),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    executor: str = executor_option(),
+    address: Optional[str] = address_option(),
+    workers: int = workers_option(),
+    gpus_per_worker: float = gpus_option(),
+    threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Causal test: needle accuracy with the top-K retrieval heads vs K random non-retrieval heads masked."""
@@ -180,11 +227,16 @@ def masking_test(
     if phase not in PHASES:
         raise WorkbenchError(f"unknown phase {phase!r}: use decode, all or prefill")
     kind_list = check_kinds([k.strip() for k in kinds.split(",") if k.strip()])
+    from ..executor import make_executor
+
+    ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     lm = load_model(model, device=device, dtype=dtype)
     sc = _scores(scores, lm, True, out)
     means = fit_all_means(lm) if "mean" in kind_list else None
     conds = build_conditions(lm, sc, _ints(ks, "ks"), list(range(seeds)), kind_list, phase, means)
-    df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles))
+    with ex:
+        df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles),
+                      executor=ex)
     table = masking_table(df)
     d = default_out(lm.spec.name, out)
     d.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import typer
 from ..cli import DEVICE_OPTION, DTYPE_OPTION, app, emit
 from ..errors import WorkbenchError
 from ..runs import DEFAULT_ROOT, run_dir
+from .retrieval import address_option, executor_option, gpus_option, threads_option, workers_option
 
 
 def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
@@ -71,6 +72,11 @@ def calibrate(
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (writes ROOT/<model>/act/calibrate.json or search.json)"),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    executor: str = executor_option(),
+    address: Optional[str] = address_option(),
+    workers: int = workers_option(),
+    gpus_per_worker: float = gpus_option(),
+    threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """ACT attention calibration (Yu et al. 2024) on chosen heads or an automated head search; accuracy with
@@ -85,11 +91,15 @@ def calibrate(
         raise WorkbenchError("give exactly one of --heads LAYER.HEAD,... or --search")
     if not 0.0 <= beta <= 1.0:
         raise WorkbenchError(f"--beta {beta} must lie in [0, 1] (ACT uses 0.4)")
+    from ..executor import make_executor
+
+    ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     lm = load_model(model, device=device, dtype=dtype)
     d = run_dir(out, lm.spec.name, "act")
     if search:
-        res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint or d,
-                         context_tokens=context_tokens)
+        with ex:
+            res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint or d,
+                             context_tokens=context_tokens, executor=ex)
     else:
         chosen = parse_heads(heads, lm.spec.n_layers, lm.spec.n_heads)
         ev = build_task(task, lm.tokenizer, "heldout", n_eval, context_tokens=context_tokens)

@@ -101,25 +101,20 @@ def build_conditions(lm, scores: pd.DataFrame | None, ks: Sequence[int], seeds: 
     return conds
 
 
-def run_niah(lm, conditions: list[Condition], lengths: Sequence[int], depths: Sequence[float],
-             needles: Iterable[Needle] | None = None, haystack: str | None = None,
-             max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> pd.DataFrame:
-    """Needle accuracy of every condition on every (length, depth, needle) test.
+@dataclass
+class NiahJob:
+    """One needle test under every condition per cell ``(length, depth, needle)`` (what a worker runs)."""
 
-    With decode-phase ablations the unmasked prompt cache is computed once per test and reused.
-    Returns one row per (condition, test): condition, selection, k, seed, kind, length, depth,
-    needle, prediction, rouge1_recall, correct, heads.
-    """
-    needles = tuple(needles) if needles is not None else load_needles()
-    rows = []
-    plan = [(int(n), float(d), nd) for n in lengths for d in depths for nd in needles]
-    for n in lengths:
-        lm.spec.check_length(int(n))
-    bar = tqdm(total=len(plan) * len(conditions), desc="masking test", disable=not progress)
-    for length, depth, nd in plan:
-        p = build_prompt(lm.tokenizer, nd, length, depth, haystack)
+    conditions: list
+    haystack: str | None = None
+    max_new_tokens: int = MAX_NEW_TOKENS
+
+    def run(self, lm, cell: tuple) -> list[dict]:
+        length, depth, nd = cell
+        p = build_prompt(lm.tokenizer, nd, length, depth, self.haystack)
         shared = None
-        for c in conditions:
+        rows = []
+        for c in self.conditions:
             decode_only = c.ablation is None or c.ablation.phase == "decode"
             if decode_only:
                 if shared is None:
@@ -128,16 +123,39 @@ def run_niah(lm, conditions: list[Condition], lengths: Sequence[int], depths: Se
             else:
                 cache = prefill(lm, p.ids, hooks=(c.ablation,))
             hooks = (c.ablation,) if c.ablation is not None else ()
-            dec = greedy_decode(lm, p.ids, max_new_tokens, record=False, hooks=hooks, prefill_cache=cache)
+            dec = greedy_decode(lm, p.ids, self.max_new_tokens, record=False, hooks=hooks, prefill_cache=cache)
             pred = lm.tokenizer.decode(dec.tokens, skip_special_tokens=True)
             r = rouge1_recall(nd.answer, pred)
             rows.append({"condition": c.name, "selection": c.selection, "k": c.k, "seed": c.seed, "kind": c.kind,
                          "length": length, "depth": depth, "needle": nd.name, "prediction": pred,
                          "rouge1_recall": r, "correct": r > ROUGE_THRESHOLD,
                          "heads": ";".join(f"{a}.{b}" for a, b in (c.ablation.heads if c.ablation else []))})
-            bar.update(1)
-    bar.close()
-    return pd.DataFrame(rows)
+        return rows
+
+
+def run_niah(lm, conditions: list[Condition], lengths: Sequence[int], depths: Sequence[float],
+             needles: Iterable[Needle] | None = None, haystack: str | None = None,
+             max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True, executor=None) -> pd.DataFrame:
+    """Needle accuracy of every condition on every (length, depth, needle) test.
+
+    With decode-phase ablations the unmasked prompt cache is computed once per test and reused.
+    ``executor`` (:mod:`workbench.executor`; default the local, serial one) runs the tests; the
+    rows come back in grid order whichever executor ran them.
+    Returns one row per (condition, test): condition, selection, k, seed, kind, length, depth,
+    needle, prediction, rouge1_recall, correct, heads.
+    """
+    from ..executor import LocalExecutor
+
+    needles = tuple(needles) if needles is not None else load_needles()
+    plan = [(int(n), float(d), nd) for n in lengths for d in depths for nd in needles]
+    for n in lengths:
+        lm.spec.check_length(int(n))
+    per_test: dict[int, list[dict]] = {}
+    with tqdm(total=len(plan) * len(conditions), desc="masking test", disable=not progress) as bar:
+        for i, rows in (executor or LocalExecutor()).map(NiahJob(list(conditions), haystack, max_new_tokens), plan, lm):
+            per_test[i] = rows
+            bar.update(len(rows))
+    return pd.DataFrame([r for i in range(len(plan)) for r in per_test[i]])
 
 
 def masking_table(df: pd.DataFrame) -> pd.DataFrame:

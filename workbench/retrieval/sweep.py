@@ -58,6 +58,18 @@ def run_test(lm, needle: Needle, length: int, depth: float, haystack: str | None
             "stop": dec.stop, "scores": [[round(float(x), 6) for x in row] for row in scores]}
 
 
+@dataclass(frozen=True)
+class SweepJob:
+    """One sweep test per cell ``(length, depth, needle)`` (what an executor's workers run)."""
+
+    haystack: str | None = None
+    max_new_tokens: int = MAX_NEW_TOKENS
+
+    def run(self, lm, cell: tuple) -> dict:
+        length, depth, needle = cell
+        return run_test(lm, needle, length, depth, self.haystack, self.max_new_tokens)
+
+
 def sweep_config(lm, lengths: Sequence[int], depths: Sequence[float], needles: Sequence[Needle],
                  haystack: str | None, max_new_tokens: int) -> dict:
     """The sweep's full configuration (checkpoint header and provenance): model and weights hash, grid,
@@ -107,7 +119,7 @@ class SweepResult:
 def run_sweep(lm, lengths: Sequence[int] = DEFAULT_LENGTHS, depths: Sequence[float] = DEFAULT_DEPTHS,
               needles: Iterable[Needle] | None = None, out_dir: str | Path = "retrieval", resume: bool = False,
               haystack: str | None = None, progress: bool = True, max_new_tokens: int = MAX_NEW_TOKENS,
-              on_test: Callable[[dict], None] | None = None) -> SweepResult:
+              on_test: Callable[[dict], None] | None = None, executor=None) -> SweepResult:
     """Run the lengths x depths x needles sweep, appending each finished test to ``out_dir/results.jsonl``.
 
     Args:
@@ -119,8 +131,11 @@ def run_sweep(lm, lengths: Sequence[int] = DEFAULT_LENGTHS, depths: Sequence[flo
         resume: keep finished tests of an earlier run of this directory and run only the others;
             without it an existing results file is an error (so results are never silently mixed).
         on_test: called with each new record after it is written (progress hooks, tests).
+        executor: where the tests run (:mod:`workbench.executor`; default the local, serial one).
+            Records are written here, by the driver, in the order tests finish.
     Returns:
-        :func:`summarize` over every finished test of the directory.
+        :func:`summarize` over every finished test of the grid, in grid order (so the summary
+        does not depend on the executor or the completion order).
     Raises:
         ContextTooLongError: a length exceeds the context window.
         WorkbenchError: results exist and ``resume`` is False, or they belong to another model.
@@ -146,8 +161,9 @@ def run_sweep(lm, lengths: Sequence[int] = DEFAULT_LENGTHS, depths: Sequence[flo
     todo = [t for t in plan if test_key(t[0], t[1], t[2].name) not in finished]
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="retrieval sweep", disable=not progress)
     n_ok = sum(r["correct"] for r in done if r["key"] in {test_key(a, b, c.name) for a, b, c in plan})
-    for length, depth, nd in todo:
-        rec = run_test(lm, nd, length, depth, haystack, max_new_tokens)
+    from ..executor import LocalExecutor
+
+    for _, rec in (executor or LocalExecutor()).map(SweepJob(haystack, max_new_tokens), todo, lm):
         append_jsonl(path, rec)
         n_ok += rec["correct"]
         bar.update(1)
@@ -155,8 +171,8 @@ def run_sweep(lm, lengths: Sequence[int] = DEFAULT_LENGTHS, depths: Sequence[flo
         if on_test is not None:
             on_test(rec)
     bar.close()
-    keys = {test_key(a, b, c.name) for a, b, c in plan}
-    records = [r for r in read_results(out) if r["key"] in keys]
+    order = {test_key(a, b, c.name): i for i, (a, b, c) in enumerate(plan)}
+    records = sorted((r for r in read_results(out) if r["key"] in order), key=lambda r: order[r["key"]])
     return summarize(records, lm.spec.n_layers, lm.spec.n_heads)
 
 

@@ -51,6 +51,29 @@ class Condition:
     heads: list[tuple[int, int]]
 
 
+@dataclass
+class StudyJob:
+    """Runs one condition per cell (what an executor's workers run); ``setup`` builds the tasks once."""
+
+    spec: StudySpec
+    task_names: tuple
+    means: dict
+
+    def setup(self, lm: LoadedModel) -> None:
+        self.tasks = {t.name: build_task(lm, t) for t in self.spec.tasks if t.name in self.task_names}
+
+    def run(self, lm: LoadedModel, c: Condition) -> dict:
+        if c.kind == "none":
+            ctx = contextlib.nullcontext
+        else:
+            iv = HeadAblation(c.heads, c.kind, self.spec.phase, self.means if c.kind == "mean" else None).validate(lm.spec)
+            ctx = iv.applied
+        task = self.tasks[c.task]
+        values = task.evaluate(ctx)
+        return {"key": c.key, "task": c.task, "metric": task.metric, "head_set": c.head_set, "seed": c.seed,
+                "kind": c.kind, "heads": [list(h) for h in c.heads], "n_heads": len(c.heads), "values": values}
+
+
 def read_rows(path: Path) -> list[dict]:
     """Finished condition rows of a study folder (a truncated last line is skipped)."""
     return read_jsonl(path / ROWS)
@@ -195,7 +218,7 @@ def study_config(spec: StudySpec, lm: LoadedModel, conds: list[Condition]) -> di
 
 def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Path = "runs",
               resume: bool = False, overwrite: bool = False, reports: str | Path | None = None,
-              progress: bool = True, max_conditions: int | None = None) -> StudyResult:
+              progress: bool = True, max_conditions: int | None = None, executor=None) -> StudyResult:
     """Run (or resume) a study and write its results and report under ``out_root/<model>/studies/<name>/``.
 
     Args:
@@ -207,6 +230,8 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
         reports: root of the analyzers' tables (census, retrieval, head types; default ``out_root``); they must
             carry provenance of ``lm``'s weights.
         max_conditions: stop after running this many new conditions (for testing interruption).
+        executor: where conditions run (:mod:`workbench.executor`; default the local, serial one);
+            rows are written here, by the driver, as conditions finish, and aggregated in plan order.
     Raises:
         StudyStateError: earlier rows exist without resume/overwrite.
         CheckpointMismatchError: the rows were made with another configuration (names the fields).
@@ -239,27 +264,23 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
                                               indent=1, default=str))
     finished = {r["key"] for r in done}
     todo = [c for c in conds if c.key not in finished]
-    tasks = {t.name: build_task(lm, t) for t in spec.tasks if any(c.task == t.name for c in todo)}
     means = {}
     if "mean" in spec.ablations and any(c.kind == "mean" for c in todo):
         heads = sorted({h for c in todo if c.kind == "mean" for h in c.heads})
         means = HeadAblation.fit_means(lm, heads, token_windows(lm.tokenizer, spec.mean_seq_len, spec.mean_samples,
                                                                 split="train"))
+    from ..executor import LocalExecutor
+
+    todo = todo if max_conditions is None else todo[:max_conditions]
+    job = StudyJob(spec, tuple(sorted({c.task for c in todo})), means)
     n_run = 0
-    for c in tqdm(todo, desc=f"study {spec.name}", disable=not progress):
-        if max_conditions is not None and n_run >= max_conditions:
-            break
-        if c.kind == "none":
-            ctx = contextlib.nullcontext
-        else:
-            iv = HeadAblation(c.heads, c.kind, spec.phase, means if c.kind == "mean" else None).validate(lm.spec)
-            ctx = iv.applied
-        task = tasks[c.task]
-        values = task.evaluate(ctx)
-        append_jsonl(out / ROWS, {"key": c.key, "task": c.task, "metric": task.metric, "head_set": c.head_set, "seed": c.seed,
-                      "kind": c.kind, "heads": [list(h) for h in c.heads], "n_heads": len(c.heads), "values": values})
-        n_run += 1
-    rows = read_rows(out)
+    with tqdm(total=len(todo), desc=f"study {spec.name}", disable=not progress) as bar:
+        for _, row in (executor or LocalExecutor()).map(job, todo, lm):
+            append_jsonl(out / ROWS, row)
+            n_run += 1
+            bar.update(1)
+    order = {c.key: i for i, c in enumerate(conds)}
+    rows = sorted((r for r in read_rows(out) if r["key"] in order), key=lambda r: order[r["key"]])
     df = results_table(spec, rows)
     heads_used = {}
     for c in conds:
