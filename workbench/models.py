@@ -526,7 +526,7 @@ def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: st
 
 
 # Modules that register further presets when imported (e.g. the digits VLM).
-PRESET_MODULES: list[str] = ["workbench.digits_vlm", "workbench.gemma3"]
+PRESET_MODULES: list[str] = ["workbench.digits_vlm", "workbench.gemma3", "workbench.effnet_vlm"]
 
 
 def load_preset_modules() -> None:
