@@ -85,7 +85,8 @@ def test_cli_traces_non_llama_layouts(capsys, tmp_path, arch):
     code, _, err = _run_cli(capsys, "trace", "--model", str(path), "--prompt", "hello", "--window", "0:5",
                             "--z", "--resid", "--out", str(tmp_path / "t"))
     assert code == 0, err
-    tr = Trace.load(tmp_path / "t")
+    (trace_dir,) = {f.parent for f in (tmp_path / "t").rglob("trace.json")}  # --out is the output root
+    tr = Trace.load(trace_dir)
     assert tuple(tr["pattern"].shape) == (2, 1, 4, 5, 5) and tuple(tr["z"].shape) == (2, 1, 5, 4, 16)
     assert tuple(tr["resid_pre"].shape) == (2, 1, 5, 64)
     assert torch.allclose(tr["pattern"].sum(-1), torch.ones(2, 1, 4, 5), atol=1e-5)

@@ -45,7 +45,7 @@ def test_provenance_in_every_file_type(tiny_lm, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), df)  # the table itself is unchanged
     write_json({"x": 1}, tmp_path / "r.json", prov)
     assert json.loads((tmp_path / "r.json").read_text())["provenance"] == prov and read_provenance(tmp_path / "r.json") == prov
-    write_html([("score", layer_head_heatmap(df, "score"))], tmp_path / "p.html", "page", prov=prov)
+    write_html([("score", layer_head_heatmap(df, "score"))], tmp_path / "p.html", "page", provenance=prov)
     page = (tmp_path / "p.html").read_text()
     assert read_provenance(tmp_path / "p.html") == prov
     foot = footer_html(prov)

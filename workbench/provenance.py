@@ -255,9 +255,11 @@ def footer_html(prov: dict | None) -> str:
     """An HTML footer: code version + commit + dirty flag, model + weights hash prefix, date, device, seed,
     torch/transformers versions, and the configuration in a ``<details>``; embeds ``prov`` as JSON."""
     if not prov:
-        return "<footer class='workbench-provenance'><hr><p>No provenance recorded for this page.</p></footer>"
+        return "<footer class='workbench-provenance'><hr><p>provenance not recorded for this page (written before runs recorded their provenance).</p></footer>"
     e = _html.escape
     m = prov.get("model") or {}
+    if not isinstance(m, dict):  # a bare model name
+        m = {"id": str(m)}
     where = m.get("preset") and f"preset {m['preset']}" or m.get("path") or m.get("id", "none")
     dirty = " <b>with uncommitted changes</b>" if prov.get("git_dirty") else ""
     cfg = json.dumps(prov.get("config") or {}, indent=1, sort_keys=True, default=str)

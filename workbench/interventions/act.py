@@ -153,11 +153,16 @@ class ACTCalibration(HeadIntervention):
     def _check_same_input(self, call: AttentionCall) -> None:
         """Raise unless this decode call's cached keys begin with the keys of the prefill the sinks came from."""
         old = self._prompt_keys.get(call.layer)
+        same = False
         if old is not None:
             n, first, last = old
-            same = (first.shape == call.key[:, :, 0].shape and call.key.shape[2] > n
-                    and torch.equal(call.key[:, :, 0], first) and torch.equal(call.key[:, :, n - 1], last))
-        if old is None or not same:
+            ks, nk = int(call.key_start), call.key.shape[2]  # a sliding-window cache holds positions ks..ks+nk-1
+            same = first.shape == call.key[:, :, 0].shape and ks + nk > n
+            for pos, ref in ((0, first), (n - 1, last)):  # compare the prompt's keys that are still cached
+                j = pos - ks
+                if same and 0 <= j < nk:
+                    same = torch.equal(call.key[:, :, j], ref)
+        if not same:
             raise WorkbenchError(
                 f"ACT calibration of layer {call.layer}: this decode step's cache is not the prompt whose sinks were "
                 "detected (none, or another input's); run the prompt's prefill inside the ACT context too, "

@@ -23,8 +23,18 @@ QUICK_NEEDLES = 2
 QUICK_MAX_NEW_TOKENS = 24
 
 
-def quick_sweep(ctx: CensusContext):
-    """Run (or reuse, for an identical configuration) the census's quick needle sweep; returns (heads, summary)."""
+def quick_lengths(context_window: int) -> tuple[int, ...]:
+    """The lengths of :data:`QUICK_LENGTHS` that fit the model's context window with room for the question
+    and :data:`QUICK_MAX_NEW_TOKENS` decoded tokens (64 tokens of margin); all of them when the window is
+    unknown (0)."""
+    if not context_window:
+        return QUICK_LENGTHS
+    return tuple(n for n in QUICK_LENGTHS if n + QUICK_MAX_NEW_TOKENS + 64 <= context_window)
+
+
+def quick_sweep(ctx: CensusContext, lengths: tuple[int, ...] = QUICK_LENGTHS):
+    """Run (or reuse, for an identical configuration) the census's quick needle sweep over ``lengths``;
+    returns (heads, summary)."""
     from ..jsonl import read_header
     from ..provenance import config_hash
     from .needle import load_needles
@@ -37,12 +47,12 @@ def quick_sweep(ctx: CensusContext):
         d = Path(tmp.name)
     else:
         d = Path(ctx.out) / "census_retrieval"
-    cfg = sweep_config(ctx.lm, QUICK_LENGTHS, QUICK_DEPTHS, needles, None, QUICK_MAX_NEW_TOKENS)
+    cfg = sweep_config(ctx.lm, lengths, QUICK_DEPTHS, needles, None, QUICK_MAX_NEW_TOKENS)
     header = read_header(d / RESULTS_FILE)
     if header is not None and header.get("config_hash") != config_hash(cfg):
         (d / RESULTS_FILE).unlink()  # made by other weights, grid or code: start afresh
     try:
-        res = run_sweep(ctx.lm, QUICK_LENGTHS, QUICK_DEPTHS, needles, d, resume=True, progress=ctx.progress,
+        res = run_sweep(ctx.lm, lengths, QUICK_DEPTHS, needles, d, resume=True, progress=ctx.progress,
                         max_new_tokens=QUICK_MAX_NEW_TOKENS)
         if tmp is None:
             save(res, d, ctx.lm.spec.name)
@@ -76,7 +86,13 @@ def retrieval_section(ctx: CensusContext) -> CensusSection:
             s = json.loads(summary_file.read_text())
             info.update({k: s.get(k) for k in ("n_tests", "n_correct", "lengths", "depths", "needles")})
     else:
-        df, info = quick_sweep(ctx)
+        lengths = quick_lengths(ctx.lm.spec.context_window)
+        if not lengths:
+            return CensusSection("retrieval", None, {
+                "skipped": f"the {ctx.lm.spec.context_window}-token context window is shorter than the quick "
+                           f"sweep's {QUICK_LENGTHS[0]}-token haystack; run `workbench retrieval` with shorter "
+                           "--lengths and pass --retrieval-from"})
+        df, info = quick_sweep(ctx, lengths)
     heads = df[["layer", "head", "score"]].rename(columns={"score": "retrieval_score"})
     heads["retrieval_head"] = heads.retrieval_score > RETRIEVAL_THRESHOLD
     top = heads.sort_values("retrieval_score", ascending=False).head(10)
