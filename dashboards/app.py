@@ -61,10 +61,10 @@ def shown_errors(what: str):
 
 
 @st.cache_resource(show_spinner="loading the model (once per server)...")
-def get_model(name: str):
+def get_model(name: str, device: str = "auto", dtype: str = "auto"):
     from workbench import load_model
 
-    return load_model(name)
+    return load_model(name, device=device, dtype=dtype)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -86,7 +86,7 @@ def _mtime(path: str, name: str) -> float:
 
 st.sidebar.title("Attention-head workbench")
 st.sidebar.header("Model")
-from workbench.models import PRESETS  # noqa: E402  (after set_page_config)
+from workbench.models import DEVICE_CHOICES, DTYPE_CHOICES, PRESETS  # noqa: E402  (after set_page_config)
 
 model_modes = ["none", "preset", "local path"]
 mode = st.sidebar.radio("Model source", model_modes, key="model_mode",
@@ -98,12 +98,17 @@ if mode == "preset":
                                       index=names.index(ARGS.model) if ARGS.model in names else 0)
 elif mode == "local path":
     model_name = st.sidebar.text_input("Checkpoint directory", value=ARGS.model, key="model_path")
+if mode != "none":
+    dev_col, dtype_col = st.sidebar.columns(2)
+    model_device = dev_col.selectbox("Device", DEVICE_CHOICES, key="model_device")
+    model_dtype = dtype_col.selectbox("Dtype", DTYPE_CHOICES, key="model_dtype")
 if mode != "none" and st.sidebar.button("Load model", key="load_model"):
     st.session_state["model_name"] = model_name.strip()
+    st.session_state["model_place"] = (model_device, model_dtype)
 lm = None
 if st.session_state.get("model_name") and mode != "none":
     with shown_errors("cannot load the model"):
-        lm = get_model(st.session_state["model_name"])
+        lm = get_model(st.session_state["model_name"], *st.session_state.get("model_place", ("auto", "auto")))
         st.sidebar.success(f"{lm.spec.name}: {lm.spec.n_layers} layers x {lm.spec.n_heads} heads")
 
 st.sidebar.header("Trace")

@@ -18,6 +18,11 @@ from .errors import WorkbenchError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Attention-head workbench: sinks, retrieval heads, vision-aware heads, interventions.")
 
+# every command that loads a model takes these two (see workbench.models.load_model)
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+DTYPE_OPTION = typer.Option("auto", "--dtype",
+                            help="auto (float32 on CPU, the checkpoint's dtype on GPU), float32, bfloat16 or float16")
+
 
 def emit(obj: dict, as_json: bool, human: str | None = None) -> None:
     """Print ``obj`` as one JSON object (``--json``) or a human summary."""
@@ -80,6 +85,8 @@ def trace(
         None, help="estimate received attention from this many sampled query rows, with an error bound "
                    "(only when no per-query statistic is recorded: use --stats received)"),
     html: Optional[Path] = typer.Option(None, help="write an HTML attention plot of the window"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Trace a prompt: sink statistics, entropy, distance for all heads; maps for a window."""
@@ -97,7 +104,7 @@ def trace(
     if sample_rows is not None and (sample_rows < 1 or set(chosen) != {"received"}):
         raise WorkbenchError("--sample-rows needs a positive number of rows and --stats received "
                              "(per-query statistics need every row)")
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     ids = lm.encode(text, chat=chat)
     win = None
     if window:
@@ -127,13 +134,15 @@ def census(
     seq_len: int = typer.Option(512, help="tokens per window"),
     out: Path = typer.Option(Path("reports"), help="reports directory (a <model>/ folder is written in it)"),
     sections: Optional[str] = typer.Option(None, help="comma-separated sections (default all)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """The head census: per-head statistics over real text, written to reports/<model>/."""
     from .census import run_census
     from .models import load_model
 
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     res = run_census(lm, n_samples=samples, seq_len=seq_len, out_dir=out,
                      sections=sections.split(",") if sections else None, progress=True)
     top = res.heads.sort_values("first_token_mass", ascending=False).head(5)

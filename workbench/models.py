@@ -136,6 +136,20 @@ class LoadedModel:
     spec: ModelSpec
     extras: dict = field(default_factory=dict)
 
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embeddings: where input ids must live (with a ``device_map`` later layers may
+        sit elsewhere; the attention function works on each layer's own device)."""
+        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        if emb is not None and getattr(emb, "weight", None) is not None:
+            return emb.weight.device
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating-point dtype (statistics are float32 regardless)."""
+        return next(self.model.parameters()).dtype
+
     def encode(self, text: str, chat: bool = False, allow_longer: bool = False) -> torch.Tensor:
         """Tokenise ``text`` to ids of shape (1, N); with ``chat`` apply the chat template.
 
@@ -241,7 +255,8 @@ def _check_supported(model: torch.nn.Module, name: str) -> None:
         )
 
 
-def _load_hf(name_or_path: str, name: str | None = None) -> LoadedModel:
+def _load_hf(name_or_path: str, name: str | None = None, device: torch.device | None = None,
+             dtype: str | torch.dtype = "float32", device_map: str | dict | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     from transformers.utils import logging as hf_logging
@@ -261,8 +276,10 @@ def _load_hf(name_or_path: str, name: str | None = None) -> LoadedModel:
     auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
     # a VLM's vision tower keeps SDPA: the workbench kernel and its hooks are for the language model
     attn = {"text_config": ATTN_IMPLEMENTATION, "vision_config": "sdpa"} if is_vlm else ATTN_IMPLEMENTATION
+    want = resolve_dtype(dtype, device if device_map is None else torch.device("cuda"), _checkpoint_dtype(config))
+    extra = {} if device_map is None else {"device_map": device_map}
     try:
-        model = auto.from_pretrained(name_or_path, dtype=torch.float32, attn_implementation=attn)
+        model = auto.from_pretrained(name_or_path, dtype=want, attn_implementation=attn, **extra)
     except ValueError as err:
         if "attn_implementation" in str(err) or "attention" in str(err).lower():
             raise UnsupportedArchitectureError(
@@ -270,34 +287,113 @@ def _load_hf(name_or_path: str, name: str | None = None) -> LoadedModel:
             ) from None
         raise
     _check_supported(model, name_or_path)
+    if device_map is None and device is not None and device.type != "cpu":
+        model.to(device)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=ModelSpec.from_config(name or name_or_path, model.config))
 
 
-def load_model(name_or_path: str) -> LoadedModel:
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; otherwise the named device (``cpu``, ``cuda``, ``cuda:1``).
+
+    Raises:
+        WorkbenchError: an unknown device, or CUDA asked for on a machine without it.
+    """
+    from .errors import WorkbenchError
+
+    if isinstance(device, torch.device):
+        dev = device
+    elif device in (None, "auto"):
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(str(device))
+        except RuntimeError:
+            raise WorkbenchError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WorkbenchError(f"device {device!r} asked for, but this torch has no CUDA device: use --device cpu (or auto)")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None,
+                  checkpoint_dtype: torch.dtype | None = None) -> torch.dtype:
+    """``"auto"``: float32 on the CPU, the checkpoint's dtype (float32 if it names none) on a GPU; otherwise
+    ``float32``, ``bfloat16`` or ``float16`` (or a ``torch.dtype``).
+
+    Raises:
+        WorkbenchError: an unknown dtype.
+    """
+    from .errors import WorkbenchError
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device is None or device.type == "cpu":
+            return torch.float32
+        return checkpoint_dtype if checkpoint_dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+    if str(dtype) not in DTYPES:
+        raise WorkbenchError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return DTYPES[str(dtype)]
+
+
+def _checkpoint_dtype(config: Any) -> torch.dtype | None:
+    text = getattr(config, "text_config", None) or config
+    for c in (config, text):
+        dt = getattr(c, "dtype", None) or getattr(c, "torch_dtype", None)
+        if isinstance(dt, str):
+            dt = DTYPES.get(dt)
+        if isinstance(dt, torch.dtype):
+            return dt
+    return None
+
+
+def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+               device_map: str | dict | None = None) -> LoadedModel:
     """Load a model for tracing.
 
     Args:
         name_or_path: a preset name (see :data:`PRESETS`, e.g. ``"smollm2-135m"``), a local
             checkpoint directory, or a Hugging Face model id (needs network or a local HF cache).
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"auto"`` (float32 on the CPU, the checkpoint's dtype on a GPU), ``"float32"``,
+            ``"bfloat16"`` or ``"float16"``. Statistics are float32 whatever the model dtype.
+        device_map: passed to transformers (accelerate) to spread a model larger than one GPU over several
+            devices (e.g. ``"auto"``); then ``device`` is not used. Hugging Face checkpoints only.
 
     Returns:
-        :class:`LoadedModel` with the model in eval mode, float32, on CPU, using the
+        :class:`LoadedModel` with the model in eval mode on ``device`` in ``dtype``, using the
         ``"workbench"`` attention implementation.
 
     Raises:
         UnknownModelError: the name is none of the above.
         MissingModelPackageError: a preset's weight package is missing.
         UnsupportedArchitectureError: the model does not use transformers' attention interface.
+        WorkbenchError: an unknown device or dtype, CUDA without a GPU, or a device_map for a preset.
     """
     from .attention import register_attention
+    from .errors import WorkbenchError
 
     register_attention()
     load_preset_modules()
+    dev = resolve_device(device) if device_map is None else None
+    resolve_dtype(dtype, dev)  # a bad dtype fails here, before any weights are read
     if name_or_path in PRESETS:
-        return PRESETS[name_or_path].load()
-    return _load_hf(name_or_path)
+        if device_map is not None:
+            raise WorkbenchError(f"device_map applies to Hugging Face checkpoints; the preset {name_or_path} "
+                                 "loads on one device: use device=... instead")
+        lm = PRESETS[name_or_path].load()
+        want = resolve_dtype(dtype, dev, _checkpoint_dtype(lm.model.config))
+        if lm.dtype != want or lm.device != dev:
+            lm.model.to(device=dev, dtype=want)
+        return lm
+    return _load_hf(name_or_path, device=dev, dtype=dtype, device_map=device_map)
 
 
 # Modules that register further presets when imported (e.g. the digits VLM).

@@ -173,8 +173,10 @@ class Tracer:
         self.lm.spec.check_length(input_ids.shape[1], allow_longer)
         self.check_budget(input_ids.shape[0], input_ids.shape[1])
         self.reset()
+        dev = getattr(self.lm, "device", input_ids.device)
         with self:
-            self.lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
+            self.lm.model(input_ids=input_ids.to(dev), use_cache=False, **forward_kwargs,
+                          attention_mask=None if attention_mask is None else attention_mask.to(dev))
         return self.trace(input_ids)
 
     # --- the hook ---------------------------------------------------------------------------
@@ -264,28 +266,29 @@ class Tracer:
             if missing:
                 raise RuntimeError(f"layers {missing} never ran attention through the workbench kernel")
         for name, per_layer in self._rows.items():
-            stacked = torch.stack([torch.cat(per_layer[layer], dim=-1 if name != "z" else 1) for layer in self.layers])
+            stacked = torch.stack([torch.cat(per_layer[layer], dim=-1 if name != "z" else 1).cpu() for layer in self.layers])
             dims = ("layer", "batch", "query", "head", "d_head") if name == "z" else ("layer", "batch", "head", "query")
-            tr.add(name, stacked, dims)
+            tr.add(name, stacked.cpu(), dims)
         if self._recv_sum:
-            s = torch.stack([self._recv_sum[layer] for layer in self.layers])
-            c = torch.stack([self._recv_count[layer] for layer in self.layers])
-            tr.add("received", s / c.clamp_min(1.0), ("layer", "batch", "head", "key"))
+            # per layer to the CPU first: with a device_map, layers sit on different devices
+            s = torch.stack([self._recv_sum[layer].cpu() for layer in self.layers])
+            c = torch.stack([self._recv_count[layer].cpu() for layer in self.layers])
+            tr.add("received", (s / c.clamp_min(1.0)).cpu(), ("layer", "batch", "head", "key"))
             if self.sample_rows is not None:
-                pop = torch.stack([self._recv_pop[layer] for layer in self.layers])
-                bound = S.hoeffding_serfling_bound(c, pop, self.bound_delta)[:, :, 0]
+                pop = torch.stack([self._recv_pop[layer].cpu() for layer in self.layers])
+                bound = S.hoeffding_serfling_bound(c, pop, self.bound_delta)[:, :, 0].cpu()
                 tr.add("received_bound", bound, ("layer", "batch", "key"))
                 tr.meta["received_sampling"] = {
                     "rows": self.sample_rows, "seed": self.seed, "delta": self.bound_delta,
                     "bound": "Hoeffding-Serfling (Bardenet & Maillard 2015, Cor. 2.5), two-sided, per entry"}
         if self._pattern:
-            tr.add("pattern", torch.stack([torch.cat(self._pattern[layer], dim=2) for layer in self.layers]),
+            tr.add("pattern", torch.stack([torch.cat(self._pattern[layer], dim=2).cpu() for layer in self.layers]),
                    ("layer", "batch", "head", "query", "key"))
             tr.meta["query_start"] = self.pattern_window[0]
         if self.rows_from:
             tr.meta["rows_from"] = self.rows_from
         if self._resid:
-            tr.add("resid_pre", torch.stack([torch.cat(self._resid[layer], dim=1) for layer in self.layers]),
+            tr.add("resid_pre", torch.stack([torch.cat(self._resid[layer], dim=1).cpu() for layer in self.layers]),
                    ("layer", "batch", "pos", "d_model"))
         if input_ids is not None:
             tr.add("tokens", input_ids.detach().long().cpu(), ("batch", "pos"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..cli import app, emit
+from ..cli import DEVICE_OPTION, DTYPE_OPTION, app, emit
 
 
 def _model_dir(out: Path | None, model_name: str) -> Path:
@@ -23,6 +23,8 @@ def heads(
     seed: int = typer.Option(0, help="seed of the random tokens"),
     top: int = typer.Option(5, help="top heads listed per type"),
     out: Path = typer.Option(None, help="output table (default reports/<model>/head_types.parquet and .csv)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Classic head types: previous-token, duplicate-token and induction scores of every head
@@ -31,7 +33,7 @@ def heads(
     from ..models import load_model
     from ..text import token_windows
 
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     text = token_windows(lm.tokenizer, seq_len, samples)
     df = classic_head_scores(lm, text, n_random=random_seqs, half_len=half_len, seed=seed, progress=True)
     path = out or _model_dir(None, lm.spec.name) / "head_types.parquet"
@@ -61,6 +63,8 @@ def patch(
     overlap_k: int = typer.Option(10, help="top-k heads compared for the overlap"),
     activation: bool = typer.Option(True, help="also run activation patching of every head"),
     out: Path = typer.Option(None, help="output folder (default reports/<model>/circuits)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Activation and path patching of head outputs z on clean/corrupted prompt pairs; circuit per task."""
@@ -70,7 +74,7 @@ def patch(
     from ..viz import layer_head_heatmap, write_html
 
     names = ["ioi", "colored_objects"] if task == "both" else [task]
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     d = out or _model_dir(None, lm.spec.name) / "circuits"
     d.mkdir(parents=True, exist_ok=True)
     result: dict = {"model": lm.spec.name, "out": str(d), "tasks": {}}

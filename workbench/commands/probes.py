@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, emit
+from ..cli import DEVICE_OPTION, DTYPE_OPTION, app, emit
 
 
 @app.command()
@@ -22,6 +22,8 @@ def probe(
     threshold: float = typer.Option(0.1, help="sink: head-mean received attention above which a key is a sink"),
     seed: int = typer.Option(0, help="split / control-task seed"),
     out: Optional[Path] = typer.Option(None, help="result JSON (default reports/<model>/probes/<task>_L<layer>_<site>.json)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Train a linear probe and its Hewitt-Liang control probe; report accuracy and selectivity."""
@@ -35,7 +37,7 @@ def probe(
         raise WorkbenchError(f"unknown site {site!r}: use resid_pre or z")
     if site == "z" and head is None:
         raise WorkbenchError("--site z needs --head")
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     if task == "needle":
         data = needle_dataset(lm, layer, n_seqs=n, seq_len=seq_len, site=site, head=head, seed=seed)
     else:

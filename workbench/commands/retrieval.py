@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, emit
+from ..cli import DEVICE_OPTION, DTYPE_OPTION, app, emit
 from ..errors import WorkbenchError
 
 
@@ -55,13 +55,15 @@ def retrieval(
     haystack: Optional[Path] = typer.Option(None, help="haystack text file (default: pydoc_data.topics prose)"),
     out: Optional[Path] = typer.Option(None, help="output directory (default reports/<model>/retrieval)"),
     resume: bool = typer.Option(False, "--resume", help="continue a sweep in --out, skipping finished tests"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Retrieval-head detection (Wu et al. 2024): needle sweep, per-head retrieval scores, figures."""
     from ..models import load_model
     from ..retrieval.sweep import default_out, run_sweep, save
 
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     out = out or default_out(lm.spec.name)
     res = run_sweep(lm, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(needle_file, needles), out,
                     resume=resume, haystack=_haystack(haystack))
@@ -96,6 +98,8 @@ def ablate(
     needles: Optional[int] = typer.Option(None, help="use the first N needles"),
     scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default reports/<model>/retrieval)"),
     baseline: bool = typer.Option(True, help="also run without ablation"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Needle accuracy with chosen heads ablated (and the unablated baseline)."""
@@ -109,7 +113,7 @@ def ablate(
     if phase not in PHASES:
         raise WorkbenchError(f"unknown phase {phase!r}: use decode, all or prefill")
     check_kinds([kind])
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     needs_scores = heads.startswith(("retrieval:", "random:"))
     sc = _scores(scores, lm.spec.name, needs_scores)
     sel = select_heads(heads, lm.spec.n_layers, lm.spec.n_heads, sc, seed)
@@ -146,6 +150,8 @@ def masking_test(
     needles: Optional[int] = typer.Option(None, help="use the first N needles"),
     scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default reports/<model>/retrieval)"),
     out: Optional[Path] = typer.Option(None, help="output directory (default: the scores directory)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Causal test: needle accuracy with the top-K retrieval heads vs K random non-retrieval heads masked."""
@@ -160,7 +166,7 @@ def masking_test(
     if phase not in PHASES:
         raise WorkbenchError(f"unknown phase {phase!r}: use decode, all or prefill")
     kind_list = check_kinds([k.strip() for k in kinds.split(",") if k.strip()])
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     sc = _scores(scores, lm.spec.name, True)
     means = fit_all_means(lm) if "mean" in kind_list else None
     conds = build_conditions(lm, sc, _ints(ks, "ks"), list(range(seeds)), kind_list, phase, means)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, emit
+from ..cli import DEVICE_OPTION, DTYPE_OPTION, app, emit
 from ..errors import WorkbenchError
 
 
@@ -34,6 +34,8 @@ def sinks(
     ppl_samples: int = typer.Option(8, help="held-out windows for the perplexity test"),
     ppl_len: int = typer.Option(256, help="tokens per perplexity window"),
     out: Optional[Path] = typer.Option(Path("reports"), help="reports directory (writes <model>/sinks.json, sinks.html)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Attention sinks (Sink_1^0.3, per-layer profile, ACT hidden sinks, sink tokens) and massive activations
@@ -41,7 +43,7 @@ def sinks(
     from ..models import load_model
     from ..sinks_report import sinks_report
 
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     lm.spec.check_length(max(64, long_len, ppl_len))
     res = sinks_report(lm, samples, 64, long_samples, long_len, ppl_samples, ppl_len, out_dir=out, progress=True)
     rates = ", ".join(f"{v:.1f}% at {k} tokens" for k, v in res["sink_rate_first_token_by_length"].items())
@@ -64,6 +66,8 @@ def calibrate(
     context_tokens: int = typer.Option(32, help="tokens of context per question"),
     checkpoint: Optional[Path] = typer.Option(None, help="JSON-lines file to resume an interrupted --search"),
     out: Optional[Path] = typer.Option(None, help="write the result JSON here"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """ACT attention calibration (Yu et al. 2024) on chosen heads or an automated head search; accuracy with
@@ -78,7 +82,7 @@ def calibrate(
         raise WorkbenchError("give exactly one of --heads LAYER.HEAD,... or --search")
     if not 0.0 <= beta <= 1.0:
         raise WorkbenchError(f"--beta {beta} must lie in [0, 1] (ACT uses 0.4)")
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     if search:
         res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint, context_tokens=context_tokens)
     else:

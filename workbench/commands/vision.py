@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..cli import app, emit
+from ..cli import DEVICE_OPTION, DTYPE_OPTION, app, emit
 
 
 def _out_dir(out: Path, model: str) -> Path:
@@ -24,6 +24,8 @@ def vision(
     rho: float = typer.Option(0.5, help="visual non-sink ratio threshold of image-centric heads"),
     top: int = typer.Option(20, help="heads listed in the summary"),
     out: Path = typer.Option(Path("reports"), help="reports directory (writes <out>/<model>/vision.*)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Vision-aware heads (VHD, T-VHD), visual sink tokens and image-centric heads of a VLM."""
@@ -31,7 +33,7 @@ def vision(
     from ..viz import layer_head_heatmap, write_html
     from ..vision_report import vision_analysis
 
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     res = vision_analysis(lm, n_images=images, tau=tau, rho=rho, progress=not as_json)
     d = _out_dir(out, lm.spec.name)
     res.per_head.to_csv(d / "vhd_heads.csv", index=False)
@@ -64,6 +66,8 @@ def hallucination(
     images: int = typer.Option(40, help="held-out composites (POPE: 1 positive + 1 negative question each)"),
     chair: bool = typer.Option(False, "--chair", help="also run the CHAIR-style listing task"),
     out: Path = typer.Option(Path("reports"), help="answers are cached under <out>/<model>/hallucination/ (resumable)"),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """POPE-style yes/no (and optionally CHAIR-style listing) hallucination metrics with 95% bootstrap CIs."""
@@ -72,7 +76,7 @@ def hallucination(
     from ..vision_report import require_digits_model
 
     check_method(method, split)
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     require_digits_model(lm)
     imgs = heldout_images(images)
     cache = _out_dir(out, lm.spec.name) / "hallucination" / f"answers-{images}-{lm.extras.get('weights', 'x')}.jsonl"

@@ -27,9 +27,9 @@ def uniform_output(call: AttentionCall, heads: list[int], chunk: int = 256) -> t
     nq = call.query.shape[2]
     if call.mask is None:
         csum = v.cumsum(dim=2)[:, :, call.q_offset: call.q_offset + nq]
-        count = torch.arange(call.q_offset + 1, call.q_offset + nq + 1, dtype=torch.float32)
+        count = torch.arange(call.q_offset + 1, call.q_offset + nq + 1, dtype=torch.float32, device=v.device)
         return (csum / count[:, None]).to(call.output.dtype)
-    out = torch.empty(v.shape[0], len(heads), nq, v.shape[-1])
+    out = torch.empty(v.shape[0], len(heads), nq, v.shape[-1], device=v.device)
     for a in range(0, nq, chunk):
         z = min(nq, a + chunk)
         vis = call.visible(a, z).float()  # (B|1, 1, c, Nk)

@@ -122,8 +122,8 @@ class ACTCalibration(HeadIntervention):
 
     def _fixed_mask(self, call: AttentionCall, head: int) -> torch.Tensor:
         b, nk = call.query.shape[0], call.key.shape[2]
-        idx = self.fixed[(call.layer, head)].to(call.query.device) - int(call.key_start)  # positions -> call keys
-        m = torch.zeros(b, nk, dtype=torch.bool, device=call.query.device)
+        idx = self.fixed[(call.layer, head)].to(call.device) - int(call.key_start)  # positions -> call keys
+        m = torch.zeros(b, nk, dtype=torch.bool, device=call.device)
         m[:, idx[(idx >= 0) & (idx < nk)]] = True
         return m
 
@@ -132,7 +132,7 @@ class ACTCalibration(HeadIntervention):
         (a sliding-window cache holds only the last W keys) and False for keys decoded since: (B, Nk)."""
         b, nk = call.query.shape[0], call.key.shape[2]
         old = self.detected.get((call.layer, head))
-        m = torch.zeros(b, nk, dtype=torch.bool, device=call.query.device)
+        m = torch.zeros(b, nk, dtype=torch.bool, device=call.device)
         if old is not None and old.shape[0] == b:
             pos = call.key_positions
             known = pos < old.shape[1]
@@ -179,12 +179,12 @@ class ACTCalibration(HeadIntervention):
         k = call.key[:, h // call.n_rep: h // call.n_rep + 1]
         v = call.value[:, h // call.n_rep: h // call.n_rep + 1]
         nq = q.shape[2]
-        res = torch.empty(q.shape[0], nq, q.shape[-1], dtype=torch.float32, device=q.device)
+        res = torch.empty(q.shape[0], nq, q.shape[-1], dtype=torch.float32, device=call.device)
         for a in range(0, nq, chunk):
             z = min(nq, a + chunk)
-            vis = call.visible(a, z) & ~mask[:, None, None, :]  # (B, 1, c, Nk)
-            add = torch.zeros(vis.shape, dtype=q.dtype, device=q.device).masked_fill(~vis, float("-inf"))
-            o, _ = attention_with_lse(q[:, :, a:z], k, v, add, call.scale)
+            # the call's own mask (finite biases kept) with the sink keys hidden; soft-capping as in the layer
+            add = call.additive_mask(a, z).masked_fill(mask[:, None, None, :], float("-inf")).to(q.dtype)
+            o, _ = attention_with_lse(q[:, :, a:z], k, v, add, call.scale, softcap=call.softcap)
             res[:, a:z] = o[:, 0].float()
         return res
 

@@ -49,11 +49,11 @@ def var_output(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p:
         (output (B, Hq, Nq, D), selected (B, Hq, Nq) bool: the image-centric (head, query) pairs changed).
     """
     out = call.output
-    nq, dev = call.query.shape[2], call.query.device
-    sinks, image = sinks.to(dev), image.to(dev)
+    nq = call.query.shape[2]
+    sinks, image = sinks.to(call.device), image.to(call.device)
     s_idx = sinks.nonzero().reshape(-1)
     ip_idx = (image & ~sinks).nonzero().reshape(-1)
-    none = torch.zeros(out.shape[:3], dtype=torch.bool, device=dev)
+    none = torch.zeros(out.shape[:3], dtype=torch.bool, device=call.device)
     if s_idx.numel() == 0 or ip_idx.numel() == 0:
         return out, none
     a_s_cols = call.probs(0, nq, keys=s_idx)  # (B, Hq, Nq, |S|)
@@ -61,16 +61,17 @@ def var_output(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p:
     a_img_sink = a_s_cols[..., image[s_idx]].sum(-1)
     vis = call.visible(0, nq, keys=ip_idx)  # (B|1, 1, Nq, |I'|)
     any_vis = vis.any(-1)  # (B|1, 1, Nq)
-    mask = torch.zeros(vis.shape, dtype=call.query.dtype, device=dev).masked_fill(~vis, float("-inf"))
-    o_ip, lse_ip = attention_with_lse(call.query, call.key[:, :, ip_idx], call.value[:, :, ip_idx], mask, call.scale)
-    a_ip = torch.where(any_vis, torch.exp(lse_ip - call.lse), torch.zeros((), device=dev))
+    mask = call.additive_mask(0, nq, keys=ip_idx).to(call.query.dtype)  # finite biases kept, as in the layer
+    o_ip, lse_ip = attention_with_lse(call.query, call.key[:, :, ip_idx], call.value[:, :, ip_idx], mask, call.scale,
+                                      softcap=call.softcap)
+    a_ip = torch.where(any_vis, torch.exp(lse_ip - call.lse), 0.0)
     a_img = a_ip + a_img_sink
     selected = any_vis & (a_img >= summ) & (a_ip >= rho * a_img)
     if heads is not None:
-        allowed = torch.zeros(out.shape[1], dtype=torch.bool, device=dev)
+        allowed = torch.zeros(out.shape[1], dtype=torch.bool, device=call.device)
         allowed[heads] = True
         selected = selected & allowed[None, :, None]
-    kv = torch.arange(out.shape[1], device=dev) // call.n_rep
+    kv = torch.arange(out.shape[1], device=call.device) // call.n_rep
     v_s = call.value[:, kv][:, :, s_idx].float()  # (B, Hq, |S|, D)
     sink_sum = torch.matmul(a_s_cols, v_s)  # (B, Hq, Nq, D)
     new = out.float() - p * sink_sum + p * a_s[..., None] * o_ip.float()
@@ -128,8 +129,9 @@ class VisualAttentionRedistribution:
                                  f"got a batch of {call.query.shape[0]}: run the inputs one by one")
         nk = call.key.shape[2]
         sinks = self.detector.sinks[call.layer][0, :nk]
-        image = torch.zeros(nk, dtype=torch.bool, device=call.query.device)
-        image[self.image[self.image < nk].to(image.device)] = True
+        image = torch.zeros(nk, dtype=torch.bool, device=call.device)
+        idx = self.image.to(call.device)
+        image[idx[idx < nk]] = True
         out, sel = var_output(call, sinks, image, self.p, self.summ, self.rho)
         self.n_selected[call.layer] = self.n_selected.get(call.layer, 0) + int(sel.sum())
         return out
