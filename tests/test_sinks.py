@@ -214,8 +214,8 @@ def test_sinks_cli_json(tmp_path, capsys):
     def load():
         lm = _massive_lm()
         lm.tokenizer = CharTok()
-        with torch.no_grad():  # the character ' ' (id 10 + 32) carries a massive activation
-            lm.model.model.embed_tokens.weight[10 + ord(" ") % 87, 3] = 5000.0
+        with torch.no_grad():  # the character "c" (3% of the prose) carries a massive activation (a " ", on ~17% of
+            lm.model.model.embed_tokens.weight[10 + ord("c") % 87, 3] = 5000.0  # the tokens, is an outlier feature)
         return lm
 
     register_preset(Preset("tiny-cli-test", "tiny random llama", load, lambda: True))
@@ -227,7 +227,7 @@ def test_sinks_cli_json(tmp_path, capsys):
     assert set(res["sink_rate_first_token_by_length"]) == {"64", "96"}
     assert len(res["profile"]) == 2 and res["massive_dims"] == [3] and "sink_onset_layer" in res
     m = res["massive_activations"][0]
-    assert {"layer", "dim", "token", "value", "ratio_to_median"} <= set(m) and m["token"] == CharTok().decode([10 + ord(" ") % 87])
+    assert {"layer", "dim", "token", "value", "ratio_to_median"} <= set(m) and m["token"] == CharTok().decode([10 + ord("c") % 87])
     assert [r["intervention"] for r in res["perplexity"]] == ["baseline", "zero", "mean"]
     assert Path(res["files"]["html"]).exists() and Path(res["files"]["html"]).parent.parent == tmp_path
 

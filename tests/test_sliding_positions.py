@@ -105,3 +105,62 @@ def test_gemma3_top_keys_are_absolute_past_the_512_window(gemma3):
 
     ids = token_windows(gemma3.tokenizer, 600, 1)  # 600 tokens: the sliding layers' caches are full
     check_top_keys_past_window(gemma3, ids, 4, 512)
+
+
+class _EagerACTAbsolute:
+    """Oracle for ACT during generate on a sliding-window cache: the sink sets found in the prefill (over
+    positions) are looked up at each decode call's key positions, counted here from the step number."""
+
+    def __init__(self, act, n_prompt):
+        from workbench.interventions.act import act_reference, act_sink_mask
+
+        self.act, self.n, self.ref, self.sink_mask = act, n_prompt, act_reference, act_sink_mask
+        self.sets, self.steps, self.max_err, self.shifted = {}, {}, 0.0, 0
+
+    def on_attention(self, call):
+        heads = self.act._by_layer.get(call.layer)
+        if not heads:
+            return None
+        closed = self.act.on_attention(call)
+        probs = call.probs()
+        nk = probs.shape[-1]
+        if call.q_offset == 0:
+            pos = torch.arange(nk)
+        else:
+            step = self.steps[call.layer] = self.steps.get(call.layer, 0) + 1
+            t = self.n - 1 + step  # position of this decode step's query
+            pos = torch.arange(nk) + t - nk + 1
+            self.shifted += int(pos[0] > 0)
+        for h in heads:
+            if (call.layer, h) in self.act.fixed:
+                mask = torch.isin(pos, self.act.fixed[(call.layer, h)])[None].expand(probs.shape[0], -1)
+            elif call.q_offset == 0:
+                cnt = call.visible().float().sum(2)[:, 0]
+                mask = self.sink_mask(probs[:, h].sum(1) / cnt.clamp_min(1), self.act.threshold, cnt, self.act.min_queries)
+                self.sets[(call.layer, h)] = mask
+            else:
+                old = self.sets[(call.layer, h)]
+                mask = torch.zeros(probs.shape[0], nk, dtype=torch.bool)
+                known = pos < old.shape[1]
+                mask[:, known] = old[:, pos[known]]
+            eager = torch.matmul(self.ref(probs[:, h: h + 1], mask[:, None], self.act.beta)[:, 0],
+                                 call.value[:, h // call.n_rep].float())
+            self.max_err = max(self.max_err, float((closed[:, h].float() - eager).abs().max()))
+        return closed
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_tiny_gemma3_act_during_generate_reads_sinks_at_absolute_positions(fixed):
+    from workbench.attention import attention_hooks
+    from workbench.interventions.act import ACTCalibration
+
+    lm = make_tiny_gemma3()
+    n = 3 * WINDOW
+    heads = [(0, 1), (1, 0), (2, 3)]  # sliding, global, sliding
+    sinks = {h: [0, 5, n - 4] for h in heads} if fixed else None
+    act = ACTCalibration(heads, beta=0.4, sinks=sinks, threshold=0.05)
+    oracle = _EagerACTAbsolute(act, n)
+    with torch.no_grad(), attention_hooks(oracle):
+        lm.model.generate(torch.randint(3, 97, (1, n)), max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert oracle.shifted == 2 * 4  # both sliding layers decoded 4 steps on a full window
+    assert oracle.max_err < 1e-5

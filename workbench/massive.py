@@ -11,6 +11,17 @@ We read the residual stream *entering* each decoder layer (TransformerLens ``blo
 with forward pre-hooks on the decoder layers, plus the output of the last layer (reported as
 layer ``n_layers``, before the final norm). Nothing but the found entries is kept.
 
+**Massive activations vs outlier features.** The same magnitude criterion also catches *outlier feature
+dimensions* (Dettmers et al. 2022, "LLM.int8()": a few residual dimensions that are large on most tokens).
+Sun et al.'s massive activations sit on a handful of tokens per sequence; an outlier feature is large
+everywhere. Our rule, per (layer, dim): the *token share* is the fraction of all tokens seen (every
+sample and position) whose entry on that dim at that layer passes the criterion. If the share is at
+least :data:`OUTLIER_SHARE` (6%, Dettmers et al.'s "at least 6% of the sequence positions") every entry of
+that (layer, dim) is an ``outlier_feature``; otherwise its entries are ``massive``. The ``kind`` column
+says which; :func:`massive_dims`, :func:`onset_layer`, :func:`layer_summary`, :func:`token_summary` and
+:func:`massive_means` use the massive entries only, :func:`outlier_features` lists the others. (A start
+token of a 512-token window is 0.2% of its tokens: far below the 6% line.)
+
 The intervention test of Sun et al. (their Table 3) sets the massive entries, at the layer where they
 first appear, to zero or to their mean over many sequences: :class:`MassiveActivationEdit`.
 """
@@ -26,7 +37,8 @@ from tqdm.auto import tqdm
 from .hooks import decoder_layers
 from .models import LoadedModel
 
-COLUMNS = ["sample", "layer", "pos", "dim", "token", "value", "ratio_to_median"]
+COLUMNS = ["sample", "layer", "pos", "dim", "token", "value", "ratio_to_median", "kind"]
+OUTLIER_SHARE = 0.06  # token share from which a (layer, dim) counts as an outlier feature (module docstring)
 
 
 def find_massive(hidden: torch.Tensor, threshold: float = 100.0, ratio: float = 1000.0
@@ -56,9 +68,12 @@ class _Recorder:
         self.layers = decoder_layers(lm.model)
         self.threshold, self.ratio, self.include_final = threshold, ratio, include_final
         self.found: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.tokens = 0  # tokens (batch x positions) seen by the first layer: the denominator of token shares
         self._handles: list = []
 
     def _record(self, layer: int, x: torch.Tensor) -> None:
+        if layer == 0:
+            self.tokens += x.shape[0] * x.shape[1]
         idx, val, rel = find_massive(x, self.threshold, self.ratio)
         self.found.append((layer, idx, val, rel))
 
@@ -94,7 +109,7 @@ def _token_text(tokenizer, ids: Sequence[int] | None, pos: int) -> str:
 @torch.no_grad()
 def massive_activations(lm: LoadedModel, samples: torch.Tensor | None = None, threshold: float = 100.0,
                         ratio: float = 1000.0, progress: bool = True, forward_inputs: list[dict] | None = None,
-                        include_final: bool = True, batch_size: int = 4) -> pd.DataFrame:
+                        include_final: bool = True, batch_size: int = 4, outlier_share: float = OUTLIER_SHARE) -> pd.DataFrame:
     """Find massive activations (Sun et al. 2024) over many sequences.
 
     Args:
@@ -108,13 +123,15 @@ def massive_activations(lm: LoadedModel, samples: torch.Tensor | None = None, th
             count as separate samples. Token text comes from ``kw["input_ids"]`` when present.
         include_final: also report the output of the last decoder layer as layer ``n_layers``.
         batch_size: sequences per forward pass when ``samples`` is given.
+        outlier_share: token share from which a (layer, dim) is an outlier feature (:func:`classify`).
 
     Returns:
         DataFrame with one row per massive entry: ``sample`` (row of samples), ``layer`` (the residual
         stream entering that decoder layer, ``blocks.{layer}.hook_resid_pre``; ``n_layers`` = final
         residual), ``pos`` (token position), ``dim`` (residual dimension), ``token`` (decoded text),
-        ``value`` (signed activation), ``ratio_to_median``. ``df.attrs`` holds ``n_samples``, ``n_layers``,
-        ``threshold``, ``ratio``.
+        ``value`` (signed activation), ``ratio_to_median``, ``kind`` (``massive`` or ``outlier_feature``,
+        :func:`classify`). ``df.attrs`` holds ``n_samples``, ``n_tokens``, ``n_layers``, ``threshold``,
+        ``ratio``, ``outlier_share``.
 
     Raises:
         ValueError: neither or both of ``samples`` and ``forward_inputs``.
@@ -143,15 +160,68 @@ def massive_activations(lm: LoadedModel, samples: torch.Tensor | None = None, th
                 for (b, p, d), v, r in zip(idx.tolist(), val.tolist(), rel.tolist()):
                     row_ids = ids[b].tolist() if ids is not None else None
                     rows.append({"sample": offset + b, "layer": layer, "pos": p, "dim": d,
-                                 "token": _token_text(lm.tokenizer, row_ids, p), "value": v, "ratio_to_median": r})
+                                 "token": _token_text(lm.tokenizer, row_ids, p), "value": v, "ratio_to_median": r,
+                                 "kind": "massive"})
             if ids is not None:
                 nb = ids.shape[0]
             elif "inputs_embeds" in kw:
                 nb = kw["inputs_embeds"].shape[0]
             offset += nb
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs.update(n_samples=offset, n_layers=lm.spec.n_layers, threshold=threshold, ratio=ratio)
+    df.attrs.update(n_samples=offset, n_layers=lm.spec.n_layers, threshold=threshold, ratio=ratio, n_tokens=rec.tokens)
+    return classify(df, rec.tokens, outlier_share)
+
+
+def classify(df: pd.DataFrame, n_tokens: int | None = None, outlier_share: float = OUTLIER_SHARE) -> pd.DataFrame:
+    """Label every entry ``massive`` or ``outlier_feature`` by the token-share rule (module docstring).
+
+    Args:
+        df: entries found by :func:`massive_activations` (columns as :data:`COLUMNS`; ``kind`` is overwritten).
+        n_tokens: tokens seen (all samples and positions); default ``df.attrs["n_tokens"]``.
+        outlier_share: a (layer, dim) passing the criterion on at least this share of the tokens is an outlier
+            feature (default :data:`OUTLIER_SHARE`).
+    Returns:
+        the same DataFrame with ``kind`` set and ``df.attrs["outlier_share"]``.
+    Raises:
+        ValueError: no token count to compute shares with.
+    """
+    n_tokens = n_tokens if n_tokens is not None else df.attrs.get("n_tokens")
+    if not n_tokens:
+        if df.empty:
+            n_tokens = 1
+        else:
+            raise ValueError("classify needs the number of tokens seen (n_tokens, or df.attrs['n_tokens'])")
+    df = df.copy()
+    share = df.groupby(["layer", "dim"])["pos"].transform("size") / n_tokens
+    df["kind"] = ["outlier_feature" if s >= outlier_share else "massive" for s in share]
+    df.attrs.update(n_tokens=n_tokens, outlier_share=outlier_share)
     return df
+
+
+def _massive_only(df: pd.DataFrame) -> pd.DataFrame:
+    """The entries labelled ``massive`` (all entries of a DataFrame without a ``kind`` column)."""
+    return df[df["kind"] == "massive"] if "kind" in df.columns else df
+
+
+def outlier_features(df: pd.DataFrame) -> pd.DataFrame:
+    """The outlier feature dimensions (entries labelled ``outlier_feature``), one row per (layer, dim).
+
+    Returns:
+        DataFrame (layer, dim, token_share, entries, samples, median_abs_value, max_abs_value, top_tokens),
+        ``token_share`` the fraction of all tokens on which the entry passes the criterion, ``top_tokens``
+        the five most frequent tokens; sorted by dim, then layer.
+    """
+    cols = ["layer", "dim", "token_share", "entries", "samples", "median_abs_value", "max_abs_value", "top_tokens"]
+    sub = df[df["kind"] == "outlier_feature"] if "kind" in df.columns else df.iloc[:0]
+    if sub.empty:
+        return pd.DataFrame(columns=cols)
+    n_tokens = df.attrs.get("n_tokens") or 1
+    out = sub.groupby(["layer", "dim"]).agg(
+        entries=("pos", "size"), samples=("sample", "nunique"),
+        median_abs_value=("value", lambda v: float(v.abs().median())), max_abs_value=("value", lambda v: float(v.abs().max())),
+        top_tokens=("token", lambda t: list(t.value_counts().index[:5]))).reset_index()
+    out["token_share"] = out["entries"] / n_tokens
+    return out[cols].sort_values(["dim", "layer"]).reset_index(drop=True)
 
 
 def massive_dims(df: pd.DataFrame, min_fraction: float = 0.5) -> list[int]:
@@ -163,28 +233,32 @@ def massive_dims(df: pd.DataFrame, min_fraction: float = 0.5) -> list[int]:
     Returns:
         dims sorted by how many samples carry them (most first).
     """
+    n = df.attrs.get("n_samples") or df["sample"].nunique()
+    df = _massive_only(df)
     if df.empty:
         return []
-    n = df.attrs.get("n_samples") or df["sample"].nunique()
     per_dim = df.groupby("dim")["sample"].nunique().sort_values(ascending=False)
     return [int(d) for d, c in per_dim.items() if c / n >= min_fraction]
 
 
 def onset_layer(df: pd.DataFrame, dims: Iterable[int] | None = None, min_fraction: float = 0.5) -> int | None:
     """First layer whose residual stream carries massive entries (on ``dims``) in >= ``min_fraction`` of samples."""
+    n = df.attrs.get("n_samples") or df["sample"].nunique()
+    df = _massive_only(df)
     if df.empty:
         return None
     sub = df if dims is None else df[df["dim"].isin(list(dims))]
-    n = df.attrs.get("n_samples") or df["sample"].nunique()
     per_layer = sub.groupby("layer")["sample"].nunique()
     ok = [int(layer) for layer, c in per_layer.items() if c / n >= min_fraction]
     return min(ok) if ok else None
 
 
 def layer_summary(df: pd.DataFrame, n_layers: int | None = None) -> pd.DataFrame:
-    """Per layer: samples with massive entries (share), entries, largest |value|, median ratio, dims seen."""
+    """Per layer: samples with massive entries (share), entries, largest |value|, median ratio, dims seen
+    (massive entries only; outlier features are in :func:`outlier_features`)."""
     n = df.attrs.get("n_samples") or max(1, df["sample"].nunique())
     L = n_layers if n_layers is not None else df.attrs.get("n_layers", int(df["layer"].max()) if len(df) else 0)
+    df = _massive_only(df)
     out = []
     for layer in range(L + 1):
         sub = df[df["layer"] == layer]
@@ -201,6 +275,7 @@ def token_summary(df: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
     Args:
         layer: restrict to one layer (default: the layer with the most entries).
     """
+    df = _massive_only(df)
     if df.empty:
         return pd.DataFrame(columns=["token", "dim", "count", "mean_value", "mean_ratio", "positions"])
     if layer is None:
@@ -215,8 +290,9 @@ def token_summary(df: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
 def massive_means(df: pd.DataFrame, layer: int) -> dict[int, float]:
     """Mean signed value of the massive entries of each dim at ``layer`` (Sun et al.'s "set to mean").
 
-    A dim found massive only at other layers gets its mean over all layers.
+    A dim found massive only at other layers gets its mean over all layers. Massive entries only.
     """
+    df = _massive_only(df)
     means = {int(d): float(v) for d, v in df.groupby("dim")["value"].mean().items()}
     sub = df[df["layer"] == layer]
     means.update({int(d): float(v) for d, v in sub.groupby("dim")["value"].mean().items()})

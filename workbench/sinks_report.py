@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .census import CensusContext, CensusSection, register_section
-from .massive import intervention_perplexity, layer_summary, massive_activations, massive_dims, onset_layer
+from .massive import (OUTLIER_SHARE, intervention_perplexity, layer_summary, massive_activations, massive_dims,
+                      onset_layer, outlier_features)
 from .models import LoadedModel
 from .sinks import SINK_EPS, analyze_sinks, head_table, layer_profile, received_attention, sink_onset_layer, sink_rate
 from .text import token_windows, window_start
@@ -34,7 +35,10 @@ def profile_figure(profile: pd.DataFrame, massive_layers: pd.DataFrame | None = 
 
 
 def massive_records(df: pd.DataFrame) -> list[dict]:
-    """Massive activations grouped by (layer, dim, token): mean value, mean ratio to median, count of hits."""
+    """Massive activations grouped by (layer, dim, token): mean value, mean ratio to median, count of hits
+    (entries labelled ``massive`` only; outlier features are reported apart)."""
+    if "kind" in df.columns:
+        df = df[df["kind"] == "massive"]
     if df.empty:
         return []
     g = df.groupby(["layer", "dim", "token"]).agg(value=("value", "mean"), ratio_to_median=("ratio_to_median", "mean"),
@@ -54,6 +58,7 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
     Returns: the JSON object (keys ``window_start``, ``sink_rate_first_token`` (percent, ``short_len`` tokens),
     ``sink_rate_first_token_by_length``, ``profile``, ``massive_activations`` (objects with ``layer``,
     ``dim``, ``token``, ``value``, ``ratio_to_median``, ``count``), ``massive_dims``, ``massive_onset_layer``,
+    ``massive_rule``, ``outlier_features`` (rows of :func:`workbench.massive.outlier_features`), ``outlier_feature_dims``,
     ``massive_by_layer``, ``sink_onset_layer`` (first layer where over half the heads have s_0 > 0.3),
     ``perplexity`` (rows baseline / zero / mean), ``sink_tokens``, ``hidden_sink_heads``).
     """
@@ -81,6 +86,11 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         "massive_activations_short": massive_records(mdf_short),
         "massive_dims": dims,
         "massive_onset_layer": onset,
+        "massive_rule": (f"a (layer, dim) whose entries pass |x| > 100 and |x| > 1000 x median on at least "
+                         f"{OUTLIER_SHARE:.0%} of the tokens is an outlier feature (large on most tokens, Dettmers et al. "
+                         "2022), otherwise its entries are massive activations (Sun et al. 2024)"),
+        "outlier_features": outlier_features(mdf).to_dict(orient="records"),
+        "outlier_feature_dims": sorted({int(d) for d in outlier_features(mdf)["dim"]}),
         "sink_onset_layer": sink_onset_layer(an.profile),
         "massive_by_layer": mlayers.to_dict(orient="records"),
         "perplexity": ppl.to_dict(orient="records"),
@@ -101,8 +111,11 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         rates = ", ".join(f"{v:.1f}% at {k} tokens" for k, v in an.sink_rate_first_token.items())
         ptab = "".join(f"<tr><td>{r['intervention']}</td><td>{r['perplexity']:.3f}</td><td>{r['entries_edited']}</td></tr>"
                        for r in result["perplexity"])
+        outl = ", ".join(f"dim {r['dim']} at layer {r['layer']} ({r['token_share']:.0%} of tokens)"
+                         for r in result["outlier_features"]) or "none"
         intro = (f"Windows of pydoc_data.topics prose; {result['window_start']}. "
                  f"Sink_1^0.3 (first-token sink rate): {rates}. Massive dims {dims}, appearing entering layer {onset}; "
+                 f"outlier features (rule: {result['massive_rule']}): {outl}; "
                  f"first layer where over half the heads are first-token sinks: {result['sink_onset_layer']}. "
                  f"Perplexity on held-out prose ({n_ppl} x {ppl_len} tokens) with the massive entries entering layer {onset} "
                  f"kept / zeroed / set to their mean:</p><table border=1><tr><th>intervention</th><th>perplexity</th>"

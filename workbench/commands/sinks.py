@@ -49,7 +49,7 @@ def sinks(
     rates = ", ".join(f"{v:.1f}% at {k} tokens" for k, v in res["sink_rate_first_token_by_length"].items())
     ppl = "; ".join(f"{r['intervention']} {r['perplexity']:.2f}" for r in res["perplexity"])
     human = (f"{res['model']}: Sink_1^0.3 {rates} ({res['window_start']})\nmassive dims {res['massive_dims']} from layer "
-             f"{res['massive_onset_layer']}; first-token sinks in most heads from layer {res['sink_onset_layer']}; perplexity {ppl}\nfiles: {res.get('files', {})}")
+             f"{res['massive_onset_layer']}; outlier feature dims {res['outlier_feature_dims']}; first-token sinks in most heads from layer {res['sink_onset_layer']}; perplexity {ppl}\nfiles: {res.get('files', {})}")
     emit(res, as_json, human)
 
 

@@ -122,19 +122,21 @@ class ACTCalibration(HeadIntervention):
 
     def _fixed_mask(self, call: AttentionCall, head: int) -> torch.Tensor:
         b, nk = call.query.shape[0], call.key.shape[2]
-        idx = self.fixed[(call.layer, head)].to(call.device)
+        idx = self.fixed[(call.layer, head)].to(call.device) - int(call.key_start)  # positions -> call keys
         m = torch.zeros(b, nk, dtype=torch.bool, device=call.device)
-        m[:, idx[idx < nk]] = True
+        m[:, idx[(idx >= 0) & (idx < nk)]] = True
         return m
 
     def _stored(self, call: AttentionCall, head: int) -> torch.Tensor:
-        """The sink set detected in the last prefill, padded with False to this call's keys: (B, Nk)."""
+        """The sink set detected in the last prefill (over positions 0..N-1), read at this call's key positions
+        (a sliding-window cache holds only the last W keys) and False for keys decoded since: (B, Nk)."""
         b, nk = call.query.shape[0], call.key.shape[2]
         old = self.detected.get((call.layer, head))
         m = torch.zeros(b, nk, dtype=torch.bool, device=call.device)
         if old is not None and old.shape[0] == b:
-            n = min(nk, old.shape[1])
-            m[:, :n] = old[:, :n].to(call.device)
+            pos = call.key_positions
+            known = pos < old.shape[1]
+            m[:, known] = old[:, pos[known]].to(m.device)
         return m
 
     def _detect(self, call: AttentionCall, heads: list[int]) -> None:
