@@ -84,8 +84,7 @@ def test_bfloat16_no_worse_than_eager_bfloat16(arch, workdir):
 
 @pytest.mark.slow
 def test_smollm2_bfloat16_no_worse_than_eager_bfloat16(smollm2):
-    """The real model in bfloat16 on 256 tokens of pydoc prose, by the same criteria (and its patterns'
-    max error within 1e-2 of bfloat16 eager's: measured 0.204 vs 0.198, both in layer 12 of 30)."""
+    """The real model in bfloat16 on 256 tokens of pydoc prose, by the same criteria as the matrix."""
     from workbench.models import cache_dir
     from workbench.text import token_windows
 
@@ -93,7 +92,6 @@ def test_smollm2_bfloat16_no_worse_than_eager_bfloat16(smollm2):
     r = compare_checkpoint(cache_dir() / "smollm2-135m", torch.bfloat16,
                            {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     check_bfloat16(r, "smollm2-135m")
-    assert r["ours"]["pattern"] <= r["eager"]["pattern"] + 1e-2
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
