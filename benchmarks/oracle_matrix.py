@@ -23,7 +23,8 @@ import torch  # noqa: E402
 
 from workbench.oracle import ARCHITECTURES, compare  # noqa: E402
 
-COLUMNS = ("pattern", "row_sum", "received", "entropy", "top_key", "z", "resid_pre", "logits")
+COLUMNS = ("pattern", "row_sum", "received", "entropy", "top_key", "z", "resid_pre", "logits", "pattern_rms", "z_rms",
+           "logits_rms")
 
 
 def main(argv: list[str] | None = None) -> int:

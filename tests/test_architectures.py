@@ -49,15 +49,18 @@ def test_unsupported_architecture_refused_at_load_time(name, tmp_path):
     assert "\n" not in str(err.value) and "Llama" in str(err.value)  # one line, naming what does work
 
 
-def test_refused_before_the_weights_load(tmp_path, monkeypatch):
-    """An encoder-decoder is refused from its config alone: no model class is ever instantiated."""
+@pytest.mark.parametrize("name", ["t5", "bloom", "falcon-rope", "gpt2-cross-attention"])
+def test_refused_before_the_weights_load(name, tmp_path, monkeypatch):
+    """Encoder-decoder, ALiBi, own attention code and configured cross-attention are refused from the
+    config alone: no model class is ever instantiated."""
     import transformers
 
-    path = _save(_unsupported()["t5"][0](), tmp_path / "t5", seq2seq=True)
+    make, feature, seq2seq = _unsupported()[name]
+    path = _save(make(), tmp_path / name, seq2seq)
     called = []
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
-                        classmethod(lambda cls, *a, **k: called.append(a)))
-    with pytest.raises(UnsupportedArchitectureError, match="encoder-decoder"):
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoModelForImageTextToText):
+        monkeypatch.setattr(auto, "from_pretrained", classmethod(lambda cls, *a, **k: called.append(a)))
+    with pytest.raises(UnsupportedArchitectureError, match=feature):
         load_model(path)
     assert not called
 

@@ -45,3 +45,41 @@ def test_preset_loads_offline_with_gemma3_shapes(gemma3):
     finally:
         gemma3.model.set_attn_implementation("workbench")
     assert nll < 3.5, nll
+
+
+def gemma3_eager_check(lm, n_tokens: int = 700) -> dict:
+    """Max |tracer - eager| of patterns, received attention and logits over all 18 layers (15 sliding with a
+    512-token window, 3 global) at ``n_tokens`` tokens of real prose starting with <bos>."""
+    from workbench.text import token_windows
+    from workbench.tracer import Tracer
+
+    ids = token_windows(lm.tokenizer, n_tokens, 1)
+    tr = Tracer(lm, stats=("received",), pattern_window=(0, n_tokens)).run(ids)
+    with torch.no_grad():
+        ours = lm.model(ids).logits
+    lm.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = lm.model(ids, output_attentions=True)
+    finally:
+        lm.model.set_attn_implementation("workbench")
+    A = torch.stack([a[0] for a in out.attentions])[:, None]  # (L, 1, H, N, N)
+    seen = (A[:, :, :1] > 0).sum(3).clamp_min(1)  # queries that see each key (head 0 stands for all heads)
+    types = lm.model.config.layer_types
+    err = {}
+    for kind in ("sliding_attention", "full_attention"):
+        ls = [i for i, t in enumerate(types) if t == kind]
+        err[kind] = {"pattern": float((tr["pattern"][ls] - A[ls]).abs().max()),
+                     "received": float((tr["received"][ls] - A[ls].sum(3) / seen[ls]).abs().max())}
+    err["logits"] = float((ours - out.logits).abs().max())
+    err["window_hides_keys"] = bool((A[0, 0, :, -1, : n_tokens - 512] == 0).all())
+    return err
+
+
+@pytest.mark.slow
+def test_gemma3_patterns_and_received_equal_eager_at_700_tokens(gemma3):
+    err = gemma3_eager_check(gemma3, 700)
+    assert err["window_hides_keys"]  # the sliding layers really do mask keys 512+ back at this length
+    for kind in ("sliding_attention", "full_attention"):
+        assert err[kind]["pattern"] < 1e-4 and err[kind]["received"] < 1e-4, err
+    assert err["logits"] < 1e-2, err

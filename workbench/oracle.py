@@ -1,7 +1,7 @@
 """The oracle matrix: tiny random-weight models of every supported architecture, workbench vs eager.
 
 For each architecture in :data:`ARCHITECTURES` we build a two-layer model from a transformers config
-(no downloads), save it with a word-level tokenizer to a directory, and run a left-padded batch of two
+(no downloads), save it with a byte-level tokenizer to a directory, and run a left-padded batch of two
 24-token sequences (VLMs: with a small image in each) through
 
 * the workbench: :func:`workbench.load_model` and a :class:`~workbench.tracer.Tracer` recording the
@@ -21,7 +21,6 @@ measures transformers' own bfloat16 eager against the float32 eager reference, t
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, Callable
 
@@ -233,19 +232,10 @@ def run_eager(path: Path, dtype: torch.dtype, inputs: dict, device: str | torch.
 
 
 def load_workbench(path: Path, dtype: torch.dtype, device: str | torch.device = "cpu"):
-    """``load_model(path)`` in ``dtype`` on ``device`` (through load_model's dtype/device when it has them)."""
+    """``load_model(path, device=device, dtype=dtype)``."""
     from .models import load_model
 
-    params = inspect.signature(load_model).parameters
-    kw = {}
-    if "dtype" in params:
-        kw["dtype"] = dtype
-    if "device" in params:
-        kw["device"] = str(device)
-    lm = load_model(str(path), **kw)
-    if lm.model.dtype != dtype or lm.model.device.type != torch.device(device).type:
-        lm.model.to(device=device, dtype=dtype)
-    return lm
+    return load_model(str(path), device=str(device), dtype=dtype)
 
 
 def run_workbench(path: Path, dtype: torch.dtype, inputs: dict, device: str | torch.device = "cpu") -> dict:

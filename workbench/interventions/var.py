@@ -49,12 +49,11 @@ def var_output(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p:
         (output (B, Hq, Nq, D), selected (B, Hq, Nq) bool: the image-centric (head, query) pairs changed).
     """
     out = call.output
-    nq, dev = call.query.shape[2], call.query.device
-    sinks, image = sinks.to(dev), image.to(dev)
+    nq = call.query.shape[2]
+    sinks, image = sinks.to(call.device), image.to(call.device)
     s_idx = sinks.nonzero().reshape(-1)
     ip_idx = (image & ~sinks).nonzero().reshape(-1)
     none = torch.zeros(out.shape[:3], dtype=torch.bool, device=call.device)
-    sinks, image = sinks.to(call.device), image.to(call.device)
     if s_idx.numel() == 0 or ip_idx.numel() == 0:
         return out, none
     a_s_cols = call.probs(0, nq, keys=s_idx)  # (B, Hq, Nq, |S|)
