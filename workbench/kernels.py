@@ -144,7 +144,7 @@ def _cuda_flex(q, k, v, mask, scale, causal, softcap):
     from torch.nn.attention.flex_attention import flex_attention
 
     if _FLEX is None:
-        _FLEX = torch.compile(flex_attention, dynamic=False)
+        _FLEX = torch.compile(flex_attention)  # compiled: the uncompiled op materialises the scores
     nq, nk = q.shape[2], k.shape[2]
     off = nk - nq
     cap = float(softcap) if softcap is not None else None
@@ -159,8 +159,14 @@ def _cuda_flex(q, k, v, mask, scale, causal, softcap):
             score = torch.where(ki <= qi + off, score, -float("inf"))
         return score
 
-    out, lse = _FLEX(q, k, v, score_mod=score_mod, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
-                     return_lse=True)
+    gqa = q.shape[1] != k.shape[1]
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:  # older torch: the deprecated flag
+        out, lse = _FLEX(q, k, v, score_mod=score_mod, scale=scale, enable_gqa=gqa, return_lse=True)
+    else:
+        out, aux = _FLEX(q, k, v, score_mod=score_mod, scale=scale, enable_gqa=gqa, return_aux=AuxRequest(lse=True))
+        lse = aux.lse  # natural log (flex converts its base-2 statistics)
     return _hide_empty_rows(out, lse)
 
 
