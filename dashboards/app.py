@@ -203,6 +203,9 @@ with tab_census:
         st.info("Enter a census directory (reports/<model>/) or upload a per-head table in the sidebar.")
     else:
         st.subheader(f"Census: {census.path}")
+        from workbench.provenance import describe
+
+        st.caption("Provenance: " + describe(census.provenance))
         cols = census.score_columns()
         if cols:
             col = st.selectbox("Score", cols, key="census_score")
