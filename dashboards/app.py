@@ -126,7 +126,9 @@ else:
     trace = st.session_state.get("prompt_trace")
 
 st.sidebar.header("Census")
-default_census = ARGS.census or ("reports/smollm2-135m" if Path("reports/smollm2-135m").is_dir() else "")
+# your own run folder first, else the committed reference results (shown with their provenance either way)
+default_census = ARGS.census or next((d for d in ("runs/smollm2-135m", "reports/smollm2-135m")
+                                      if (Path(d) / "heads.parquet").exists()), "")
 cpath = st.sidebar.text_input("Census directory", value=default_census, key="census_path",
                               help="reports/<model>/ with heads.parquet and summary.json")
 census_upload = st.sidebar.file_uploader("or upload a per-head table", key="census_upload",
