@@ -227,6 +227,14 @@ def test_sweep_killed_midway_resumes_without_loss_or_redo(tiny_with_tok, tmp_pat
     third: list[str] = []
     run_sweep(lm, resume=True, on_test=lambda r: third.append(r["key"]), **kw)
     assert third == []
+    # resuming with another setting or grid is refused, naming the field, before any test runs
+    from workbench.jsonl import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match="max_new_tokens: 3 != 4"):
+        run_sweep(lm, resume=True, on_test=lambda r: third.append(r["key"]), **{**kw, "max_new_tokens": 4})
+    with pytest.raises(CheckpointMismatchError, match="lengths"):
+        run_sweep(lm, resume=True, on_test=lambda r: third.append(r["key"]), **{**kw, "lengths": [160]})
+    assert third == []
 
 
 # --- masking ------------------------------------------------------------------------------------
