@@ -231,7 +231,8 @@ with tab_census:
 with tab_iv:
     from workbench.interventions.registry import available_interventions, build_intervention
 
-    specs = available_interventions()
+    # every registered intervention that runs on a text prompt (VHR / VAR need an image input: `workbench hallucination`)
+    specs = {k: v for k, v in available_interventions().items() if v.scope != "vlm-input"}
     if lm is None:
         st.info("Load a model in the sidebar to run an intervention.")
     else:

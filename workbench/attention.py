@@ -197,9 +197,11 @@ def workbench_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     Returns (output (B, Nq, Hq, D), None); attention weights are never returned (use the tracer).
     """
     if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
-        raise NotImplementedError(
+        from .errors import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError(
             "workbench attention does not support soft-capping or sliding-window layers yet: "
-            "load this model with attn_implementation='eager' for now"
+            "use a model without them (Llama, Qwen2, SmolLM2, ...)"
         )
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
     mask = attention_mask

@@ -91,14 +91,9 @@ def intervention(lm: LoadedModel, inp, method: str):
     check_method(method)
     if method == "none":
         return contextlib.nullcontext()
-    if method == "vhr":
-        from .interventions.vhr import VisionAwareHeadReinforcement
+    from .interventions.registry import build_intervention
 
-        return VisionAwareHeadReinforcement.prepare(lm, inp).applied()
-    from .interventions.var import VisualAttentionRedistribution
-    from .vlm import image_positions
-
-    return VisualAttentionRedistribution(lm, image_positions(lm.model, inp.input_ids), _sink_dims(lm)).applied()
+    return build_intervention(method, lm, inp=inp).applied()  # "vhr" / "var" from the one registry
 
 
 @torch.no_grad()
