@@ -295,7 +295,8 @@ def intervention_tab(lm):
     """The Intervention tab (a fragment: its widgets rerun only this tab)."""
     from workbench.interventions.registry import available_interventions, build_intervention
 
-    specs = available_interventions()
+    # every registered intervention that runs on a text prompt (VHR / VAR need an image input: `workbench hallucination`)
+    specs = {k: v for k, v in available_interventions().items() if v.scope != "vlm-input"}
     if lm is None:
         st.info("Load a model in the sidebar to run an intervention.")
     else:

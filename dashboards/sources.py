@@ -22,6 +22,8 @@ from workbench.trace import Trace
 
 MAX_UPLOAD_MB = 256  # per file; also passed to Streamlit as server.maxUploadSize
 TABLE_SUFFIXES = (".parquet", ".csv", ".json")
+MAX_TABLE_ROWS = 1 << 20  # a per-head table of any real model is far smaller
+MAX_INDEX = 1 << 16  # layer and head numbers
 MASSIVE_COLUMNS = {"layer", "pos", "dim", "token", "value", "ratio_to_median"}
 NEEDLE_COLUMNS = {"length", "depth", "accuracy"}
 
@@ -79,6 +81,27 @@ def trace_head_table(trace: Trace, batch: int = 0) -> pd.DataFrame:
     for k, v in cols.items():
         rows[k] = v.reshape(-1).numpy()
     return pd.DataFrame(rows)
+
+
+def check_head_table(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Validate a per-head table before it is drawn: ``layer`` and ``head`` integer columns in 0..65535,
+    at most one row per (layer, head), at most :data:`MAX_TABLE_ROWS` rows (so every figure's cost is bounded).
+
+    Raises:
+        CensusDirError: the first problem, named.
+    """
+    if not {"layer", "head"} <= set(df.columns):
+        raise CensusDirError(f"{where} has columns {list(df.columns)[:8]}; a per-head table needs layer and head")
+    if len(df) > MAX_TABLE_ROWS:
+        raise CensusDirError(f"{where} has {len(df)} rows, over {MAX_TABLE_ROWS}: not a per-head table")
+    for col in ("layer", "head"):
+        if not pd.api.types.is_integer_dtype(df[col]):
+            raise CensusDirError(f"{where}: column {col!r} must hold integers, not {df[col].dtype}")
+        if len(df) and not (0 <= int(df[col].min()) and int(df[col].max()) < MAX_INDEX):
+            raise CensusDirError(f"{where}: column {col!r} must lie in 0..{MAX_INDEX - 1}")
+    if df.duplicated(["layer", "head"]).any():
+        raise CensusDirError(f"{where} lists a (layer, head) twice: one row per head")
+    return df
 
 
 def open_trace_dir(path: str | Path) -> Trace:
@@ -145,9 +168,7 @@ def open_census_dir(path: str | Path) -> Census:
     heads_path = next((d / f"heads{s}" for s in TABLE_SUFFIXES if (d / f"heads{s}").exists()), None)
     if heads_path is None:
         raise CensusDirError(f"{d} has no heads.parquet: write one with `workbench census`")
-    heads = read_table(heads_path)
-    if not {"layer", "head"} <= set(heads.columns):
-        raise CensusDirError(f"{heads_path} has no layer and head columns; it is not a per-head census table")
+    heads = check_head_table(read_table(heads_path), str(heads_path))
     summary = {}
     if (d / "summary.json").exists():
         try:
@@ -212,9 +233,11 @@ def parse_uploads(files: dict[str, bytes], max_mb: float = MAX_UPLOAD_MB) -> tup
         with tempfile.TemporaryDirectory(prefix="wb-upload-") as tmp:
             (Path(tmp) / "trace.json").write_bytes(files["trace.json"])
             (Path(tmp) / "arrays.safetensors").write_bytes(files[tensors[0]])
-            trace = Trace.load(tmp)
+            trace = Trace.load(tmp)  # validates metadata against the arrays (axis lengths, dtypes, sizes)
             # safetensors memory-maps; copy the arrays before the directory goes away
             trace.arrays = {k: v.clone() for k, v in trace.arrays.items()}
+        trace_summary(trace)  # what the page draws first, here inside the caller's error handler
+        trace_head_table(trace)
     for name, data in files.items():
         try:
             if name.endswith(".parquet"):
@@ -231,8 +254,11 @@ def parse_uploads(files: dict[str, bytes], max_mb: float = MAX_UPLOAD_MB) -> tup
                     raise ValueError("expected a JSON list of records or an object")
         except Exception as err:
             raise UploadError(f"cannot read {name}: {err}") from None
-    if table is not None and not {"layer", "head"} <= set(table.columns):
-        raise UploadError(f"the uploaded table has columns {list(table.columns)[:8]}; a per-head table needs layer and head")
+    if table is not None:
+        try:
+            check_head_table(table, "the uploaded table")
+        except CensusDirError as err:
+            raise UploadError(str(err)) from None
     return trace, table, summary
 
 

@@ -117,11 +117,12 @@ def _ids(n, vocab, seed=1, b=1):
     return torch.randint(3, vocab, (b, n), generator=g)
 
 
+@pytest.mark.parametrize("stable_above", [0.0, 2.0])  # 0: always the second kernel call; 2: always out - sum_S
 @pytest.mark.parametrize("fixed", [False, True])
-def test_closed_form_equals_eager_tiny(tiny_lm, fixed):
+def test_closed_form_equals_eager_tiny(tiny_lm, fixed, stable_above):
     heads = [(0, 1), (1, 0), (1, 3)]
     sinks = {(0, 1): [3, 7], (1, 0): [1], (1, 3): [0, 5, 20]} if fixed else None
-    act = ACTCalibration(heads, beta=0.4, sinks=sinks, threshold=0.05)
+    act = ACTCalibration(heads, beta=0.4, sinks=sinks, threshold=0.05, stable_above=stable_above)
     oracle = EagerACT(act)
     with torch.no_grad(), attention_hooks(oracle):
         tiny_lm.model(_ids(40, 97, b=2), use_cache=False)
@@ -130,8 +131,9 @@ def test_closed_form_equals_eager_tiny(tiny_lm, fixed):
     assert oracle.changed > 1e-4  # the calibration did something
 
 
-def test_closed_form_equals_eager_during_generate(tiny_lm):
-    act = ACTCalibration([(0, 0), (1, 2)], beta=0.4, threshold=0.05)
+@pytest.mark.parametrize("stable_above", [0.0, 2.0])
+def test_closed_form_equals_eager_during_generate(tiny_lm, stable_above):
+    act = ACTCalibration([(0, 0), (1, 2)], beta=0.4, threshold=0.05, stable_above=stable_above)
     oracle = EagerACT(act)
     with torch.no_grad(), attention_hooks(oracle):
         tiny_lm.model.generate(_ids(24, 97), max_new_tokens=5, do_sample=False, pad_token_id=0)

@@ -185,14 +185,16 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
 
     Raises:
         ContextTooLongError: ``seq_len`` exceeds the context window.
-        ValueError: unknown section name.
+        WorkbenchError: unknown section name.
     """
     lm.spec.check_length(seq_len)
     load_sections()
     names = list(SECTIONS) if sections is None else sections
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
-        raise ValueError(f"unknown census sections {unknown}; available: {list(SECTIONS)}")
+        from .errors import WorkbenchError
+
+        raise WorkbenchError(f"unknown census sections {unknown}: choose from {', '.join(SECTIONS)}")
     samples = token_windows(lm.tokenizer, seq_len, n_samples)
     from .runs import model_dir
 

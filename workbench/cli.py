@@ -16,8 +16,9 @@ import typer
 
 from .errors import WorkbenchError
 from .runs import DEFAULT_ROOT, run_dir
+from .files import read_text_file  # noqa: F401  (re-exported for command modules)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attention-head workbench: sinks, retrieval heads, vision-aware heads, interventions.")
 
 # every command that loads a model takes these two (see workbench.models.load_model)
@@ -38,24 +39,50 @@ def parse_indices(spec: str | None, n: int, what: str) -> list[int] | None:
     """Parse ``"all"``, ``"3"``, ``"0,2,5-7"`` into indices below ``n`` (None for all).
 
     Raises:
+        WorkbenchError: malformed (e.g. ``x``, ``1-``, ``-1``) or empty.
         HeadIndexError: an index is out of range.
     """
+    import re
+
     from .errors import HeadIndexError
 
-    if spec is None or spec == "all":
+    if spec is None or spec.strip() == "all":
         return None
     out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out += list(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise WorkbenchError(f"cannot read --{what}s {spec!r}: give indices 0..{n - 1} like 0,3,5-7 (or all)")
+        out += list(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
     bad = [i for i in out if not 0 <= i < n]
     if bad:
         raise HeadIndexError(f"{what} {bad[0]} is out of range: the model has {what}s 0..{n - 1}")
     return out
+
+
+def check_prompt(text: str, what: str = "prompt") -> str:
+    """Raise WorkbenchError if ``text`` is empty or only whitespace; returns it."""
+    if not text.strip():
+        raise WorkbenchError(f"the {what} is empty: give some text (--prompt TEXT or --file PATH)")
+    return text
+
+
+def parse_window(spec: str, n_tokens: int) -> tuple[int, int]:
+    """Parse ``START:STOP`` into a query window inside a prompt of ``n_tokens`` (STOP capped at it).
+
+    Raises:
+        WorkbenchError: malformed, empty, or starting past the prompt.
+    """
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)
+    if not m or int(m.group(1)) >= int(m.group(2)):
+        raise WorkbenchError(f"cannot read --window {spec!r}: give START:STOP query positions with START < STOP, e.g. 0:64")
+    a, b = int(m.group(1)), int(m.group(2))
+    if a >= n_tokens:
+        raise WorkbenchError(f"--window {spec} starts past the prompt's {n_tokens} tokens: choose START < {n_tokens}")
+    return a, min(b, n_tokens)
 
 
 @app.command()
@@ -80,7 +107,7 @@ def trace(
     z: bool = typer.Option(False, "--z", help="record head outputs z"),
     resid: bool = typer.Option(False, "--resid", help="record the residual stream entering each layer"),
     chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the chat template"),
-    budget_mb: float = typer.Option(2048, help="memory budget for attention maps, MiB"),
+    budget_mb: float = typer.Option(2048, min=1, help="memory budget for attention maps, MiB"),
     stats: str = typer.Option("received,entropy,distance,top_key,top_prob",
                               help="statistics to record, comma-separated"),
     sample_rows: Optional[int] = typer.Option(
@@ -97,9 +124,9 @@ def trace(
 
     if (prompt is None) == (file is None):
         raise WorkbenchError("give exactly one of --prompt TEXT or --file PATH")
-    if file is not None and not file.exists():
-        raise WorkbenchError(f"prompt file {file} does not exist")
-    text = prompt if prompt is not None else file.read_text()
+    text = check_prompt(prompt if prompt is not None else read_text_file(file, "prompt file"))
+    if html is not None and window is None:
+        raise WorkbenchError("--html needs --window START:STOP: the plot shows the attention maps of that window")
     chosen = tuple(x.strip() for x in stats.split(",") if x.strip())
     if set(chosen) - set(ALL_STATS):
         raise WorkbenchError(f"unknown statistics {sorted(set(chosen) - set(ALL_STATS))}: choose from {', '.join(ALL_STATS)}")
@@ -112,10 +139,9 @@ def trace(
     n_tok = int(ids.shape[1])
     notes: list[str] = []
     win = None
-    if window:
-        a, b = window.split(":")
-        win = (int(a), min(int(b), n_tok))
-        if int(b) > n_tok:
+    if window is not None:
+        win = parse_window(window, n_tok)  # malformed or past the prompt: a one-line error
+        if win[1] < int(window.split(":")[1]):
             notes.append(f"--window {window} clipped to {win[0]}:{win[1]} (the prompt has {n_tok} tokens)")
     elif html is not None:
         win = (max(0, n_tok - HTML_DEFAULT_QUERIES), n_tok)
@@ -186,8 +212,8 @@ def write_trace_html(t, model: str, path: Path, notes: list[str], provenance: di
 @app.command()
 def census(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
-    samples: int = typer.Option(8, help="number of text windows"),
-    seq_len: int = typer.Option(512, help="tokens per window"),
+    samples: int = typer.Option(8, min=1, help="number of text windows"),
+    seq_len: int = typer.Option(512, min=1, help="tokens per window"),
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (the census is written in ROOT/<model>/)"),
     sections: Optional[str] = typer.Option(None, help="comma-separated sections (default all)"),
     retrieval_from: Optional[Path] = typer.Option(
@@ -256,28 +282,52 @@ def _load_commands() -> None:
         importlib.import_module(mod)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _usage_line(err: Exception) -> str:
+    """A click/typer usage error as one line: the problem, then where to look for the fix."""
+    ctx = getattr(err, "ctx", None)
+    path = "workbench"
+    if ctx is not None and getattr(ctx, "command_path", None):
+        path = "workbench" + ctx.command_path.split("cli", 1)[-1] if "python" in ctx.command_path else ctx.command_path
+    msg = _one_line(err.format_message()).rstrip(".")
+    return f"error: {msg}: see `{path} --help`"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the typer app, turning WorkbenchError into a one-line message and exit 2."""
+    """Entry point: run the typer app; bad input (a :class:`WorkbenchError` or a usage error) prints one
+    ``error: ...`` line on stderr and returns 2, never a traceback. Unexpected exceptions print one line
+    too and return 1 (set ``WORKBENCH_TRACEBACK=1`` to see the traceback)."""
+    import os
+
     _load_commands()
     # command modules register on workbench.cli.app; under `python -m workbench.cli` this module is __main__
     from workbench.cli import app as registered_app
 
     try:
-        registered_app(args=argv, standalone_mode=False)
+        registered_app(args=argv, standalone_mode=False, prog_name="workbench")
     except WorkbenchError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {_one_line(err)}", err=True)
         return 2
-    except (typer.Exit,) as e:
+    except typer.Exit as e:
         return e.exit_code
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        return 1
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        return 130
+    except Exception as err:
+        if hasattr(err, "format_message") and hasattr(err, "exit_code"):  # click / typer usage errors
+            typer.echo(_usage_line(err), err=True)
             return 2
-        if isinstance(err, click.exceptions.Abort):
-            return 1
-        raise
+        if os.environ.get("WORKBENCH_TRACEBACK"):
+            raise
+        typer.echo(f"error: internal error {type(err).__name__}: {_one_line(err)[:300]} (a bug: please report it; "
+                   "WORKBENCH_TRACEBACK=1 shows the traceback)", err=True)
+        return 1
     return 0
 
 

@@ -113,14 +113,9 @@ def intervention(lm: LoadedModel, inp, method: str, params: dict | None = None):
     kw = method_params(method, params)
     if method == "none":
         return contextlib.nullcontext()
-    if method == "vhr":
-        from .interventions.vhr import VisionAwareHeadReinforcement
+    from .interventions.registry import build_intervention
 
-        return VisionAwareHeadReinforcement.prepare(lm, inp, alpha=kw["alpha"]).applied()
-    from .interventions.var import VisualAttentionRedistribution
-    from .vlm import image_positions
-
-    return VisualAttentionRedistribution(lm, image_positions(lm.model, inp.input_ids), _sink_dims(lm), **kw).applied()
+    return build_intervention(method, lm, inp=inp, **kw).applied()  # "vhr" / "var" from the one registry
 
 
 @torch.no_grad()

@@ -360,10 +360,49 @@ class MassiveActivationEdit:
             self._handle.remove()
             self._handle = None
 
+    def validate(self, spec) -> "MassiveActivationEdit":
+        """Check the layer against the model (HeadIndexError). Returns self."""
+        spec.check_head(self.layer)
+        return self
+
     @contextlib.contextmanager
     def applied(self) -> Iterator["MassiveActivationEdit"]:
         with self:
             yield self
+
+
+def _build_edit(lm: LoadedModel, heads, mode: str = "zero", samples: int = 4) -> MassiveActivationEdit:
+    """The edit at the onset layer of the massive dims found on ``samples`` 256-token windows of prose.
+
+    Raises:
+        WorkbenchError: the model shows no massive activations on that text.
+    """
+    from .errors import WorkbenchError
+    from .text import token_windows
+
+    df = massive_activations(lm, token_windows(lm.tokenizer, min(256, lm.spec.context_window or 256), int(samples)),
+                             progress=False)
+    dims = massive_dims(df)
+    layer = onset_layer(df, dims)
+    if not dims or layer is None:
+        raise WorkbenchError(f"{lm.spec.name} shows no massive activations on prose, so there is nothing to edit")
+    return MassiveActivationEdit(lm, layer, dims, mode, massive_means(df, layer))
+
+
+def _register() -> None:
+    """The massive-activation edit in the intervention registry (residual stream, no heads)."""
+    from .interventions.registry import InterventionSpec, Param, register_intervention
+
+    register_intervention(InterventionSpec(
+        "massive activation edit",
+        "Sun et al. 2024: set the massive residual entries at their onset layer to zero or their mean (heads unused)",
+        _build_edit,
+        (Param("mode", "choice", "zero", ("zero", "mean"), help="zero: 0; mean: their mean over prose"),
+         Param("samples", "int", 4, low=1, high=32, help="256-token windows of prose used to find them")),
+        scope="residual"))
+
+
+_register()
 
 
 def intervention_perplexity(lm: LoadedModel, df: pd.DataFrame, heldout: torch.Tensor, dims: Iterable[int] | None = None,

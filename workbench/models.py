@@ -115,7 +115,7 @@ class ModelSpec:
         if not allow_longer and self.context_window and n_tokens > self.context_window:
             raise ContextTooLongError(
                 f"prompt is {n_tokens} tokens but {self.name} has a {self.context_window}-token context "
-                "window: shorten the prompt (or pass allow_longer=True / --allow-longer to run past it)"
+                "window: shorten the prompt or the requested length (from Python, allow_longer=True runs past it)"
             )
 
 

@@ -3,8 +3,10 @@
 ``pydoc-cloze``: each question is a window of ``context_tokens`` consecutive tokens of prose followed by
 the blank, the next token, chosen where it is a whole word of at least four characters (a token that
 starts with a space, is alphabetic, and is followed by a new word or punctuation). The choices are the
-true word and ``n_choices - 1`` distractors drawn uniformly from the other whole-word tokens that occur
-at least twice in the same split. The model answers with the choice whose token has the highest
+true word and ``n_choices - 1`` distractors drawn uniformly from the other whole-word tokens of the
+question's own context window (so a distractor is always a word the model has just read, which makes
+copying the context no help); only when the window has too few such words is the rest drawn from the
+whole-word tokens that occur at least twice in the same split. The model answers with the choice whose token has the highest
 next-token log-probability (one forward pass per question; no generation). Questions of the ``train``
 split calibrate, those of the ``heldout`` split evaluate (:mod:`workbench.text` splits by paragraph, so
 the two never share text). Chance accuracy is 1 / n_choices.

@@ -38,6 +38,17 @@ from safetensors.torch import load_file, save_file
 from .errors import HeadIndexError, TraceFileError
 
 FORMAT = "workbench-trace/1"
+# the axes of each known array (``mass.<set>`` shares ``entropy``'s); loading checks a file against them
+KNOWN_DIMS = {
+    "pattern": ("layer", "batch", "head", "query", "key"), "received": ("layer", "batch", "head", "key"),
+    "received_bound": ("layer", "batch", "key"), "entropy": ("layer", "batch", "head", "query"),
+    "distance": ("layer", "batch", "head", "query"), "top_key": ("layer", "batch", "head", "query"),
+    "top_prob": ("layer", "batch", "head", "query"), "z": ("layer", "batch", "query", "head", "d_head"),
+    "resid_pre": ("layer", "batch", "pos", "d_model"), "tokens": ("batch", "pos"),
+}
+INTEGER_ARRAYS = ("top_key", "tokens")
+MAX_META_BYTES = 64 << 20  # trace.json (token strings included)
+MAX_INDEX = 1 << 16  # no model has more layers or heads than this
 _HOOK = re.compile(r"^blocks\.(\d+)\.(attn\.hook_pattern|attn\.hook_z|hook_resid_pre)$")
 _HOOK_ARRAY = {"attn.hook_pattern": "pattern", "attn.hook_z": "z", "hook_resid_pre": "resid_pre"}
 
@@ -134,12 +145,15 @@ class Trace:
         """Read a trace written by :meth:`save`.
 
         Raises:
-            TraceFileError: files missing, not JSON / safetensors, or arrays and axis names disagree.
+            TraceFileError: files missing, not JSON / safetensors, or the arrays disagree with their axis names
+                or the metadata (axis lengths vs ``layers`` / ``heads``, dtypes, batch sizes, token strings).
         """
         d = Path(directory)
         meta_path, arr_path = d / "trace.json", d / "arrays.safetensors"
         if not meta_path.exists() or not arr_path.exists():
             raise TraceFileError(f"{d} is not a trace directory: it needs trace.json and arrays.safetensors (write one with `workbench trace`)")
+        if meta_path.stat().st_size > MAX_META_BYTES:
+            raise TraceFileError(f"{meta_path} is over {MAX_META_BYTES >> 20} MiB: not a workbench trace's metadata")
         try:
             doc = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -150,13 +164,70 @@ class Trace:
             arrays = load_file(str(arr_path))
         except (SafetensorError, OSError, ValueError) as err:
             raise TraceFileError(f"corrupt trace file {arr_path}: {err}; re-create the trace") from None
-        dims = {k: tuple(v) for k, v in doc.get("dims", {}).items()}
+        raw_dims = doc.get("dims", {})
+        if not isinstance(raw_dims, dict) or not all(isinstance(v, list) and all(isinstance(a, str) for a in v)
+                                                     for v in raw_dims.values()):
+            raise TraceFileError(f"corrupt trace in {d}: `dims` must map array names to lists of axis names; re-create the trace")
+        dims = {k: tuple(v) for k, v in raw_dims.items()}
         if set(dims) != set(arrays):
             raise TraceFileError(f"corrupt trace in {d}: arrays {sorted(arrays)} do not match axis names {sorted(dims)}")
-        for k, v in arrays.items():
-            if v.dim() != len(dims[k]):
-                raise TraceFileError(f"corrupt trace in {d}: array {k!r} has {v.dim()} dimensions, axis names say {len(dims[k])}")
-        return cls(arrays=arrays, dims=dims, meta=doc.get("meta", {}))
+        meta = doc.get("meta", {})
+        _validate(d, arrays, dims, meta)
+        return cls(arrays=arrays, dims=dims, meta=meta)
+
+
+def _validate(d: Path, arrays: dict[str, torch.Tensor], dims: dict[str, tuple[str, ...]], meta) -> None:
+    """Check a loaded trace before anything uses it: every array's axes, dtype and lengths agree with the
+    metadata (layers, heads, batch, token strings), so no later step sizes its work by an unchecked number.
+
+    Raises:
+        TraceFileError: the first disagreement, named.
+    """
+    def bad(msg: str) -> TraceFileError:
+        return TraceFileError(f"corrupt trace in {d}: {msg}; re-create the trace with `workbench trace`")
+
+    if not isinstance(meta, dict):
+        raise bad("`meta` is not a JSON object")
+    for key in ("layers", "heads"):
+        v = meta.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_INDEX
+                                              for i in v):
+            raise bad(f"meta.{key} must be a list of indices 0..{MAX_INDEX - 1}")
+        if len(set(v)) != len(v):
+            raise bad(f"meta.{key} lists an index twice")
+    for key in ("n_layers", "n_heads", "query_start", "rows_from"):
+        v = meta.get(key, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_INDEX * 16:
+            raise bad(f"meta.{key} = {v!r} is not a small non-negative integer")
+    for key, n_key in (("layers", "n_layers"), ("heads", "n_heads")):
+        if meta.get(n_key) and any(i >= meta[n_key] for i in meta.get(key, [])):
+            raise bad(f"meta.{key} lists an index >= meta.{n_key} = {meta[n_key]}")
+    axis_len = {"layer": len(meta.get("layers", [])), "head": len(meta.get("heads", []))}
+    for name, t in arrays.items():
+        want = KNOWN_DIMS.get("entropy" if name.startswith("mass.") else name)
+        if want is not None and dims[name] != want:
+            raise bad(f"array {name!r} has axes {list(dims[name])}, expected {list(want)}")
+        if t.dim() != len(dims[name]):
+            raise bad(f"array {name!r} has {t.dim()} dimensions, axis names say {len(dims[name])}")
+        integer = name in INTEGER_ARRAYS
+        if integer and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+            raise bad(f"array {name!r} must hold integers, not {t.dtype}")
+        if not integer and not t.is_floating_point():
+            raise bad(f"array {name!r} must hold floats, not {t.dtype}")
+        for axis, n in zip(dims[name], t.shape):
+            if axis in ("layer", "head") and n != axis_len[axis]:
+                raise bad(f"array {name!r} has {n} entries along {axis!r} but meta lists {axis_len[axis]} {axis}s")
+    # (received_bound may have batch 1 for an unpadded batch: it broadcasts)
+    batches = {int(t.shape[dims[k].index("batch")]) for k, t in arrays.items() if "batch" in dims[k] and k != "received_bound"}
+    if len(batches) > 1:
+        raise bad(f"arrays disagree on the batch size ({sorted(batches)})")
+    strings = meta.get("token_strings")
+    if strings is not None:
+        if not isinstance(strings, list) or not all(isinstance(r, list) and all(isinstance(x, str) for x in r)
+                                                    for r in strings):
+            raise bad("meta.token_strings must be a list of lists of strings")
+        if "tokens" in arrays and [len(r) for r in strings] != [arrays["tokens"].shape[1]] * arrays["tokens"].shape[0]:
+            raise bad("meta.token_strings does not match the tokens array's shape")
 
 
 def _json_default(o):

@@ -18,12 +18,12 @@ def _model_dir(out: Path | None, model_name: str) -> Path:
 @app.command()
 def heads(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
-    samples: int = typer.Option(4, help="real-text windows for the previous-token score"),
-    seq_len: int = typer.Option(256, help="tokens per text window"),
-    random_seqs: int = typer.Option(4, "--random", help="repeated random sequences for duplicate/induction scores"),
-    half_len: int = typer.Option(128, help="length of the random block (each sequence is 2 x this)"),
+    samples: int = typer.Option(4, min=1, help="real-text windows for the previous-token score"),
+    seq_len: int = typer.Option(256, min=1, help="tokens per text window"),
+    random_seqs: int = typer.Option(4, "--random", min=1, help="repeated random sequences for duplicate/induction scores"),
+    half_len: int = typer.Option(128, min=1, help="length of the random block (each sequence is 2 x this)"),
     seed: int = typer.Option(0, help="seed of the random tokens"),
-    top: int = typer.Option(5, help="top heads listed per type"),
+    top: int = typer.Option(5, min=1, help="top heads listed per type"),
     out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/head_types.parquet and .csv)"),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
@@ -61,11 +61,11 @@ def heads(
 def patch(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
     task: str = typer.Option("ioi", help="ioi, colored_objects, or both (then the circuits' overlap is reported)"),
-    n: int = typer.Option(32, help="prompt pairs per task"),
+    n: int = typer.Option(32, min=1, help="prompt pairs per task"),
     seed: int = typer.Option(0, help="seed of the prompt generator"),
-    k: int = typer.Option(5, help="heads per circuit stage"),
-    stages: int = typer.Option(2, help="circuit stages (1: heads writing to the logits)"),
-    overlap_k: int = typer.Option(10, help="top-k heads compared for the overlap"),
+    k: int = typer.Option(5, min=1, help="heads per circuit stage"),
+    stages: int = typer.Option(2, min=1, help="circuit stages (1: heads writing to the logits)"),
+    overlap_k: int = typer.Option(10, min=1, help="top-k heads compared for the overlap"),
     activation: bool = typer.Option(True, help="also run activation patching of every head"),
     out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/circuits/ and circuits.html)"),
     device: str = DEVICE_OPTION,
@@ -78,7 +78,11 @@ def patch(
     from ..models import load_model
     from ..viz import layer_head_heatmap, write_html
 
+    from ..errors import WorkbenchError
+
     names = ["ioi", "colored_objects"] if task == "both" else [task]
+    if not set(names) <= {"ioi", "colored_objects"}:
+        raise WorkbenchError(f"unknown task {task!r}: use ioi, colored_objects or both")
     lm = load_model(model, device=device, dtype=dtype)
     d = _model_dir(out, lm.spec.name) / "circuits"
     from ..provenance import collect, write_json, write_parquet

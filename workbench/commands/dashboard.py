@@ -42,7 +42,7 @@ def dashboard_command(port: int = 8501, headless: bool = False, address: str = "
 
 @app.command()
 def dashboard(
-    port: int = typer.Option(8501, help="port to serve on"),
+    port: int = typer.Option(8501, min=1, max=65535, help="port to serve on"),
     headless: bool = typer.Option(False, "--headless", help="do not open a browser"),
     address: str = typer.Option("127.0.0.1", help="address to bind (default: this machine only)"),
     trace: Optional[Path] = typer.Option(None, help="open this saved trace directory"),
@@ -51,8 +51,18 @@ def dashboard(
 ) -> None:
     """Start the Streamlit dashboard: browse heads of a trace, census tables, interventions."""
     for p, what in ((trace, "trace"), (census, "census")):
+        if p is not None and not p.exists():
+            raise WorkbenchError(f"--{what} {p} does not exist: give a {what} directory")
         if p is not None and not p.is_dir():
-            raise WorkbenchError(f"--{what} {p} is not a directory")
+            raise WorkbenchError(f"--{what} {p} is not a directory: give the {what} directory, not a file in it")
+    if model:
+        from ..errors import UnknownModelError
+        from ..models import PRESETS, load_preset_modules
+
+        load_preset_modules()
+        if model not in PRESETS and not Path(model).expanduser().is_dir():
+            raise UnknownModelError(f"unknown model {model!r}: --model preselects a preset ({', '.join(sorted(PRESETS))}) "
+                                    "or a local checkpoint directory")
     cmd = dashboard_command(port, headless, address, trace, census, model)
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])

@@ -17,8 +17,8 @@ def probe(
     layer: int = typer.Option(10, help="layer whose residual stream / head output is probed"),
     site: str = typer.Option("resid_pre", help="resid_pre or z"),
     head: Optional[int] = typer.Option(None, help="head, for --site z"),
-    n: int = typer.Option(24, help="sequences"),
-    seq_len: int = typer.Option(128, help="tokens per sequence"),
+    n: int = typer.Option(24, min=1, help="sequences"),
+    seq_len: int = typer.Option(128, min=1, help="tokens per sequence"),
     threshold: float = typer.Option(0.1, help="sink: head-mean received attention above which a key is a sink"),
     seed: int = typer.Option(0, help="split / control-task seed"),
     out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/probes/<task>_L<layer>_<site>.json)"),
@@ -38,6 +38,7 @@ def probe(
     if site == "z" and head is None:
         raise WorkbenchError("--site z needs --head")
     lm = load_model(model, device=device, dtype=dtype)
+    lm.spec.check_head(layer, head)
     if task == "needle":
         data = needle_dataset(lm, layer, n_seqs=n, seq_len=seq_len, site=site, head=head, seed=seed)
     else:

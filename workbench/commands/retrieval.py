@@ -14,17 +14,29 @@ from ..runs import DEFAULT_ROOT
 
 def _ints(s: str, what: str) -> list[int]:
     try:
-        return [int(x) for x in s.split(",") if x.strip()]
+        vals = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise WorkbenchError(f"cannot read {what} {s!r}: give comma-separated integers, e.g. 256,512,1024")
+        raise WorkbenchError(f"cannot read --{what} {s!r}: give comma-separated positive integers, e.g. 256,512,1024") from None
+    if not vals or min(vals) < 1:
+        raise WorkbenchError(f"--{what} {s!r}: give comma-separated positive integers, e.g. 256,512,1024")
+    return vals
 
 
 def _floats(s: str, what: str) -> list[float]:
     try:
         vals = [float(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise WorkbenchError(f"cannot read {what} {s!r}: give comma-separated numbers, e.g. 0,25,50,75,100")
+        raise WorkbenchError(f"cannot read --{what} {s!r}: give comma-separated numbers, e.g. 0,25,50,75,100") from None
+    if not vals or not all(0.0 <= v <= 100.0 for v in vals):
+        raise WorkbenchError(f"--{what} {s!r}: each depth is a percentage in 0..100, e.g. 0,25,50,75,100")
     return vals
+
+
+def _check_lengths(lm, lengths: list[int]) -> list[int]:
+    """Raise ContextTooLongError if a context length exceeds the model's window."""
+    for n in lengths:
+        lm.spec.check_length(n)
+    return lengths
 
 
 def _needles(file: Optional[Path], n: Optional[int]):
@@ -63,11 +75,14 @@ def threads_option():
 
 
 def _haystack(file: Optional[Path]) -> Optional[str]:
+    from ..files import read_text_file
+
     if file is None:
         return None
-    if not file.exists():
-        raise WorkbenchError(f"haystack file {file} does not exist")
-    return file.read_text()
+    text = read_text_file(file, "haystack file")
+    if not text.strip():
+        raise WorkbenchError(f"haystack file {file} is empty: give a text file of prose")
+    return text
 
 
 @app.command()
@@ -75,7 +90,7 @@ def retrieval(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
     lengths: str = typer.Option("256,512,1024,2048", help="context lengths in tokens, comma-separated"),
     depths: str = typer.Option("0,20,40,60,80,100", help="needle depths in percent, comma-separated"),
-    needles: Optional[int] = typer.Option(None, help="use the first N needles (default all)"),
+    needles: Optional[int] = typer.Option(None, min=1, help="use the first N needles (default all)"),
     needle_file: Optional[Path] = typer.Option(None, help="JSON Lines needles: name, sentence, question, answer"),
     haystack: Optional[Path] = typer.Option(None, help="haystack text file (default: pydoc_data.topics prose)"),
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root: the sweep is written in ROOT/<model>/retrieval/"),
@@ -95,12 +110,13 @@ def retrieval(
     from ..models import load_model
     from ..retrieval.sweep import default_out, run_sweep, save
 
+    lens, deps, ndl, hay = _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(needle_file, needles), \
+        _haystack(haystack)
     ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     lm = load_model(model, device=device, dtype=dtype)
     out = default_out(lm.spec.name, out)
     with ex:
-        res = run_sweep(lm, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(needle_file, needles), out,
-                        resume=resume, haystack=_haystack(haystack), executor=ex)
+        res = run_sweep(lm, _check_lengths(lm, lens), deps, ndl, out, resume=resume, haystack=hay, executor=ex)
     save(res, out, lm.spec.name)
     s = res.summary
     top = res.heads.sort_values("score", ascending=False).head(10)
@@ -130,7 +146,7 @@ def ablate(
     seed: int = typer.Option(0, help="seed for random:K"),
     lengths: str = typer.Option("512,1024,2048", help="context lengths in tokens"),
     depths: str = typer.Option("0,25,50,75,100", help="needle depths in percent"),
-    needles: Optional[int] = typer.Option(None, help="use the first N needles"),
+    needles: Optional[int] = typer.Option(None, min=1, help="use the first N needles"),
     scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default ROOT/<model>/retrieval)"),
     baseline: bool = typer.Option(True, help="also run without ablation"),
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (scores are read from, and the result "
@@ -156,12 +172,16 @@ def ablate(
     if phase not in PHASES:
         raise WorkbenchError(f"unknown phase {phase!r}: use decode, all or prefill")
     check_kinds([kind])
+    lens, deps, ndl = _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles)
     from ..executor import make_executor
 
     ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     lm = load_model(model, device=device, dtype=dtype)
-    needs_scores = heads.startswith(("retrieval:", "random:"))
-    sc = _scores(scores, lm, needs_scores, out)
+    _check_lengths(lm, lens)
+    import re
+
+    needs_scores = re.fullmatch(r"\s*(retrieval:top-?\d+|random:\d+)\s*", heads) is not None
+    sc = _scores(scores, lm, True, out) if needs_scores else None
     sel = select_heads(heads, lm.spec.n_layers, lm.spec.n_heads, sc, seed)
     means = fit_all_means(lm) if kind == "mean" else None
     if means is not None:
@@ -170,8 +190,7 @@ def ablate(
     conds = ([Condition("baseline", "none", 0, None, None, None)] if baseline else []) + \
         [Condition(f"{kind}/{heads}", "ablated", len(sel), seed, kind, abl)]
     with ex:
-        df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles),
-                      executor=ex)
+        df = run_niah(lm, conds, lens, deps, ndl, executor=ex)
     ab = df[df.selection == "ablated"]
     grid = accuracy_grids(ab)
     g = next(iter(grid.values()))
@@ -198,12 +217,12 @@ def ablate(
 def masking_test(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
     ks: str = typer.Option("5,10,20", help="numbers of heads to mask"),
-    seeds: int = typer.Option(3, help="random-K seeds"),
+    seeds: int = typer.Option(3, min=1, help="random-K seeds"),
     kinds: str = typer.Option("uniform,zero,mean", help="ablation kinds"),
     phase: str = typer.Option("decode", help="decode (paper), all, or prefill"),
     lengths: str = typer.Option("512,1024,2048", help="context lengths in tokens"),
     depths: str = typer.Option("0,25,50,75,100", help="needle depths in percent"),
-    needles: Optional[int] = typer.Option(None, help="use the first N needles"),
+    needles: Optional[int] = typer.Option(None, min=1, help="use the first N needles"),
     scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default ROOT/<model>/retrieval)"),
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root: the table is written in ROOT/<model>/retrieval/"),
     device: str = DEVICE_OPTION,
@@ -227,16 +246,17 @@ def masking_test(
     if phase not in PHASES:
         raise WorkbenchError(f"unknown phase {phase!r}: use decode, all or prefill")
     kind_list = check_kinds([k.strip() for k in kinds.split(",") if k.strip()])
+    k_list, lens, deps, ndl = _ints(ks, "ks"), _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles)
     from ..executor import make_executor
 
     ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     lm = load_model(model, device=device, dtype=dtype)
+    _check_lengths(lm, lens)
     sc = _scores(scores, lm, True, out)
     means = fit_all_means(lm) if "mean" in kind_list else None
-    conds = build_conditions(lm, sc, _ints(ks, "ks"), list(range(seeds)), kind_list, phase, means)
+    conds = build_conditions(lm, sc, k_list, list(range(seeds)), kind_list, phase, means)
     with ex:
-        df = run_niah(lm, conds, _ints(lengths, "lengths"), _floats(depths, "depths"), _needles(None, needles),
-                      executor=ex)
+        df = run_niah(lm, conds, lens, deps, ndl, executor=ex)
     table = masking_table(df)
     d = default_out(lm.spec.name, out)
     d.mkdir(parents=True, exist_ok=True)

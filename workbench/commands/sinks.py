@@ -27,14 +27,34 @@ def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]
     return out
 
 
+def _check_checkpoint(path: Path) -> None:
+    """A resume file must be UTF-8 JSON Lines of objects (checked before any work starts).
+
+    Raises:
+        WorkbenchError: naming the first bad line.
+    """
+    from ..files import read_text_file
+
+    for i, line in enumerate(read_text_file(path, "checkpoint file").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise WorkbenchError(f"checkpoint file {path} line {i + 1} is not a JSON object: give the file an earlier "
+                                 "`--search --checkpoint` run wrote, or a new path")
+
+
 @app.command()
 def sinks(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
-    samples: int = typer.Option(32, help="64-token windows for Sink_1^0.3"),
-    long_samples: int = typer.Option(8, help="longer windows"),
-    long_len: int = typer.Option(512, help="tokens per longer window"),
-    ppl_samples: int = typer.Option(8, help="held-out windows for the perplexity test"),
-    ppl_len: int = typer.Option(256, help="tokens per perplexity window"),
+    samples: int = typer.Option(32, min=1, help="64-token windows for Sink_1^0.3"),
+    long_samples: int = typer.Option(8, min=1, help="longer windows"),
+    long_len: int = typer.Option(512, min=1, help="tokens per longer window"),
+    ppl_samples: int = typer.Option(8, min=1, help="held-out windows for the perplexity test"),
+    ppl_len: int = typer.Option(256, min=1, help="tokens per perplexity window"),
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (writes ROOT/<model>/sinks.json, sinks.html)"),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
@@ -62,10 +82,10 @@ def calibrate(
     beta: float = typer.Option(0.4, help="ACT scale of the attention on sink tokens"),
     heads: Optional[str] = typer.Option(None, help="heads to calibrate, LAYER.HEAD,..."),
     search: bool = typer.Option(False, "--search", help="select heads automatically on a calibration split"),
-    n_cal: int = typer.Option(64, help="calibration questions (train split)"),
-    n_eval: int = typer.Option(200, help="evaluation questions (heldout split)"),
-    max_heads: int = typer.Option(30, help="cap on screened candidate heads for --search"),
-    context_tokens: int = typer.Option(32, help="tokens of context per question"),
+    n_cal: int = typer.Option(64, min=1, help="calibration questions (train split)"),
+    n_eval: int = typer.Option(200, min=1, help="evaluation questions (heldout split)"),
+    max_heads: int = typer.Option(30, min=1, help="cap on screened candidate heads for --search"),
+    context_tokens: int = typer.Option(32, min=1, help="tokens of context per question"),
     checkpoint: Optional[Path] = typer.Option(
         None, help="JSON-lines checkpoint of --search (default: ROOT/<model>/act/search-<config hash>.jsonl; a "
                    "named file is resumed when its configuration matches and refused when it does not)"),
@@ -94,6 +114,8 @@ def calibrate(
     from ..executor import make_executor
 
     ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
+    if checkpoint is not None and checkpoint.exists():
+        _check_checkpoint(checkpoint)
     lm = load_model(model, device=device, dtype=dtype)
     d = run_dir(out, lm.spec.name, "act")
     if search:

@@ -21,10 +21,10 @@ def _out_dir(out: Path, model: str) -> Path:
 @app.command()
 def vision(
     model: str = typer.Option("digits-vlm", help="a VLM preset (digits-vlm)"),
-    images: int = typer.Option(8, help="held-out digit composites to analyse"),
+    images: int = typer.Option(8, min=1, help="held-out digit composites to analyse"),
     tau: float = typer.Option(20.0, help="sink threshold on phi = max |x_d / rms(x)| over the sink dimensions"),
     rho: float = typer.Option(0.5, help="visual non-sink ratio threshold of image-centric heads"),
-    top: int = typer.Option(20, help="heads listed in the summary"),
+    top: int = typer.Option(20, min=1, help="heads listed in the summary"),
     out: Path = typer.Option(Path("runs"), "--out", help="output root (writes ROOT/<model>/vision.*)"),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
@@ -66,7 +66,7 @@ def hallucination(
     model: str = typer.Option("digits-vlm", help="a VLM preset (digits-vlm)"),
     method: str = typer.Option("none", help="none | vhr | var"),
     split: str = typer.Option("random", help="POPE negatives: random | popular | adversarial"),
-    images: int = typer.Option(40, help="held-out composites (POPE: 1 positive + 1 negative question each)"),
+    images: int = typer.Option(40, min=1, help="held-out composites (POPE: 1 positive + 1 negative question each)"),
     chair: bool = typer.Option(False, "--chair", help="also run the CHAIR-style listing task"),
     out: Path = typer.Option(Path("runs"), "--out", help="output root: answers are cached under ROOT/<model>/hallucination/ "
                                                         "(keyed by the full configuration and code, resumable)"),

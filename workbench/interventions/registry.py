@@ -1,10 +1,15 @@
 """A registry of interventions by name, so front ends (the dashboard, notebooks) can list and build them.
 
 Each entry is an :class:`InterventionSpec`: a name, a one-line description, the parameters a
-user may set (with defaults, for form widgets) and a ``build(lm, heads, **params)`` function
-returning a :class:`~workbench.interventions.base.HeadIntervention`. Analyzers add their own
-interventions (ACT calibration, VHR, VAR, ...) with :func:`register_intervention`, from a module
-listed in :data:`INTERVENTION_MODULES` (imported lazily by :func:`available_interventions`)::
+user may set (with defaults, for form widgets), its ``scope`` and a ``build(lm, heads, **params)``
+function returning an intervention (an object with ``validate(spec)`` and an ``applied()`` context
+manager). Scopes: ``"heads"`` (head ablation, ACT: change chosen heads on any text prompt),
+``"residual"`` (the massive-activation edit: no heads, edits the residual stream) and ``"vlm-input"``
+(VHR, VAR: built for one image+text input, ``build(lm, heads, inp=VLMInput, ...)``). Every intervention
+of the workbench is here; the dashboard lists the text ones, ``workbench hallucination`` builds its
+VHR/VAR from here, studies check their ablation kinds against the ``head ablation`` entry. Analyzers
+add theirs with :func:`register_intervention`, from a module listed in :data:`INTERVENTION_MODULES`
+(imported lazily by :func:`available_interventions`)::
 
     register_intervention(InterventionSpec(
         "act calibration", "ACT: scale sink attention by beta (Yu et al. 2024)",
@@ -44,14 +49,20 @@ class Param:
     help: str = ""
 
 
+SCOPES = ("heads", "residual", "vlm-input")
+
+
 @dataclass(frozen=True)
 class InterventionSpec:
-    """A named intervention: ``build(lm, heads, **params) -> HeadIntervention``."""
+    """A named intervention: ``build(lm, heads, **params)`` -> an intervention with ``validate`` and ``applied``.
+
+    ``scope`` (see the module docstring): ``heads``, ``residual`` or ``vlm-input``."""
 
     name: str
     description: str
     build: Callable[..., HeadIntervention]
     params: tuple[Param, ...] = field(default_factory=tuple)
+    scope: str = "heads"
 
     def defaults(self) -> dict:
         return {p.name: p.default for p in self.params}
@@ -60,7 +71,8 @@ class InterventionSpec:
 INTERVENTIONS: dict[str, InterventionSpec] = {}
 
 # Modules that register further interventions when imported (each analyzer appends its own).
-INTERVENTION_MODULES: list[str] = ["workbench.interventions.act"]
+INTERVENTION_MODULES: list[str] = ["workbench.interventions.act", "workbench.interventions.var",
+                                   "workbench.interventions.vhr", "workbench.massive"]
 
 
 def register_intervention(spec: InterventionSpec) -> None:
@@ -82,26 +94,34 @@ class UnknownInterventionError(WorkbenchError, KeyError):
     """The intervention name is not registered."""
 
 
-def build_intervention(name: str, lm, heads: Sequence[tuple[int, int]], **params) -> HeadIntervention:
+def build_intervention(name: str, lm, heads: Sequence[tuple[int, int]] = (), inp=None, **params) -> HeadIntervention:
     """Build the registered intervention ``name`` for ``heads`` with ``params`` (defaults fill the rest).
+
+    Args:
+        heads: (layer, head) pairs, for ``heads``-scope interventions (ignored by the others).
+        inp: the :class:`~workbench.vlm.VLMInput`, for ``vlm-input``-scope interventions.
 
     Raises:
         UnknownInterventionError: ``name`` is not registered.
         HeadIndexError: a head lies outside ``lm``.
-        WorkbenchError: no heads given.
+        WorkbenchError: no heads given (heads scope), no input given (vlm-input scope), unknown parameters.
     """
     specs = available_interventions()
     if name not in specs:
         raise UnknownInterventionError(f"unknown intervention {name!r}: choose one of {sorted(specs)}")
-    if not heads:
-        raise WorkbenchError("choose at least one (layer, head) to intervene on, e.g. 3.1")
     spec = specs[name]
+    if spec.scope == "heads" and not heads:
+        raise WorkbenchError("choose at least one (layer, head) to intervene on, e.g. 3.1")
+    if spec.scope == "vlm-input" and inp is None:
+        raise WorkbenchError(f"intervention {name!r} is built for one image+text input: pass inp=VLMInput")
     unknown = set(params) - {p.name for p in spec.params}
     if unknown:
         raise WorkbenchError(f"intervention {name!r} has no parameters {sorted(unknown)}; it takes {[p.name for p in spec.params]}")
     kwargs = {**spec.defaults(), **params}
     for layer, h in heads:
         lm.spec.check_head(layer, h)
+    if spec.scope == "vlm-input":
+        kwargs["inp"] = inp
     return spec.build(lm, list(heads), **kwargs).validate(lm.spec)
 
 

@@ -136,8 +136,39 @@ class VisualAttentionRedistribution:
         self.n_selected[call.layer] = self.n_selected.get(call.layer, 0) + int(sel.sum())
         return out
 
+    def validate(self, spec) -> "VisualAttentionRedistribution":
+        """Check the layers against the model (HeadIndexError). Returns self."""
+        for layer in self.layers:
+            spec.check_head(layer)
+        return self
+
     @contextlib.contextmanager
     def applied(self) -> Iterator["VisualAttentionRedistribution"]:
         """Sink detection pre-hooks and the attention hook, active inside the block."""
         with self.detector, attention_hooks(self):
             yield self
+
+
+def _build(lm, heads, inp, p: float = P, summ: float = SUMM, rho: float = RHO, tau: float = 20.0):
+    from ..hallucination import _sink_dims
+    from ..vlm import image_positions
+
+    return VisualAttentionRedistribution(lm, image_positions(lm.model, inp.input_ids), _sink_dims(lm), p=p, summ=summ,
+                                         rho=rho, tau=tau)
+
+
+def _register() -> None:
+    """VAR in the intervention registry (built per image+text input)."""
+    from .registry import InterventionSpec, Param, register_intervention
+
+    register_intervention(InterventionSpec(
+        "var", "VAR (Kang et al. 2025): move a share p of the sink attention of image-centric heads to image tokens",
+        _build,
+        (Param("p", "float", P, low=0.0, high=1.0, help="share of sink attention moved"),
+         Param("summ", "float", SUMM, low=0.0, high=1.0, help="image attention a head needs"),
+         Param("rho", "float", RHO, low=0.0, high=1.0, help="non-sink share of the image attention"),
+         Param("tau", "float", 20.0, low=0.0, help="sink threshold on phi")),
+        scope="vlm-input"))
+
+
+_register()

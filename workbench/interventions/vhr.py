@@ -108,8 +108,28 @@ class VisionAwareHeadReinforcement:
             out[:, sel] = out[:, sel] * self.alpha
         return out
 
+    def validate(self, spec) -> "VisionAwareHeadReinforcement":
+        """Check the layers against the model (HeadIndexError). Returns self."""
+        for layer in self.layers:
+            spec.check_head(layer)
+        return self
+
     @contextlib.contextmanager
     def applied(self) -> Iterator["VisionAwareHeadReinforcement"]:
         """Active for every forward pass inside the block (prefill selects, decoding reuses)."""
         with attention_hooks(self):
             yield self
+
+
+def _register() -> None:
+    """VHR in the intervention registry (built per image+text input)."""
+    from .registry import InterventionSpec, Param, register_intervention
+
+    register_intervention(InterventionSpec(
+        "vhr", "VHR (He et al. 2025): scale the vision-aware heads' outputs at the generated tokens by alpha",
+        lambda lm, heads, inp, alpha=ALPHA: VisionAwareHeadReinforcement.prepare(lm, inp, alpha=alpha),
+        (Param("alpha", "float", ALPHA, low=0.0, help="scale of the selected heads' outputs"),),
+        scope="vlm-input"))
+
+
+_register()

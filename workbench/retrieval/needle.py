@@ -68,18 +68,28 @@ def load_needles(path: str | Path | None = None) -> tuple[Needle, ...]:
     """
     if path is None:
         return NEEDLES
+    from ..files import read_text_file
+
     p = Path(path)
-    if not p.exists():
-        raise WorkbenchError(f"needle file {p} does not exist: give a JSON Lines file with name, sentence, question, answer")
+    keys = ("name", "sentence", "question", "answer")
     out = []
-    for i, line in enumerate(p.read_text().splitlines()):
+    for i, line in enumerate(read_text_file(p, "needle file").splitlines()):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
-            n = Needle(str(d.get("name", f"needle{i}")), d["sentence"], d["question"], d["answer"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise WorkbenchError(f"{p} line {i + 1} is not a needle ({err}): each line needs sentence, question, answer")
+        except json.JSONDecodeError as err:
+            raise WorkbenchError(f"{p} line {i + 1} is not valid JSON ({err.msg}): each line is one JSON object "
+                                 "with sentence, question, answer") from None
+        if not isinstance(d, dict):
+            raise WorkbenchError(f"{p} line {i + 1} is not a JSON object: each line needs sentence, question, answer")
+        unknown = sorted(set(d) - set(keys))
+        if unknown:
+            raise WorkbenchError(f"{p} line {i + 1} has unknown keys {unknown}: a needle has only {', '.join(keys)}")
+        for k in keys[1:]:
+            if not isinstance(d.get(k), str) or not d[k].strip():
+                raise WorkbenchError(f"{p} line {i + 1}: `{k}` must be a non-empty string (got {type(d.get(k)).__name__})")
+        n = Needle(str(d.get("name", f"needle{i}")), d["sentence"], d["question"], d["answer"])
         if n.answer not in n.sentence:
             raise WorkbenchError(f"{p} line {i + 1}: the answer {n.answer!r} is not part of the needle sentence")
         out.append(n)

@@ -107,12 +107,43 @@ def _need(d: dict, key: str, where: str):
     return d[key]
 
 
+# every key a spec may hold, with its type: an unknown key (a typo) or a wrong type is an error, not ignored
+TOP_KEYS = {"name": str, "model": str, "description": str, "head_sets": dict, "ablations": list, "tasks": dict,
+            "seed": int, "n_bootstrap": int, "ci": float, "phase": str, "mean_samples": int, "mean_seq_len": int}
+HEAD_SET_KEYS = {"source": str, "k": int, "type": str, "heads": list, "exclude": list, "seeds": list,
+                 "path": str, "column": str}
+TASK_KEYS = {"kind": str, "n": int, "seed": int, "seq_len": int, "split": str, "batch_size": int,
+             "lengths": list, "depths": list, "n_needles": int, "max_new_tokens": int}
+
+
+def _check_keys(d: dict, schema: dict, where: str) -> None:
+    """Raise StudySpecError for a key not in ``schema`` or a value of the wrong type."""
+    unknown = sorted(set(d) - set(schema))
+    if unknown:
+        raise StudySpecError(f"{where}: unknown keys {unknown}; allowed: {', '.join(schema)}")
+    for key, typ in schema.items():
+        if key not in d:
+            continue
+        v = d[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) if typ is float else \
+            isinstance(v, typ) and not (typ is int and isinstance(v, bool))
+        if not ok:
+            raise StudySpecError(f"{where}.{key} = {v!r} must be {'a number' if typ is float else 'an integer' if typ is int else 'a ' + typ.__name__ if typ is not dict else 'a table'}")
+
+
 def parse_spec(doc: dict, path: str = "<spec>") -> StudySpec:
     """Validate a spec dict (from TOML) into a :class:`StudySpec`.
 
     Raises:
-        StudySpecError: with the offending key named.
+        StudySpecError: with the offending key named (also unknown keys and values of the wrong type).
     """
+    _check_keys(doc, TOP_KEYS, path)
+    for sname, opts in dict(doc.get("head_sets", {})).items():
+        if isinstance(opts, dict):
+            _check_keys(opts, HEAD_SET_KEYS, f"head_sets.{sname}")
+    for tname, opts in dict(doc.get("tasks", {})).items():
+        if isinstance(opts, dict):
+            _check_keys(opts, TASK_KEYS, f"tasks.{tname}")
     name = str(_need(doc, "name", path))
     if not name.replace("-", "").replace("_", "").isalnum():
         raise StudySpecError(f"study name {name!r} may use letters, digits, '-' and '_' only (it names a folder)")
@@ -165,11 +196,13 @@ def load_spec(path: str | Path) -> StudySpec:
     Raises:
         StudySpecError: missing file, invalid TOML, or an invalid spec.
     """
+    from ..files import read_text_file
+
     p = Path(path)
     if not p.exists():
         raise StudySpecError(f"study spec {p} does not exist (examples: studies/*.toml)")
     try:
-        doc = tomllib.loads(p.read_text())
+        doc = tomllib.loads(read_text_file(p, "study spec", max_bytes=1 << 20))
     except tomllib.TOMLDecodeError as err:
-        raise StudySpecError(f"{p} is not valid TOML: {err}") from None
+        raise StudySpecError(f"{p} is not valid TOML: {' '.join(str(err).split())}") from None
     return parse_spec(doc, str(p))
