@@ -304,7 +304,7 @@ def intervention_tab(lm):
         spec = specs[name]
         st.caption(spec.description)
         with st.form(f"iv_form_{name}"):
-            heads_text = st.text_input("Heads to intervene on (layer.head, comma-separated)", "5.0, 7.4", key="iv_heads")
+            heads_text = st.text_input("Heads to intervene on (layer.head, comma-separated)", "10.0, 7.6", key="iv_heads")
             params = {}
             pcols = st.columns(max(1, len(spec.params)))
             for col, p in zip(pcols, spec.params):
@@ -334,7 +334,7 @@ def intervention_tab(lm):
                 heads = S.parse_heads(heads_text)
                 ch = S.parse_heads(compared)[0] if compared.strip() else (heads[0] if heads else None)
                 if ch is None:
-                    raise ValueError("choose at least one head to intervene on, e.g. 5.0")
+                    raise ValueError("choose at least one head to intervene on, e.g. 10.0")
                 key = (st.session_state["model_name"], name, tuple(heads), tuple(sorted(params.items())), iv_prompt,
                        bool(chat), int(max_new), ch, int(vw))
                 cache = intervention_results()

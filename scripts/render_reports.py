@@ -4,6 +4,8 @@
 
 * ``<model>/sinks.html`` from ``sinks.json`` + ``sinks_heads.csv`` (:func:`workbench.sinks_report.write_sinks_html`);
 * ``<model>/vision.html`` from ``vision.json`` + ``vhd_heads.csv`` (:func:`workbench.vision_report.write_vision_html`);
+* ``<model>/census.html`` from ``heads.parquet`` + ``summary.json`` (a heatmap, definition and top-10 table
+  per known column: :func:`workbench.census.write_census_html`);
 * ``studies/*/report.html`` from ``report.md`` (:func:`workbench.viz.markdown_page`);
 * every other page keeps its figures; its ``<script src=...plotly.min.js>`` is pointed at the tree's one
   shared bundle ``REPORTS_DIR/plotly.min.js`` and per-folder copies are removed.
@@ -45,6 +47,12 @@ def main(reports: Path) -> None:
         write_vision_html(json.loads(js.read_text()), pd.read_csv(js.parent / "vhd_heads.csv"), js.parent / "vision.html",
                           pd.read_csv(share) if share.exists() else None)
         done.add(js.parent / "vision.html")
+    for hp in reports.glob("*/heads.parquet"):
+        from workbench.census import write_census_html
+
+        summary = json.loads((hp.parent / "summary.json").read_text()) if (hp.parent / "summary.json").exists() else {}
+        write_census_html(pd.read_parquet(hp), summary, hp.parent / "census.html", hp.parent.name)
+        done.add(hp.parent / "census.html")
     for md in reports.glob("studies/*/report.md"):
         text = re.sub(r"\bL(\d+)H(\d+)\b", r"\1.\2", md.read_text())  # heads as the flags take them
         md.write_text(text)

@@ -76,3 +76,16 @@ def test_vision_page_defines_vhd_and_lists_top_heads(tmp_path):
     assert "||z_image - z_text||_2" in html and "units" in html
     best = per_head.sort_values("vhd", ascending=False).iloc[0]
     assert f"<td>{int(best['layer'])}.{int(best['head'])}</td>" in html
+
+
+def test_census_page_defines_every_figure(tmp_path):
+    from workbench.census import DEFINITIONS, write_census_html
+
+    heads = pd.read_parquet(REPORTS / "smollm2-135m" / "heads.parquet")
+    summary = json.loads((REPORTS / "smollm2-135m" / "summary.json").read_text())
+    write_census_html(heads, summary, tmp_path / "census.html", "smollm2-135m")
+    html = (tmp_path / "census.html").read_text()
+    n_figs = html.count("class=\"plotly-graph-div\"")
+    known = [c for c in DEFINITIONS if c in heads.columns]
+    assert n_figs == len(known) >= 8 and html.count("class='definition'") == n_figs
+    assert html.count("class='side'") == n_figs and "first_token_mass" in html

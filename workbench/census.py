@@ -148,6 +148,21 @@ def figure_items(figures: list, heads: pd.DataFrame | None) -> list[tuple]:
     return out
 
 
+def write_census_html(heads: pd.DataFrame, summary: dict, path, model: str, figures: list | None = None) -> None:
+    """Write ``census.html``: the sections' figures (default: a layer x head heatmap of every column of
+    ``heads`` that :data:`DEFINITIONS` knows, e.g. when re-rendering from ``heads.parquet``), each with its
+    definition and top-10 heads, and the provenance footer (``summary["provenance"]`` when recorded)."""
+    if figures is None:
+        figures = [(f"{c} per head", layer_head_heatmap(heads, c, title=f"{c} per head"))
+                   for c in DEFINITIONS if c in heads.columns and pd.api.types.is_numeric_dtype(heads[c])]
+    write_html(figure_items(figures, heads), path, f"Head census: {model}",
+               f"{summary.get('n_samples')} windows of {summary.get('seq_len')} tokens of "
+               f"{summary.get('text', 'pydoc_data.topics prose')}"
+               + (f" ({summary['window_start']})" if summary.get("window_start") else "")
+               + "; kernel-backed statistics. Heads are written "
+               "layer.head, as the CLI flags take them.", provenance=summary.get("provenance"))
+
+
 @dataclass
 class CensusResult:
     """The census: ``heads`` (one row per layer and head), ``summary`` per section, files written."""
@@ -222,10 +237,7 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
         heads.to_csv(d / "heads.csv", index=False)
         write_json({"model": lm.spec.name, "heads": json.loads(heads.to_json(orient="records"))}, d / "heads.json", prov)
         (d / "summary.json").write_text(json.dumps(summary, indent=1))
-        write_html(figure_items(figures, heads), d / "census.html", f"Head census: {lm.spec.name}",
-                   f"{n_samples} windows of {seq_len} tokens of pydoc_data.topics prose ({start['rule']}); "
-                   "kernel-backed statistics. Heads are written layer.head, as the CLI flags take them.",
-                   provenance=prov)
+        write_census_html(heads, summary, d / "census.html", lm.spec.name, figures)
         files = {k: str(d / v) for k, v in [("parquet", "heads.parquet"), ("csv", "heads.csv"), ("json", "heads.json"),
                                               ("summary", "summary.json"), ("html", "census.html")]}
     return CensusResult(lm.spec.name, heads, summary, files)
