@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--chunk-elements", type=int, default=S.DEFAULT_CHUNK_ELEMENTS)
     ap.add_argument("--sample-rows", type=int, default=1024)
     ap.add_argument("--no-model", action="store_true", help="skip the real-model plain forward")
-    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "profile_attention.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "profile_attention.md")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     lengths = [int(x) for x in a.lengths.split(",") if x]

@@ -315,7 +315,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gen-tokens", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=ROOT / "reports")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks")  # reports/ holds the reference run
     a = ap.parse_args()
     doc = run([int(x) for x in a.lengths.split(",") if x], [int(x) for x in a.long_lengths.split(",") if x],
               a.repeats, a.threads, a.gen_tokens)

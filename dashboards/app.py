@@ -126,7 +126,9 @@ else:
     trace = st.session_state.get("prompt_trace")
 
 st.sidebar.header("Census")
-default_census = ARGS.census or ("reports/smollm2-135m" if Path("reports/smollm2-135m").is_dir() else "")
+# your own run folder first, else the committed reference results (shown with their provenance either way)
+default_census = ARGS.census or next((d for d in ("runs/smollm2-135m", "reports/smollm2-135m")
+                                      if (Path(d) / "heads.parquet").exists()), "")
 cpath = st.sidebar.text_input("Census directory", value=default_census, key="census_path",
                               help="reports/<model>/ with heads.parquet and summary.json")
 census_upload = st.sidebar.file_uploader("or upload a per-head table", key="census_upload",
@@ -203,6 +205,9 @@ with tab_census:
         st.info("Enter a census directory (reports/<model>/) or upload a per-head table in the sidebar.")
     else:
         st.subheader(f"Census: {census.path}")
+        from workbench.provenance import describe
+
+        st.caption("Provenance: " + describe(census.provenance))
         cols = census.score_columns()
         if cols:
             col = st.selectbox("Score", cols, key="census_score")

@@ -91,6 +91,7 @@ class Census:
     heads: pd.DataFrame
     summary: dict = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    provenance: dict | None = None  # of the heads table (workbench.provenance), None when it carries none
 
     def score_columns(self) -> list[str]:
         """Numeric per-head columns (everything except layer and head)."""
@@ -145,7 +146,10 @@ def open_census_dir(path: str | Path) -> Census:
     for p in sorted(d.iterdir()):
         if p.suffix in (".parquet", ".csv") and p.stem != "heads" and p.is_file():
             tables[p.name] = read_table(p)
-    return Census(d, heads, summary, tables)
+    from workbench.provenance import read_provenance
+
+    prov = summary.get("provenance") if isinstance(summary.get("provenance"), dict) else read_provenance(heads_path)
+    return Census(d, heads, summary, tables, prov)
 
 
 def table_kind(df: pd.DataFrame) -> str:

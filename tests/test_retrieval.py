@@ -227,6 +227,14 @@ def test_sweep_killed_midway_resumes_without_loss_or_redo(tiny_with_tok, tmp_pat
     third: list[str] = []
     run_sweep(lm, resume=True, on_test=lambda r: third.append(r["key"]), **kw)
     assert third == []
+    # resuming with another setting or grid is refused, naming the field, before any test runs
+    from workbench.jsonl import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match="max_new_tokens: 3 != 4"):
+        run_sweep(lm, resume=True, on_test=lambda r: third.append(r["key"]), **{**kw, "max_new_tokens": 4})
+    with pytest.raises(CheckpointMismatchError, match="lengths"):
+        run_sweep(lm, resume=True, on_test=lambda r: third.append(r["key"]), **{**kw, "lengths": [160]})
+    assert third == []
 
 
 # --- masking ------------------------------------------------------------------------------------
@@ -355,20 +363,35 @@ def test_cli_retrieval_and_ablate_json(tmp_path):
     assert 0.0 <= js["accuracy"] <= 1.0 and len(js["heads"]) == 3
 
 
-def test_census_section_reads_saved_scores(tmp_path):
+def test_census_section_runs_its_own_sweep_or_reads_one_of_the_same_weights(tiny_with_tok, tmp_path, monkeypatch):
     from workbench.census import CensusContext
-    from workbench.retrieval.census_section import retrieval_section
+    from workbench.provenance import ProvenanceError, collect
+    from workbench.retrieval import census_section as C
     from workbench.retrieval.sweep import save
 
-    lm = make_tiny_lm(n_layers=2, n_heads=4, n_kv_heads=2)
-    ctx = CensusContext(lm, torch.zeros(1, 4, dtype=torch.long), False, {"retrieval_scores": str(tmp_path / "none")})
-    sec = retrieval_section(ctx)
-    assert sec.heads is None and sec.summary["available"] is False and "workbench retrieval" in sec.summary["note"]
+    lm = tiny_with_tok
+    monkeypatch.setattr(C, "QUICK_LENGTHS", (160,))
+    monkeypatch.setattr(C, "QUICK_DEPTHS", (0, 100))
+    monkeypatch.setattr(C, "QUICK_MAX_NEW_TOKENS", 3)
+    # default: the census computes the scores itself, with the quick sweep, in its run folder
+    ctx = CensusContext(lm, torch.zeros(1, 4, dtype=torch.long), False, {}, tmp_path / "census")
+    sec = C.retrieval_section(ctx)
+    direct = run_sweep(lm, [160], [0, 100], NEEDLES[:2], tmp_path / "direct", progress=False, max_new_tokens=3)
+    assert sec.summary["n_tests"] == 4 and sec.summary["lengths"] == [160] and "quick sweep" in sec.summary["source"]
+    assert sec.heads.retrieval_score.tolist() == pytest.approx(direct.heads.score.tolist())
+    assert (tmp_path / "census" / "census_retrieval" / "retrieval_heads.parquet").exists()
+    # --retrieval-from: a saved sweep of the same weights is read, with its provenance
     recs = [{"key": "a", "length": 10, "depth": 0.0, "needle": "x", "correct": True,
              "scores": [[0.5, 0.0, 0.2, 0.0], [0.0, 0.05, 0.0, 0.9]]}]
-    save(summarize(recs, 2, 4), tmp_path / "ret", "tiny-llama")
-    ctx.options["retrieval_scores"] = str(tmp_path / "ret")
-    sec = retrieval_section(ctx)
-    assert sec.summary["n_retrieval_heads"] == 3
+    save(summarize(recs, 2, 4), tmp_path / "ret", "tiny-llama", prov=collect(lm, {"grid": "hand-made"}))
+    ctx.options["retrieval_from"] = str(tmp_path / "ret")
+    sec = C.retrieval_section(ctx)
+    assert sec.summary["n_retrieval_heads"] == 3 and sec.summary["source"] == str(tmp_path / "ret")
     assert sec.heads.retrieval_score.tolist() == pytest.approx([0.5, 0.0, 0.2, 0.0, 0.0, 0.05, 0.0, 0.9])
     assert sec.summary["top_heads"][0] == {"layer": 1, "head": 3, "score": 0.9}
+    # ... and one of other weights is refused
+    other = make_tiny_lm(n_layers=2, n_heads=4, n_kv_heads=2, seed=5)
+    save(summarize(recs, 2, 4), tmp_path / "other", "tiny-llama", prov=collect(other))
+    ctx.options["retrieval_from"] = str(tmp_path / "other")
+    with pytest.raises(ProvenanceError, match="other weights"):
+        C.retrieval_section(ctx)

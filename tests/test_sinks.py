@@ -230,6 +230,12 @@ def test_sinks_cli_json(tmp_path, capsys):
     assert {"layer", "dim", "token", "value", "ratio_to_median"} <= set(m) and m["token"] == CharTok().decode([10 + ord(" ") % 87])
     assert [r["intervention"] for r in res["perplexity"]] == ["baseline", "zero", "mean"]
     assert Path(res["files"]["html"]).exists() and Path(res["files"]["html"]).parent.parent == tmp_path
+    from workbench.provenance import read_provenance
+
+    prov = read_provenance(res["files"]["json"])  # provenance in the JSON result and the page footer
+    assert prov == res["provenance"] == read_provenance(res["files"]["html"])
+    assert prov["model"]["id"] == res["model"] and len(prov["weights_sha256"]) == 64
+    assert prov["config"]["n_short"] == 4 and prov["config"]["long_len"] == 96
 
 
 def test_calibrate_cli_rejects_bad_input(capsys):

@@ -16,7 +16,9 @@ source); we automate the same protocol:
    calibrated, the paired difference with a bootstrap 95% interval, and McNemar's exact test.
 
 The search appends one JSON line per head to a checkpoint file and skips heads already there, so an
-interrupted search resumes without losing finished heads.
+interrupted search resumes without losing finished heads. The file's header holds the configuration
+(weights hash, task, beta, candidates, code hash): a checkpoint of another configuration is refused
+(:func:`workbench.jsonl.open_checkpoint`); a checkpoint *folder* gets one file per configuration.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .hooks import decoder_layers
-from .jsonl import append_jsonl, read_jsonl
+from .jsonl import append_jsonl, open_checkpoint
 from .interventions.act import DEFAULT_BETA, ACTCalibration
 from .models import LoadedModel
 from .tasks import ChoiceTask, choice_scores, correct
@@ -146,7 +148,15 @@ def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, 
                        .encode()).hexdigest()[:16]
     path = Path(checkpoint) if checkpoint else None
     if path is not None:
-        done = {(r["layer"], r["head"]): r for r in read_jsonl(path) if r.get("key") == key}
+        from .provenance import code_sha256, config_hash, weights_sha256
+
+        config = {"analysis": "act-search", "model": lm.spec.name, "weights_sha256": weights_sha256(lm), "task": key,
+                  "beta": beta, "candidates": [list(c) for c in candidates],
+                  "code_sha256": code_sha256(["workbench.act_search", "workbench.interventions.act", "workbench.tasks",
+                                              "workbench.attention"])}
+        if path.suffix != ".jsonl":  # a folder: one checkpoint file per configuration
+            path = path / f"search-{config_hash(config)[:16]}.jsonl"
+        done = {(r["layer"], r["head"]): r for r in open_checkpoint(path, config) if r.get("key") == key}
     todo = [c for c in candidates if c not in done]
     with tqdm(total=len(candidates), initial=len(candidates) - len(todo), desc="ACT search: heads",
               disable=not progress) as bar:

@@ -38,6 +38,7 @@ class CensusContext:
     samples: torch.Tensor
     progress: bool = True
     options: dict = field(default_factory=dict)
+    out: Path | None = None  # the model's run folder (None: the census writes nothing)
 
 
 @dataclass
@@ -149,7 +150,9 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
     if unknown:
         raise ValueError(f"unknown census sections {unknown}; available: {list(SECTIONS)}")
     samples = token_windows(lm.tokenizer, seq_len, n_samples)
-    ctx = CensusContext(lm, samples, progress, options or {})
+    from .runs import model_dir
+
+    ctx = CensusContext(lm, samples, progress, options or {}, None if out_dir is None else model_dir(out_dir, lm.spec.name))
     heads = None
     summary: dict = {"n_samples": n_samples, "seq_len": seq_len, "text": "pydoc_data.topics prose"}
     figures: list[tuple[str, go.Figure]] = []
@@ -160,7 +163,6 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
         summary[name] = sec.summary
         figures += [(f"{name}: {t}", f) for t, f in sec.figures]
     from .provenance import collect, write_json, write_parquet
-    from .runs import model_dir
 
     prov = collect(lm, census_config(lm, n_samples, seq_len, names, ctx.options))
     summary = {"model": lm.spec.name, **summary, "provenance": prov}

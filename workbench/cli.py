@@ -135,6 +135,9 @@ def census(
     seq_len: int = typer.Option(512, help="tokens per window"),
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (the census is written in ROOT/<model>/)"),
     sections: Optional[str] = typer.Option(None, help="comma-separated sections (default all)"),
+    retrieval_from: Optional[Path] = typer.Option(
+        None, help="take retrieval scores from this saved sweep (`workbench retrieval`, same weights) instead of "
+                   "the census's own quick needle sweep"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """The head census: per-head statistics over real text, written to ROOT/<model>/ (default runs/)."""
@@ -143,10 +146,15 @@ def census(
 
     lm = load_model(model)
     res = run_census(lm, n_samples=samples, seq_len=seq_len, out_dir=out,
-                     sections=sections.split(",") if sections else None, progress=True)
+                     sections=sections.split(",") if sections else None, progress=True,
+                     options={"retrieval_from": str(retrieval_from)} if retrieval_from else None)
     top = res.heads.sort_values("first_token_mass", ascending=False).head(5)
+    from .provenance import describe
+
+    shown = {k: v for k, v in res.summary.items() if k != "provenance"}
     human = (f"census of {res.model}: {len(res.heads)} heads; files: {res.files.get('html')}\n"
-             + json.dumps(res.summary, indent=1) + "\nheads with most first-token mass:\n" + top.to_string(index=False))
+             + json.dumps(shown, indent=1) + "\nheads with most first-token mass:\n" + top.to_string(index=False)
+             + "\nprovenance: " + describe(res.summary.get("provenance")))
     emit(res.to_json(), as_json, human)
 
 
@@ -159,6 +167,7 @@ COMMAND_MODULES: list[str] = [
     "workbench.commands.probes",
     "workbench.commands.dashboard",
     "workbench.commands.vision",
+    "workbench.commands.reproduce",
 ]
 
 

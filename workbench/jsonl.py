@@ -122,10 +122,19 @@ def open_checkpoint(path: str | Path, config: dict, provenance: dict | None = No
         old = header.get("config") or {}
         diff = config_diff(old, cfg)
         fa, fb = _flatten(json.loads(canonical_json(old))), _flatten(cfg)
-        shown = "; ".join(f"{k}: {_short(fa.get(k, '<missing>'))} != {_short(fb.get(k, '<missing>'))}" for k in diff[:6])
-        more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
+        groups: dict[str, list[str]] = {}
+        for k in diff:
+            groups.setdefault(k.split(".")[0], []).append(k)
+        parts = []
+        for g, ks in sorted(groups.items(), key=lambda kv: (len(kv[1]), kv[0])):  # the few settings first
+            if len(ks) > 2:
+                parts.append(f"{g} ({len(ks)} fields)")
+            else:
+                parts += [f"{k}: {_short(fa.get(k, '<missing>'))} != {_short(fb.get(k, '<missing>'))}" for k in ks]
+        shown = "; ".join(parts[:6])
+        more = f" and {len(parts) - 6} more" if len(parts) > 6 else ""
         raise CheckpointMismatchError(f"{p} was made with another configuration ({shown}{more}): rerun with the "
-                                      "original settings, or use another output folder (or --overwrite)")
+                                      "original settings, or start afresh in another --out root")
     return records
 
 

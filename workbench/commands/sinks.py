@@ -65,8 +65,8 @@ def calibrate(
     max_heads: int = typer.Option(30, help="cap on screened candidate heads for --search"),
     context_tokens: int = typer.Option(32, help="tokens of context per question"),
     checkpoint: Optional[Path] = typer.Option(
-        None, help="JSON-lines checkpoint of --search (default ROOT/<model>/act/search.jsonl; resumed when its "
-                   "configuration matches, refused when it does not)"),
+        None, help="JSON-lines checkpoint of --search (default: ROOT/<model>/act/search-<config hash>.jsonl; a "
+                   "named file is resumed when its configuration matches and refused when it does not)"),
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root (writes ROOT/<model>/act/calibrate.json or search.json)"),
     executor: str = executor_option(),
     address: Optional[str] = address_option(),
@@ -94,7 +94,7 @@ def calibrate(
     d = run_dir(out, lm.spec.name, "act")
     if search:
         with ex:
-            res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint or d / "search.jsonl",
+            res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint or d,
                              context_tokens=context_tokens, executor=ex)
     else:
         chosen = parse_heads(heads, lm.spec.n_layers, lm.spec.n_heads)

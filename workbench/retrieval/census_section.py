@@ -1,42 +1,90 @@
-"""Census section ``retrieval``: retrieval scores of every head, read from a saved sweep.
+"""Census section ``retrieval``: retrieval scores of every head from a small needle sweep run now.
 
-The sweep takes minutes to hours, so the census does not run it: it reads
-``<out_dir>/<model>/retrieval/retrieval_heads.parquet`` written by ``workbench retrieval``
-(or the path in census option ``retrieval_scores``) and says so in its summary when none exists.
+By default the census runs its own quick sweep (:data:`QUICK_LENGTHS` x :data:`QUICK_DEPTHS` x the first
+:data:`QUICK_NEEDLES` needles = 12 tests, 23 or fewer decoded tokens each; on SmolLM2-135M about 5 s of
+single-thread CPU per test, so about a minute), in ``<out>/<model>/census_retrieval/`` (a sweep folder
+with its configuration header, so an identical rerun reuses finished tests and any change of weights,
+grid or code starts afresh). The grid is short-context: it finds heads that copy the needle at 256-512
+tokens, which is not the long-context retrieval-head set of Wu et al.; for that run ``workbench retrieval``
+and pass its folder as census option ``retrieval_from`` (CLI ``--retrieval-from DIR``): the saved sweep must
+carry provenance of the same weights, else the census refuses it.
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from ..census import CensusContext, CensusSection, register_section
-from .sweep import RETRIEVAL_THRESHOLD, default_out, load_scores
+from .sweep import RETRIEVAL_THRESHOLD, load_scores
+
+QUICK_LENGTHS = (256, 512)
+QUICK_DEPTHS = (0, 50, 100)
+QUICK_NEEDLES = 2
+QUICK_MAX_NEW_TOKENS = 24
+
+
+def quick_sweep(ctx: CensusContext):
+    """Run (or reuse, for an identical configuration) the census's quick needle sweep; returns (heads, summary)."""
+    from ..jsonl import read_header
+    from ..provenance import config_hash
+    from .needle import load_needles
+    from .sweep import RESULTS_FILE, run_sweep, save, sweep_config
+
+    needles = load_needles()[:QUICK_NEEDLES]
+    tmp = None
+    if ctx.out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="census-retrieval-")
+        d = Path(tmp.name)
+    else:
+        d = Path(ctx.out) / "census_retrieval"
+    cfg = sweep_config(ctx.lm, QUICK_LENGTHS, QUICK_DEPTHS, needles, None, QUICK_MAX_NEW_TOKENS)
+    header = read_header(d / RESULTS_FILE)
+    if header is not None and header.get("config_hash") != config_hash(cfg):
+        (d / RESULTS_FILE).unlink()  # made by other weights, grid or code: start afresh
+    try:
+        res = run_sweep(ctx.lm, QUICK_LENGTHS, QUICK_DEPTHS, needles, d, resume=True, progress=ctx.progress,
+                        max_new_tokens=QUICK_MAX_NEW_TOKENS)
+        if tmp is None:
+            save(res, d, ctx.lm.spec.name)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return res.heads, {"source": "quick sweep run by the census" + ("" if tmp else f" ({d})"), **{
+        k: res.summary[k] for k in ("n_tests", "n_correct", "lengths", "depths", "needles")},
+        "max_new_tokens": QUICK_MAX_NEW_TOKENS}
 
 
 def retrieval_section(ctx: CensusContext) -> CensusSection:
-    """Columns ``retrieval_score`` and ``retrieval_head`` (score > 0.1), a summary and a heatmap."""
+    """Columns ``retrieval_score`` and ``retrieval_head`` (score > 0.1), a summary and a heatmap.
+
+    Raises:
+        ProvenanceError: ``retrieval_from`` names a sweep of other weights (or one without provenance).
+        WorkbenchError: ``retrieval_from`` holds no saved scores.
+    """
     from ..viz import layer_head_heatmap
 
-    path = Path(ctx.options.get("retrieval_scores") or default_out(ctx.lm.spec.name))
-    if not (path / "retrieval_heads.parquet").exists() and not path.is_file():
-        return CensusSection("retrieval", None, {
-            "available": False,
-            "note": f"no saved retrieval scores at {path}: run `workbench retrieval --model {ctx.lm.spec.name}` "
-                    "to add retrieval scores to the census"})
-    df = load_scores(path)
+    src = ctx.options.get("retrieval_from")
+    if src:
+        import json
+
+        path = Path(src)
+        df = load_scores(path, ctx.lm)
+        prov = df.attrs.get("provenance") or {}
+        info = {"source": str(path), "source_config_hash": prov.get("config_hash"), "source_date": prov.get("date")}
+        summary_file = path / "summary.json" if path.is_dir() else path.parent / "summary.json"
+        if summary_file.exists():
+            s = json.loads(summary_file.read_text())
+            info.update({k: s.get(k) for k in ("n_tests", "n_correct", "lengths", "depths", "needles")})
+    else:
+        df, info = quick_sweep(ctx)
     heads = df[["layer", "head", "score"]].rename(columns={"score": "retrieval_score"})
     heads["retrieval_head"] = heads.retrieval_score > RETRIEVAL_THRESHOLD
     top = heads.sort_values("retrieval_score", ascending=False).head(10)
-    summary = {"available": True, "source": str(path), "threshold": RETRIEVAL_THRESHOLD,
+    summary = {"available": True, **info, "threshold": RETRIEVAL_THRESHOLD,
                "n_retrieval_heads": int(heads.retrieval_head.sum()),
                "fraction_retrieval_heads": float(heads.retrieval_head.mean()),
                "top_heads": [{"layer": int(r.layer), "head": int(r.head), "score": round(float(r.retrieval_score), 4)}
                              for r in top.itertuples()]}
-    summary_file = path / "summary.json" if path.is_dir() else path.parent / "summary.json"
-    if summary_file.exists():
-        import json
-
-        s = json.loads(summary_file.read_text())
-        summary.update({k: s.get(k) for k in ("n_tests", "n_correct", "lengths", "depths", "needles")})
     figs = [("retrieval score", layer_head_heatmap(heads, "retrieval_score", title="retrieval score (Wu et al. 2024)"))]
     return CensusSection("retrieval", heads, summary, figs)
 

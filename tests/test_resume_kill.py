@@ -1,0 +1,87 @@
+"""Killing a retrieval sweep or a study (SIGINT, then SIGKILL, in separate processes) and resuming gives a
+final table identical to an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from workbench.jsonl import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = Path(__file__).resolve().parent / "interrupt_driver.py"
+
+
+def _start(what: str, out: Path, resume: bool) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(DRIVER), what, str(out), "--delay", "0.15"] + (["--resume"] if resume else [])
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+
+
+def _kill_after(proc: subprocess.Popen, rows: Path, n: int, sig: int, timeout: float = 600) -> int:
+    """Send ``sig`` once ``rows`` holds at least ``n`` records; returns how many it held at the kill."""
+    t0 = time.time()
+    while len(read_jsonl(rows)) < n:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("the run made no progress")
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0  # it was interrupted, not finished
+    return len(read_jsonl(rows))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    sys.path.insert(0, str(DRIVER.parent))
+    from interrupt_driver import tiny_lm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the driver's processes, so sums are taken in the same order
+    yield tiny_lm()
+    torch.set_num_threads(threads)
+
+
+def test_sweep_killed_twice_then_resumed_equals_an_uninterrupted_sweep(tiny, tmp_path):
+    from workbench.retrieval.needle import load_needles
+    from workbench.retrieval.sweep import RESULTS_FILE, read_results, run_sweep
+
+    kw = dict(lengths=[160, 200], depths=[0, 50, 100], needles=load_needles()[:2], progress=False, max_new_tokens=3)
+    full = run_sweep(tiny, out_dir=tmp_path / "full", **kw)
+    out = tmp_path / "killed"
+    n1 = _kill_after(_start("sweep", out, False), out / RESULTS_FILE, 3, signal.SIGINT)
+    n2 = _kill_after(_start("sweep", out, True), out / RESULTS_FILE, n1 + 3, signal.SIGKILL)
+    assert 3 <= n1 < n2 < 12
+    res = run_sweep(tiny, out_dir=out, resume=True, **kw)
+    assert read_results(out) == read_results(tmp_path / "full")  # every record, in order, none twice
+    pd.testing.assert_frame_equal(res.heads, full.heads)
+    pd.testing.assert_frame_equal(res.tests, full.tests)
+
+
+def test_study_killed_twice_then_resumed_equals_an_uninterrupted_study(tiny, tmp_path):
+    from interrupt_driver import STUDY
+
+    from workbench.studies import parse_spec, run_study
+    from workbench.studies.runner import ROWS
+
+    spec = parse_spec(STUDY)
+    full = run_study(spec, tiny, out_root=tmp_path / "full", progress=False)
+    out = tmp_path / "killed"
+    rows = out / "tiny-llama" / "studies" / spec.name / ROWS
+    n1 = _kill_after(_start("study", out, False), rows, 2, signal.SIGINT)
+    n2 = _kill_after(_start("study", out, True), rows, n1 + 2, signal.SIGKILL)
+    assert 2 <= n1 < n2 < 7
+    res = run_study(spec, tiny, out_root=out, resume=True, progress=False)
+    assert res.n_resumed == n2 and res.n_run == 7 - n2
+    assert sorted(map(str, read_jsonl(rows))) == sorted(map(str, read_jsonl(full.out / ROWS)))
+    pd.testing.assert_frame_equal(res.table, full.table)
