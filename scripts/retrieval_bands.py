@@ -1,10 +1,10 @@
-"""Per length band: retrieval heads (score > 0.1) and top-10 overlap with the longest band, from sweep folders.
+"""Per length band: retrieval heads (score > 0.1) and top-10 overlap with the longest answered band, from sweep folders.
 
     PYTHONPATH=. python scripts/retrieval_bands.py DIR [DIR ...] [--model smollm2-135m] [--json]
 
 Each DIR is a sweep folder (its results.jsonl); records of several folders are pooled (a test key seen twice
 is counted once). Also prints the union of the two shortest bands (the census's quick-sweep band) against
-the longest band.
+the longest answered band.
 """
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ def main() -> None:
     t = band_table(recs, args.layers, args.heads)
     lengths = sorted(t.length)
     short = [r for r in recs if int(r["length"]) in lengths[:2]]
-    longest = [r for r in recs if int(r["length"]) == lengths[-1]]
+    longest = [r for r in recs if int(r["length"]) == t.attrs["reference_length"]]
     top_s = set(top_heads(summarize(short, args.layers, args.heads).heads))
     top_l = set(top_heads(summarize(longest, args.layers, args.heads).heads))
     s = summarize(short, args.layers, args.heads).summary
     extra = {"short_band": lengths[:2], "short_n_retrieval": s["n_retrieval_heads"],
-             "short_fraction": s["fraction_retrieval_heads"], "short_top10_overlap_longest": len(top_s & top_l)}
+             "short_fraction": s["fraction_retrieval_heads"], "reference_length": int(t.attrs["reference_length"]),
+             "short_top10_overlap_reference": len(top_s & top_l)}
     if args.json:
         print(json.dumps({"bands": t.to_dict(orient="records"), **extra}))
     else:

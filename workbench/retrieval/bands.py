@@ -27,8 +27,9 @@ def band_table(records: list[dict], n_layers: int, n_heads: int, k: int = 10,
 
     Columns: ``length``, ``n_tests``, ``accuracy`` (share answered correctly), ``n_retrieval`` (heads
     with score > threshold in that band), ``fraction`` (of all L x H heads), ``top`` ("L.H" of the
-    band's top-``k``), ``overlap_longest`` (how many of the band's top-``k`` are in the longest band's
-    top-``k``, 0..k) and ``overlap_next`` (with the next longer band's; NaN for the longest).
+    band's top-``k``), ``overlap_longest`` (how many of the band's top-``k`` are in the top-``k`` of the
+    longest band with a correct answer, 0..k; a band the model never answers has no scores to
+    compare; that band is in ``df.attrs["reference_length"]``) and ``overlap_next`` (with the next longer band's; NaN for the longest).
     """
     lengths = sorted({int(r["length"]) for r in records})
     rows, tops = [], {}
@@ -38,9 +39,13 @@ def band_table(records: list[dict], n_layers: int, n_heads: int, k: int = 10,
         tops[n] = top_heads(res.heads, k)
         rows.append({"length": n, "n_tests": s["n_tests"], "accuracy": s["accuracy"],
                      "n_retrieval": s["n_retrieval_heads"], "fraction": s["fraction_retrieval_heads"]})
+    answered = [r["length"] for r in rows if r["accuracy"]]
+    ref = answered[-1] if answered else lengths[-1]
     for i, row in enumerate(rows):
         n = row["length"]
         row["top"] = ",".join(f"{a}.{b}" for a, b in tops[n])
-        row["overlap_longest"] = len(set(tops[n]) & set(tops[lengths[-1]]))
+        row["overlap_longest"] = len(set(tops[n]) & set(tops[ref]))
         row["overlap_next"] = len(set(tops[n]) & set(tops[lengths[i + 1]])) if i + 1 < len(lengths) else None
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["reference_length"] = ref
+    return df
