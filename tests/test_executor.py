@@ -16,9 +16,10 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local 2-CPU Ray cluster for the whole module (started here, so executors join it)."""
+    """One local Ray cluster for the whole module (started here, so executors join it): 2 CPUs for the
+    2-worker pool, 1 for the VLM test's worker."""
     os.environ.setdefault("RAY_worker_niceness", "0")  # as RayExecutor does for the clusters it starts
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024 ** 2)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024 ** 2)
     yield
     ray.shutdown()
 
@@ -121,9 +122,26 @@ def test_workers_with_another_model_are_refused(pool, tmp_path):
         list(pool.map(object(), [1], lm))
 
 
+def test_ray_pope_and_chair_equal_local(cluster):
+    from workbench import hallucination as H
+    from workbench import load_model
+
+    torch.set_num_threads(1)
+    lm = load_model("digits-vlm")
+    imgs = H.heldout_images(2)
+    items = H.pope_items(imgs)
+    with RayExecutor(ModelLoader.of("digits-vlm"), workers=1, threads=1) as ex:
+        local = H.run_pope(lm, imgs, items, "var", ["random"], progress=False)
+        dist = H.run_pope(lm, imgs, items, "var", ["random"], progress=False, executor=ex)
+        pd.testing.assert_frame_equal(dist, local)
+        local = H.run_chair(lm, imgs, "none", max_new_tokens=3, progress=False)
+        dist = H.run_chair(lm, imgs, "none", max_new_tokens=3, progress=False, executor=ex)
+        pd.testing.assert_frame_equal(dist, local)
+
+
 def test_a_pool_the_cluster_cannot_place_is_refused(pool, tiny_dir):
-    with pytest.raises(ExecutorError, match="cannot place 1 workers"):
-        RayExecutor(ModelLoader.of(tiny_dir), workers=1).start()  # the pool holds both CPUs
+    with pytest.raises(ExecutorError, match="cannot place 2 workers"):
+        RayExecutor(ModelLoader.of(tiny_dir), workers=2).start()  # the pool holds 2 of the 3 CPUs
 
 
 def test_errors_are_one_line(tmp_path, monkeypatch):

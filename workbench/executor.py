@@ -203,8 +203,17 @@ class RayExecutor(Executor):
             # Ray runs workers at nice 15 by default (the driver first); here the workers do the work, so
             # they get the same priority as a local run
             os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(num_cpus=int(self.workers) * int(self.threads), num_gpus=None,
-                     include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 ** 2)
+            for attempt in (1, 2):  # Ray gives its raylet 30 s to register; a loaded machine can miss that once
+                try:
+                    ray.init(num_cpus=int(self.workers) * int(self.threads), num_gpus=None,
+                             include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 ** 2)
+                    break
+                except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception on a startup timeout
+                    ray.shutdown()
+                    if attempt == 2:
+                        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+                        raise ExecutorError(f"could not start a local Ray cluster ({msg}): retry when the machine is "
+                                            "less loaded, or use --executor local") from None
             self._started_ray = True
 
     def _new_actor(self):

@@ -23,6 +23,7 @@ or code version misses the cache.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -192,30 +193,59 @@ def _append(path: Path | None, row: dict) -> None:
         append_jsonl(path, row)
 
 
+@dataclass
+class AnswerJob:
+    """One answer per cell ``(image index, digit)`` (POPE's yes/no question; digit None: CHAIR's list
+    question), what an executor's workers run."""
+
+    images: list
+    method: str
+    params: dict | None
+    max_new_tokens: int
+
+    def run(self, lm: LoadedModel, cell: tuple) -> str:
+        from . import digits_vlm
+
+        img, digit = cell
+        q = D.LIST_QUESTION if digit is None else D.YESNO_QUESTION.format(d=digit)
+        inp = digits_vlm.make_input(lm, q, self.images[img].pixels)
+        return answer(lm, inp, self.method, self.max_new_tokens, self.params)
+
+
+def _answer_all(lm: LoadedModel, job: AnswerJob, cells: list, keys: list[str], done: dict, cache: Path | None,
+                desc: str, progress: bool, executor) -> None:
+    """Answer the cells whose key is not in ``done`` (on ``executor``), adding them to ``done`` and the cache."""
+    from .executor import LocalExecutor
+
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    with tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, disable=not progress) as bar:
+        for j, text in (executor or LocalExecutor()).map(job, [cells[i] for i in todo], lm):
+            key = keys[todo[j]]
+            done[key] = {"key": key, "answer": text}
+            _append(cache, done[key])
+            bar.update(1)
+
+
 def run_pope(lm: LoadedModel, images: Sequence[D.Composite], items: pd.DataFrame, method: str = "none",
              splits: Sequence[str] = SPLITS, cache: Path | None = None, progress: bool = True,
-             params: dict | None = None) -> pd.DataFrame:
+             params: dict | None = None, executor=None) -> pd.DataFrame:
     """Answer the POPE questions of ``splits`` under ``method``; returns ``items`` rows with ``answer``, ``pred``.
 
     Questions shared by several splits (the positives) are answered once. ``cache`` (a folder) keeps
     finished answers in :func:`cache_file` of the full configuration (:func:`cache_config`), so a rerun
     resumes and a changed parameter, model or code never reuses an answer. ``params``: :func:`method_params`.
+    ``executor`` (:mod:`workbench.executor`; default the local, serial one) answers the questions; the
+    cache is written here, by the driver.
     """
-    from . import digits_vlm
-
     for s in splits:
         check_method(method, s)
     sub = items[items.split.isin(splits)].copy()
     done, cache = _resume(cache, cache_config(lm, "pope", method, params, images, 1))
-    answers = {}
     todo = sorted({(int(r.image), int(r.digit)) for r in sub.itertuples()})
-    for img, digit in tqdm(todo, desc=f"POPE {method}", disable=not progress):
-        key = f"pope/{method}/{img}/{digit}"
-        if key not in done:
-            inp = digits_vlm.make_input(lm, D.YESNO_QUESTION.format(d=digit), images[img].pixels)
-            done[key] = {"key": key, "answer": answer(lm, inp, method, params=params)}
-            _append(cache, done[key])
-        answers[(img, digit)] = done[key]["answer"]
+    keys = [f"pope/{method}/{img}/{digit}" for img, digit in todo]
+    _answer_all(lm, AnswerJob(list(images), method, params, 1), todo, keys, done, cache, f"POPE {method}", progress,
+                executor)
+    answers = {c: done[k]["answer"] for c, k in zip(todo, keys)}
     sub["answer"] = [answers[(int(r.image), int(r.digit))] for r in sub.itertuples()]
     sub["pred"] = sub["answer"].map(is_yes)
     sub["method"] = method
@@ -223,23 +253,21 @@ def run_pope(lm: LoadedModel, images: Sequence[D.Composite], items: pd.DataFrame
 
 
 def run_chair(lm: LoadedModel, images: Sequence[D.Composite], method: str = "none", max_new_tokens: int = 8,
-              cache: Path | None = None, progress: bool = True, params: dict | None = None) -> pd.DataFrame:
-    """Answer "What digits are in the image?" for every image under ``method`` (``cache``: as in :func:`run_pope`).
+              cache: Path | None = None, progress: bool = True, params: dict | None = None,
+              executor=None) -> pd.DataFrame:
+    """Answer "What digits are in the image?" for every image under ``method`` (``cache``, ``executor``: as in
+    :func:`run_pope`).
 
     Returns DataFrame (image, method, answer, truth, mentioned, hallucinated, covered).
     """
-    from . import digits_vlm
-
     check_method(method)
     done, cache = _resume(cache, cache_config(lm, "chair", method, params, images, max_new_tokens))
+    keys = [f"chair/{method}/{i}" for i in range(len(images))]
+    _answer_all(lm, AnswerJob(list(images), method, params, max_new_tokens), [(i, None) for i in range(len(images))],
+                keys, done, cache, f"CHAIR {method}", progress, executor)
     rows = []
-    for i, comp in enumerate(tqdm(images, desc=f"CHAIR {method}", disable=not progress)):
-        key = f"chair/{method}/{i}"
-        if key not in done:
-            inp = digits_vlm.make_input(lm, D.LIST_QUESTION, comp.pixels)
-            done[key] = {"key": key, "answer": answer(lm, inp, method, max_new_tokens, params)}
-            _append(cache, done[key])
-        text = done[key]["answer"]
+    for i, comp in enumerate(images):
+        text = done[keys[i]]["answer"]
         m = mentioned_digits(text)
         rows.append((i, method, text, comp.digits, m, [d for d in m if d not in comp.digits],
                      [d for d in comp.digits if d in m]))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from ..cli import DEVICE_OPTION, DTYPE_OPTION, app, emit
+from .retrieval import address_option, executor_option, gpus_option, threads_option, workers_option
 
 
 def _out_dir(out: Path, model: str) -> Path:
@@ -72,6 +74,11 @@ def hallucination(
                                                         "(keyed by the full configuration and code, resumable)"),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    executor: str = executor_option(),
+    address: Optional[str] = address_option(),
+    workers: int = workers_option(),
+    gpus_per_worker: float = gpus_option(),
+    threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """POPE-style yes/no (and optionally CHAIR-style listing) hallucination metrics with 95% bootstrap CIs."""
@@ -79,19 +86,24 @@ def hallucination(
     from ..models import load_model
     from ..vision_report import require_digits_model
 
+    from ..executor import make_executor
+
     check_method(method, split)
+    ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     lm = load_model(model, device=device, dtype=dtype)
     require_digits_model(lm)
     imgs = heldout_images(images)
     cache = _out_dir(out, lm.spec.name) / "hallucination"  # one answers-<config hash>.jsonl per configuration
-    df = run_pope(lm, imgs, pope_items(imgs), method, [split], cache=cache, progress=not as_json)
+    with ex:
+        df = run_pope(lm, imgs, pope_items(imgs), method, [split], cache=cache, progress=not as_json, executor=ex)
+        chair_df = run_chair(lm, imgs, method, cache=cache, progress=not as_json, executor=ex) if chair else None
     from ..hallucination import method_params
     from ..provenance import collect, write_json
 
     result = {"model": lm.spec.name, "method": method, "params": method_params(method), "split": split,
               **with_ci(df, pope_metrics)}
     if chair:
-        result["chair"] = with_ci(run_chair(lm, imgs, method, cache=cache, progress=not as_json), chair_metrics)
+        result["chair"] = with_ci(chair_df, chair_metrics)
     result["file"] = str(write_json(result, cache.parent / f"hallucination_{method}_{split}_{images}.json",
                                     collect(lm, {"command": "hallucination", "model": model, "method": method,
                                                  "params": result["params"], "split": split, "images": images,
