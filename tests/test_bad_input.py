@@ -37,6 +37,8 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("vision", "mistyped option", "vision --image 2", "No such option"),
     ("hallucination", "mistyped option", "hallucination --methd vhr", "No such option"),
     ("study run", "mistyped option", "study run x.toml --resum", "No such option"),
+    ("reproduce", "mistyped option", "reproduce --quik", "No such option"),
+    ("reproduce", "unknown step", "reproduce --only nosuch --out {tmp}/r", "matches no step"),
     ("trace", "wrong type", "trace --prompt hi --budget-mb lots", "budget-mb"),
     ("census", "wrong type", "census --samples two", "samples"),
     # unknown model

@@ -39,7 +39,7 @@ def test_hallucination_builds_vhr_and_var_from_the_registry(monkeypatch):
 
             return contextlib.nullcontext()
 
-    monkeypatch.setattr(R, "build_intervention", lambda name, lm, inp=None: seen.append((name, inp)) or Fake())
+    monkeypatch.setattr(R, "build_intervention", lambda name, lm, inp=None, **params: seen.append((name, inp)) or Fake())
     for m in ("vhr", "var"):
         H.intervention(object(), "INPUT", m)
     assert seen == [("vhr", "INPUT"), ("var", "INPUT")]

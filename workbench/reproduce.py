@@ -135,7 +135,14 @@ def reproduce(quick: bool = False, root: str | Path | None = None, only: list[st
         spec_dir = Path(tmp.name)
         for s in STUDIES:
             (spec_dir / Path(s).name).write_text(_toml(shrink_spec(load_spec(REPO / s).raw)))
-    todo = [s for s in steps(quick, root, spec_dir) if not only or any(s.name.startswith(o) for o in only)]
+    all_steps = steps(quick, root, spec_dir)
+    unknown = [o for o in (only or []) if not any(s.name.startswith(o) for s in all_steps)]
+    if unknown:
+        if tmp is not None:
+            tmp.cleanup()
+        raise WorkbenchError(f"--only {unknown[0]!r} matches no step: choose prefixes of "
+                             f"{', '.join(s.name for s in all_steps)}")
+    todo = [s for s in all_steps if not only or any(s.name.startswith(o) for o in only)]
     done, t_all = [], time.time()
     try:
         for i, s in enumerate(todo):
