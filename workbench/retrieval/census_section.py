@@ -31,18 +31,20 @@ def quick_sweep(ctx: CensusContext):
     from .sweep import RESULTS_FILE, run_sweep, save, sweep_config
 
     needles = load_needles()[:QUICK_NEEDLES]
+    window = ctx.lm.spec.context_window
+    lengths = [n for n in QUICK_LENGTHS if not window or n <= window]  # what fits the model's window
     tmp = None
     if ctx.out is None:
         tmp = tempfile.TemporaryDirectory(prefix="census-retrieval-")
         d = Path(tmp.name)
     else:
         d = Path(ctx.out) / "census_retrieval"
-    cfg = sweep_config(ctx.lm, QUICK_LENGTHS, QUICK_DEPTHS, needles, None, QUICK_MAX_NEW_TOKENS)
+    cfg = sweep_config(ctx.lm, lengths, QUICK_DEPTHS, needles, None, QUICK_MAX_NEW_TOKENS)
     header = read_header(d / RESULTS_FILE)
     if header is not None and header.get("config_hash") != config_hash(cfg):
         (d / RESULTS_FILE).unlink()  # made by other weights, grid or code: start afresh
     try:
-        res = run_sweep(ctx.lm, QUICK_LENGTHS, QUICK_DEPTHS, needles, d, resume=True, progress=ctx.progress,
+        res = run_sweep(ctx.lm, lengths, QUICK_DEPTHS, needles, d, resume=True, progress=ctx.progress,
                         max_new_tokens=QUICK_MAX_NEW_TOKENS)
         if tmp is None:
             save(res, d, ctx.lm.spec.name)
@@ -75,6 +77,10 @@ def retrieval_section(ctx: CensusContext) -> CensusSection:
         if summary_file.exists():
             s = json.loads(summary_file.read_text())
             info.update({k: s.get(k) for k in ("n_tests", "n_correct", "lengths", "depths", "needles")})
+    elif ctx.lm.spec.context_window and ctx.lm.spec.context_window < min(QUICK_LENGTHS):
+        return CensusSection("retrieval", None, {
+            "available": False, "note": f"the quick needle sweep needs {min(QUICK_LENGTHS)} tokens but "
+            f"{ctx.lm.spec.name} has a {ctx.lm.spec.context_window}-token window: pass --retrieval-from DIR"})
     else:
         df, info = quick_sweep(ctx)
     heads = df[["layer", "head", "score"]].rename(columns={"score": "retrieval_score"})
