@@ -263,7 +263,8 @@ def test_census_gains_sinks_section():
 
     lm = planted_sink_lm()
     lm.tokenizer = CharTok()
-    res = run_census(lm, n_samples=2, seq_len=40, out_dir=None, progress=False)
+    res = run_census(lm, n_samples=2, seq_len=40, out_dir=None, progress=False,
+                     sections=["attention", "sinks"])  # the retrieval section needs a real tokenizer (tests/test_retrieval.py)
     assert "sinks" in res.summary and {"hidden_sink_share", "first_token_sink_share"} <= set(res.heads.columns)
     assert len(res.heads) == 4
     # exact: Sink_1^0.3 from the eager attention maps of the same windows (transformers' own attention)

@@ -41,6 +41,8 @@ def quick_sweep(ctx: CensusContext, lengths: tuple[int, ...] = QUICK_LENGTHS):
     from .sweep import RESULTS_FILE, run_sweep, save, sweep_config
 
     needles = load_needles()[:QUICK_NEEDLES]
+    window = ctx.lm.spec.context_window
+    lengths = [n for n in QUICK_LENGTHS if not window or n <= window]  # what fits the model's window
     tmp = None
     if ctx.out is None:
         tmp = tempfile.TemporaryDirectory(prefix="census-retrieval-")
@@ -85,6 +87,10 @@ def retrieval_section(ctx: CensusContext) -> CensusSection:
         if summary_file.exists():
             s = json.loads(summary_file.read_text())
             info.update({k: s.get(k) for k in ("n_tests", "n_correct", "lengths", "depths", "needles")})
+    elif ctx.lm.spec.context_window and ctx.lm.spec.context_window < min(QUICK_LENGTHS):
+        return CensusSection("retrieval", None, {
+            "available": False, "note": f"the quick needle sweep needs {min(QUICK_LENGTHS)} tokens but "
+            f"{ctx.lm.spec.name} has a {ctx.lm.spec.context_window}-token window: pass --retrieval-from DIR"})
     else:
         lengths = quick_lengths(ctx.lm.spec.context_window)
         if not lengths:
