@@ -168,6 +168,7 @@ def stage_heads(lm, a) -> dict:
 
 
 def main() -> int:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default="tower,accuracy,calibrate,pope,chair,heads")
     ap.add_argument("--n-images", type=int, default=None, help="easy-VQA test images (default all 1000)")
@@ -178,7 +179,9 @@ def main() -> int:
     ap.add_argument("--methods", default="none,vhr,var,no-visual-sinks")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
+    OUT = a.out
     torch.set_num_threads(a.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     stages = a.stages.split(",")

@@ -29,10 +29,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=d["seed"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=V.WEIGHTS)
+    ap.add_argument("--init", type=Path, default=None, help="start from this projector (with --steps-align 0: resume after alignment)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     info = V.train(n_images=a.n_images, n_scenes=a.n_scenes, steps_align=a.steps_align, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                   turns=a.turns, out=a.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+                   turns=a.turns, out=a.out, init=a.init, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(info))
     return 0
 

@@ -417,7 +417,8 @@ def training_examples(n_images: int, n_scenes: int, turns: int, seed: int) -> li
 
 
 def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 400, steps: int = 20, batch: int = 8,
-          lr: float = 5e-4, seed: int = 0, turns: int = 5, out: Path | None = WEIGHTS, log=print) -> dict:
+          lr: float = 5e-4, seed: int = 0, turns: int = 5, out: Path | None = WEIGHTS, init: Path | None = None,
+          log=print) -> dict:
     """Train the projector (only; tower and language model frozen) on easy-VQA train; save it to ``out``.
 
     1. Tower features of the first ``n_images`` train images and of ``n_scenes`` train scenes are
@@ -428,6 +429,10 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 400, step
        as a multi-turn conversation) and half scene sequences (caption plus two yes/no questions);
        loss = cross-entropy on the answer tokens; AdamW, cosine schedule with 5% warm-up. This is the
        slow stage (each step is a forward and backward pass of the 135M model over ~8 x 110 tokens).
+
+    ``init``: start from a saved projector (e.g. the ``.align.safetensors`` file that stage 2 writes
+    next to ``out``) instead of the seeded initialisation; with ``steps_align=0`` this resumes a run
+    after its alignment stage.
 
     Returns timings (s) and losses.
     """
@@ -455,10 +460,14 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 400, step
     for p in proj.parameters():
         p.requires_grad_(True)
     emb = model.get_input_embeddings()
+    if init is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(init)), strict=False)
     align_loss = align_projector(proj, torch.cat([f_img, f_sc]), labels, alignment_targets(tok, emb.weight.detach()),
                                  steps_align, seed, log=log)
     t_align = time.time()
-    if out is not None:
+    if out is not None and steps_align:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         save_file(projector_state_dict(model), str(Path(out).with_suffix(".align.safetensors")))
     lm = model.model.language_model

@@ -1,0 +1,253 @@
+"""effnet-smollm2-vqa: the pretrained EfficientNet-Lite0 tower, easy-VQA data and scenes, the shipped
+projector, and (slow) the assembled LLaVA model: it reads the image, the prefix cache is exact, and
+VAR / VHR / visual-sink removal behave on it as their closed forms say."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from workbench.attention import attention_hooks
+
+
+# --- the tower ----------------------------------------------------------------------------------------
+
+
+def test_tower_loads_offline_and_is_imagenet_pretrained():
+    """The tower's own ImageNet head ranks the right classes first on scikit-learn's two real photos
+    (china.jpg: 442 'bell cote', flower.jpg: 985 'daisy'; ImageNet-1k indices, the packages ship no names)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from workbench.effnet_vlm import load_tower
+
+    tower = load_tower()
+    d = load_sample_images()
+    px = []
+    for img in d.images:
+        im = Image.fromarray(img).resize((224, 224), Image.BICUBIC)
+        px.append((torch.tensor(np.asarray(im), dtype=torch.float32).permute(2, 0, 1) / 255.0 - 0.5) / 0.5)
+    logits = tower.classify(torch.stack(px))
+    top = {name.split("/")[-1]: int(i) for name, i in zip(d.filenames, logits.argmax(-1))}
+    assert top == {"china.jpg": 442, "flower.jpg": 985}
+    out = tower(torch.stack(px))
+    assert out.last_hidden_state.shape == (2, 49, 1280) and out.hidden_states[-1] is out.last_hidden_state
+    # a random-weight tower of the same architecture does not rank them so
+    from workbench.effnet_vlm import EffNetLiteConfig, EffNetLiteVisionModel
+
+    torch.manual_seed(0)
+    rnd = EffNetLiteVisionModel(EffNetLiteConfig()).eval()
+    assert rnd.classify(torch.stack(px)).argmax(-1).tolist() != [442, 985]
+
+
+def test_shipped_projector_is_small_and_has_the_llava_shapes():
+    from safetensors.torch import load_file
+
+    from workbench.effnet_vlm import WEIGHTS
+
+    assert WEIGHTS.stat().st_size < 5 * 2**20
+    sd = load_file(str(WEIGHTS))
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    assert shapes == {"model.multi_modal_projector.linear_1.weight": (576, 1280),
+                      "model.multi_modal_projector.linear_1.bias": (576,),
+                      "model.multi_modal_projector.linear_2.weight": (576, 576),
+                      "model.multi_modal_projector.linear_2.bias": (576,)}
+    assert all(bool(torch.isfinite(v).all()) for v in sd.values())
+
+
+# --- easy-VQA data and scenes ---------------------------------------------------------------------------
+
+
+def test_easyvqa_labels_agree_with_every_yes_no_question():
+    from workbench import easyvqa as V
+
+    labels = V.image_labels("test")
+    assert len(labels) == 1000
+    checked = 0
+    for q, a, i in V.questions("test"):
+        c, s = labels[i]
+        if not V.is_yesno(a) or c is None or s is None:
+            continue
+        neg = " not " in f" {q} " or q.startswith("is no ")
+        word = next(w for w in V.COLORS + V.SHAPES if f" {w} " in f" {q.rstrip('?')} ")
+        present = word in (c, s)
+        assert (a == V.YES) == (present != neg), (q, a, labels[i])
+        checked += 1
+    assert checked > 6000
+
+
+def test_scenes_are_deterministic_split_pure_and_pope_negatives_follow_the_rules():
+    from workbench import easyvqa as V
+
+    a, b = V.scenes("test", 30, 7), V.scenes("test", 30, 7)
+    assert [s.cells for s in a] == [s.cells for s in b]
+    lab = V.image_labels("test")
+    for s in a:
+        objs = [o for o in s.classes if o >= 0]
+        assert 2 <= len(objs) <= 4 and len(set(objs)) == len(objs)
+        for i, k in zip(s.cells, s.classes):
+            assert (i < 0) == (k < 0)
+            if i >= 0:
+                assert lab[i] == V.CLASSES[k]  # test scenes hold test images of the stated class
+    assert a[0].pixels().shape == (3, 224, 224) and float(a[0].pixels().abs().max()) <= 1.0
+    assert a[0].caption().count(" a ") + 1 == len(a[0].objects)
+    items = V.pope_items(a)
+    freq, co = V.training_stats()
+    assert (items.groupby("split").size() == 60).all()
+    for r in items.itertuples():
+        assert (r.object in V.scene_objects(a[r.image])) == r.label
+    for r in items[(items.split == "adversarial") & ~items.label].itertuples():
+        pres = V.scene_objects(a[r.image])
+        score = lambda o: sum(co.get((p, o), 0.0) for p in pres)  # noqa: E731
+        assert score(r.object) == max(score(o) for o in V.ALL_OBJECTS if o not in pres)
+    assert V.mentioned_objects("a red circle, a blue triangle and a circle") == [
+        ("red", "circle"), ("blue", "triangle"), (None, "circle")]
+
+
+def test_chair_row_and_mcnemar():
+    from workbench import easyvqa as V
+    from workbench.vqa_hallucination import chair_metrics, chair_row, mcnemar
+
+    sc = V.Scene("test", [-1, -1, -1, -1], [V.CLASSES.index(("red", "circle")), -1, V.CLASSES.index(("blue", "triangle")), -1])
+    r = chair_row(sc, "a red circle, a green triangle and a triangle")
+    assert r["hallucinated"] == [("green", "triangle")] and r["covered"] == [("red", "circle")]
+    m = chair_metrics(pd.DataFrame([r, chair_row(sc, "a red circle and a blue triangle")]).assign(image=[0, 1]))
+    assert m["chair_s"] == 0.5 and m["chair_i"] == pytest.approx(1 / 5) and m["recall"] == pytest.approx(3 / 4)
+    t = mcnemar(np.array([1, 1, 1, 1, 1, 1, 0, 1], bool), np.array([0, 0, 0, 0, 0, 0, 0, 1], bool))
+    assert t["a_only"] == 6 and t["b_only"] == 0 and t["p_value"] == pytest.approx(2 * 0.5 ** 6)
+
+
+# --- the assembled model (slow: loads SmolLM2) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vqa_lm():
+    from workbench import load_model
+
+    return load_model("effnet-smollm2-vqa")
+
+
+class _Calls:
+    def __init__(self):
+        self.calls = []
+
+    def on_attention(self, call):
+        self.calls.append(call)
+
+
+@pytest.mark.slow
+def test_preset_is_a_llava_model_that_reads_the_image(vqa_lm):
+    """The first 40 open (shape / colour) easy-VQA test questions: the greedy first answer token is
+    right far more often with the image than with a white image; and the shared-prefix KV cache gives
+    the logits of one full pass per question."""
+    from workbench import easyvqa as V
+    from workbench.effnet_vlm import make_input
+    from workbench.vlm import image_positions
+    from workbench.vqa_eval import first_token_logits, score
+
+    lm = vqa_lm
+    assert type(lm.model).__name__ == "LlavaForConditionalGeneration"
+    assert type(lm.model.model.vision_tower).__name__ == "EffNetLiteVisionModel" and lm.spec.n_layers == 30
+    qs = [(q, a, i) for q, a, i in V.questions("test") if not V.is_yesno(a)][:40]
+    acc = {}
+    for cond in ("image", "blank"):
+        right = 0
+        for i in sorted({i for _, _, i in qs}):
+            mine = [(q, a) for q, a, j in qs if j == i]
+            px = V.image_pixels("test", i) if cond == "image" else V.blank_pixels()
+            logits = first_token_logits(lm, px, [q for q, _ in mine])
+            right += int(score(lm.tokenizer, logits, [a for _, a in mine]).correct.sum())
+            if cond == "image" and i == qs[0][2]:
+                inp = make_input(lm, mine[0][0], px)
+                assert image_positions(lm.model, inp.input_ids).numel() == 49
+                with torch.no_grad():
+                    full = lm.model(input_ids=inp.input_ids, **inp.kwargs()).logits[0, -1]
+                assert torch.allclose(logits[0], full, atol=1e-3)
+        acc[cond] = right / len(qs)
+    assert acc["image"] >= acc["blank"] + 0.1, acc
+
+
+@pytest.mark.slow
+def test_var_closed_form_equals_eager_reference_on_the_preset(vqa_lm):
+    from workbench import easyvqa as V
+    from workbench.effnet_vlm import make_input
+    from workbench.interventions.var import var_eager, var_output
+
+    lm = vqa_lm
+    inp = make_input(lm, V.POPE_QUESTION.format(obj="red circle"), V.scenes("test", 1, 3)[0].pixels())
+    rec = _Calls()
+    with attention_hooks(rec), torch.no_grad():
+        out = lm.model(input_ids=inp.input_ids, use_cache=True, **inp.kwargs())
+        lm.model(input_ids=torch.tensor([[lm.tokenizer(" yes").input_ids[0]]]), past_key_values=out.past_key_values,
+                 use_cache=True)
+    worst, n_sel = 0.0, 0
+    for call in rec.calls[::3] + rec.calls[-3:]:
+        nk = call.key.shape[2]
+        sinks = torch.zeros(nk, dtype=torch.bool)
+        sinks[[0, 5, 20]] = True  # a text sink and two image tokens
+        image = torch.zeros(nk, dtype=torch.bool)
+        image[3:52] = True
+        got, sel = var_output(call, sinks, image, p=0.6, summ=0.0, rho=0.0)
+        want, sel_ref = var_eager(call, sinks, image, 0.6, 0.0, 0.0)
+        assert torch.equal(sel, sel_ref)
+        worst = max(worst, float((got.float() - want).abs().max()))
+        n_sel += int(sel.sum())
+    assert worst < 1e-4 and n_sel > 0
+
+
+@pytest.mark.slow
+def test_vhr_scales_exactly_the_selected_heads_on_the_preset(vqa_lm):
+    from workbench import easyvqa as V
+    from workbench.effnet_vlm import make_input
+    from workbench.interventions.vhr import VisionAwareHeadReinforcement
+
+    lm = vqa_lm
+    inp = make_input(lm, V.POPE_QUESTION.format(obj="circle"), V.scenes("test", 1, 4)[0].pixels())
+    before, after = [], []
+
+    class Snap:
+        def __init__(self, store):
+            self.store = store
+
+        def on_attention(self, call):
+            self.store.append((call.layer, call.output.clone()))
+
+    vhr = VisionAwareHeadReinforcement.prepare(lm, inp, layers=[1, 20, 29], alpha=2.0)
+    with attention_hooks(Snap(before), vhr, Snap(after)), torch.no_grad():
+        lm.model(input_ids=inp.input_ids, use_cache=False, **inp.kwargs())
+    assert set(vhr.selected) == {1, 20, 29}
+    for (layer, b), (_, a) in zip(before, after):
+        if layer not in vhr.selected:
+            assert torch.equal(a, b)
+            continue
+        sel = vhr.selected[layer]
+        assert 0 < int(sel.sum()) < 9
+        expect = b.clone()
+        expect[:, sel, -1] *= 2.0
+        assert torch.equal(a, expect)
+
+
+@pytest.mark.slow
+def test_visual_sink_removal_equals_masking_the_keys(vqa_lm):
+    """The closed form of removing keys S equals attention recomputed with S masked out."""
+    from workbench import easyvqa as V
+    from workbench.attention import attention_with_lse
+    from workbench.effnet_vlm import make_input
+
+    lm = vqa_lm
+    inp = make_input(lm, V.CAPTION_QUESTION, V.scenes("test", 1, 5)[0].pixels())
+    rec = _Calls()
+    with attention_hooks(rec), torch.no_grad():
+        lm.model(input_ids=inp.input_ids, use_cache=False, **inp.kwargs())
+    call = rec.calls[10]
+    s_idx = torch.tensor([4, 9, 30])
+    a = call.probs(0, call.query.shape[2], keys=s_idx)
+    kv = torch.arange(call.query.shape[1]) // call.n_rep
+    closed = (call.output.float() - a @ call.value[:, kv][:, :, s_idx].float()) / (1 - a.sum(-1, keepdim=True))
+    nq, nk = call.query.shape[2], call.key.shape[2]
+    vis = call.visible(0, nq).clone()
+    vis[..., s_idx] = False
+    mask = torch.zeros(vis.shape).masked_fill(~vis, float("-inf"))
+    ref, _ = attention_with_lse(call.query, call.key, call.value, mask, call.scale)
+    assert float((closed - ref.float()).abs().max()) < 1e-4
