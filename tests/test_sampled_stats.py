@@ -188,7 +188,7 @@ def test_sampled_received_over_generate_is_the_stratified_estimate(tiny_lm):
 
 def _coverage(lm, ids, rows, seeds, new_tokens):
     """Share of (seed, layer, head, key) entries whose sampled estimate lies within its bound, and the
-    share for the first token (the sink entry, largest values), over ``seeds``, and the largest error - bound."""
+    share for the first token (the sink entry, largest values), over ``seeds``, and the largest error / bound."""
     def run(sample, seed):
         tracer = Tracer(lm, stats=("received",), received_sample_rows=sample, seed=seed)
         with torch.no_grad(), tracer:
@@ -205,22 +205,24 @@ def _coverage(lm, ids, rows, seeds, new_tokens):
         tr = run(rows, seed)
         err = (tr["received"] - exact).abs()
         bound = tr["received_bound"][:, :, None, :].expand_as(err)
-        inside.append((err <= bound).float().mean().item())
-        inside0.append((err[..., 0] <= bound[..., 0]).float().mean().item())
-        worst = max(worst, (err - bound).max().item())
+        ok = err <= bound + 1e-5  # exact strata (bound 0) differ from the exact run by kernel rounding only
+        inside.append(ok.float().mean().item())
+        inside0.append(ok[..., 0].float().mean().item())
+        pos = bound > 1e-5
+        worst = max(worst, (err[pos] / bound[pos]).max().item())
     return sum(inside) / len(inside), sum(inside0) / len(inside0), worst
 
 
 @pytest.mark.slow
 def test_real_model_bound_covers_over_seeds_with_and_without_generation(smollm2):
-    """SmolLM2, a 120-token prompt of real prose, 24 sampled rows, over 6 seeds: at least 95% of the
-    (layer, head, key) entries lie inside their stated 95% bound, in a single forward and when 24 decode
+    """SmolLM2, a 100-token prompt of real prose, 20 sampled rows, over 4 seeds: at least 95% of the
+    (layer, head, key) entries lie inside their stated 95% bound, in a single forward and when 16 decode
     steps (exact) are combined with the sampled prefill."""
     from workbench.text import token_windows
 
-    ids = token_windows(smollm2.tokenizer, 120, 1, split="heldout")
-    for new_tokens in (0, 24):
-        cov, cov0, worst = _coverage(smollm2, ids, 24, range(6), new_tokens)
-        print(f"smollm2 120 tokens, 24 rows, {new_tokens} new tokens, 6 seeds: {cov:.5f} of entries inside the "
-              f"bound, first token {cov0:.4f}, largest error - bound {worst:.4f}")
+    ids = token_windows(smollm2.tokenizer, 100, 1, split="heldout")
+    for new_tokens in (0, 16):
+        cov, cov0, worst = _coverage(smollm2, ids, 20, range(4), new_tokens)
+        print(f"smollm2 100 tokens, 20 rows, {new_tokens} new tokens, 4 seeds: {cov:.5f} of entries inside the "
+              f"bound, first token {cov0:.4f}, largest error / bound {worst:.3f}")
         assert cov >= 0.95 and cov0 >= 0.95
