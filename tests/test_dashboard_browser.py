@@ -129,10 +129,15 @@ def browser():
 
 
 def _wait(driver, predicate, timeout: float, what: str, poll: float = 0.01):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        if predicate():
-            return
+        try:
+            if predicate():
+                return
+        except StaleElementReferenceException:  # Streamlit re-rendered the element under us: look again
+            pass
         time.sleep(poll)
     ARTIFACTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / "dashboard_failure.png"))
@@ -241,12 +246,32 @@ def plain_server():
 
 
 def _button(driver, text: str):
+    """The visible button with this text (retried while Streamlit re-renders the page under us)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    for b in driver.find_elements(By.CSS_SELECTOR, "button"):
-        if b.text.strip() == text and b.is_displayed():
-            return b
+    for _ in range(20):
+        try:
+            for b in driver.find_elements(By.CSS_SELECTOR, "button"):
+                if b.text.strip() == text and b.is_displayed():
+                    return b
+        except StaleElementReferenceException:
+            pass
+        time.sleep(0.25)
     raise AssertionError(f"no visible button {text!r}")
+
+
+def _click(driver, text: str) -> None:
+    """Click the button with this text, finding it again if the page re-rendered it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(5):
+        try:
+            _button(driver, text).click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.25)
+    raise AssertionError(f"button {text!r} kept going stale")
 
 
 def _label(driver, text: str):
@@ -331,7 +356,7 @@ def test_preset_trace_attention_act_census(plain_server, browser, smollm2):
     _wait(browser, lambda: browser.execute_script(shown, ".st-key-model_choice", "smollm2-135m · text LM"), 60,
           "the default preset")
     t0 = time.perf_counter()
-    _button(browser, "Load model").click()
+    _click(browser, "Load model")
     _wait(browser, lambda: "smollm2-135m (text LM)" in browser.execute_script(
         "return document.querySelector(\"section[data-testid='stSidebar']\").textContent"),
           180, "the loaded model")
@@ -340,7 +365,7 @@ def test_preset_trace_attention_act_census(plain_server, browser, smollm2):
     _wait(browser, lambda: any(b.text.strip() == "Trace" for b in browser.find_elements(By.CSS_SELECTOR, "button")), 60,
           "the prompt form")
     t0 = time.perf_counter()
-    _button(browser, "Trace").click()
+    _click(browser, "Trace")
     _wait(browser, lambda: (browser.execute_script(PLOT_JS, ".st-key-attn_map") or "").startswith("layer 0 head 0"), 120,
           "the traced attention map")
     trace_s = time.perf_counter() - t0
@@ -366,7 +391,7 @@ def test_preset_trace_attention_act_census(plain_server, browser, smollm2):
     _wait(browser, lambda: browser.execute_script(shown, ".st-key-iv_name", "act calibration"), 30,
           "ACT as the default intervention")
     t0 = time.perf_counter()
-    _button(browser, "Run intervention").click()
+    _click(browser, "Run intervention")
     _wait(browser, lambda: (browser.execute_script(PLOT_JS, ".st-key-iv_fig_1") or "").startswith("head 10.0 attention"),
           240, "the before / after maps")
     act_s = time.perf_counter() - t0
@@ -377,7 +402,8 @@ def test_preset_trace_attention_act_census(plain_server, browser, smollm2):
     assert np.abs(before - eager_before.numpy()).max() < 1e-5
     assert np.abs(after - before).max() > 1e-2  # and it differs from before
     assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stAlertContentError"]')
-    browser.execute_script("window.scrollTo(0, 0)")
+    browser.execute_script("document.querySelector('.st-key-iv_fig_1').scrollIntoView({block: 'end'})")
+    time.sleep(0.5)
     shots.append(_shot(browser, "dashboard_intervention"))
 
     # the Census tab of the committed folder
