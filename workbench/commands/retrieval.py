@@ -88,7 +88,8 @@ def _haystack(file: Optional[Path]) -> Optional[str]:
 @app.command()
 def retrieval(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
-    lengths: str = typer.Option("256,512,1024,2048", help="context lengths in tokens, comma-separated"),
+    lengths: str = typer.Option("1024,2048,4096", help="context lengths in tokens, comma-separated (the default "
+                                                       "starts where the retrieval-head set is stable; README)"),
     depths: str = typer.Option("0,20,40,60,80,100", help="needle depths in percent, comma-separated"),
     needles: Optional[int] = typer.Option(None, min=1, help="use the first N needles (default all)"),
     needle_file: Optional[Path] = typer.Option(None, help="JSON Lines needles: name, sentence, question, answer"),
