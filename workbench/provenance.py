@@ -88,7 +88,9 @@ def _git() -> tuple[str | None, bool]:
     commit = run("rev-parse", "HEAD")
     if commit is None:
         return None, False
-    status = run("status", "--porcelain", "--untracked-files=no")
+    # the code's state: results folders (the committed reference reports, git-ignored runs/) are outputs, not code,
+    # so a run that rewrites reports/ does not mark its own provenance dirty
+    status = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports", ":(exclude)runs")
     return commit.strip(), bool(status and status.strip())
 
 
