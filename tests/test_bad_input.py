@@ -65,7 +65,6 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("trace", "malformed window", "trace --model {tiny} --prompt hi --window 3", "--window"),
     ("trace", "empty window", "trace --model {tiny} --prompt 'a b c d' --window 3:2", "--window"),
     ("trace", "window past the prompt", "trace --model {tiny} --prompt hi --window 40:50", "--window"),
-    ("trace", "--html without --window", "trace --model {tiny} --prompt hi --html {tmp}/a.html", "--html needs --window"),
     ("trace", "unknown statistic", "trace --model {tiny} --prompt hi --stats receved", "unknown statistics"),
     ("trace", "bad sample rows", "trace --model {tiny} --prompt hi --sample-rows 0 --stats received", "--sample-rows"),
     ("calibrate", "head out of range", "calibrate --model {tiny} --heads 9.0", "out of range"),

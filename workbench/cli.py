@@ -125,8 +125,6 @@ def trace(
     if (prompt is None) == (file is None):
         raise WorkbenchError("give exactly one of --prompt TEXT or --file PATH")
     text = check_prompt(prompt if prompt is not None else read_text_file(file, "prompt file"))
-    if html is not None and window is None:
-        raise WorkbenchError("--html needs --window START:STOP: the plot shows the attention maps of that window")
     chosen = tuple(x.strip() for x in stats.split(",") if x.strip())
     if set(chosen) - set(ALL_STATS):
         raise WorkbenchError(f"unknown statistics {sorted(set(chosen) - set(ALL_STATS))}: choose from {', '.join(ALL_STATS)}")
