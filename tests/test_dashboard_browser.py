@@ -61,14 +61,14 @@ def trace_2048(smollm2, tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def server(trace_2048):
-    """`workbench dashboard --headless` on a free localhost port, opened on the saved trace."""
+def _serve(*extra: str):
+    """Start `workbench dashboard --headless` on a free localhost port (with ``extra`` arguments and the
+    committed census), yield its URL once its health check answers, and stop it afterwards."""
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "dashboard", "--headless", "--port", str(port),
-                             "--trace", str(trace_2048), "--census", str(ROOT / "reports" / "smollm2-135m")],
+                             *extra, "--census", str(ROOT / "reports" / "smollm2-135m")],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -87,6 +87,12 @@ def server(trace_2048):
     finally:
         _stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(trace_2048):
+    """`workbench dashboard --headless` on a free localhost port, opened on the saved trace."""
+    yield from _serve("--trace", str(trace_2048))
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -220,29 +226,7 @@ def _z(v):
 @pytest.fixture(scope="module")
 def plain_server():
     """`workbench dashboard --headless` with no trace (the user picks the preset and traces a prompt)."""
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "dashboard", "--headless", "--port", str(port),
-                             "--census", str(ROOT / "reports" / "smollm2-135m")],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read().strip() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                pytest.fail(f"dashboard did not start (exit {proc.poll()}):\n{log.read().decode()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        _stop(proc)
-        log.close()
+    yield from _serve()
 
 
 def _button(driver, text: str):
