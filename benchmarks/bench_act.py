@@ -22,7 +22,7 @@ import torch
 
 from workbench import load_model
 from workbench.interventions.act import ACTCalibration
-from workbench.text import token_windows
+from workbench.tasks.text import token_windows
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ see the same machine state. ``plain`` is transformers' stock SDPA forward of the
 ``tracer`` is ``Tracer(lm, stats=("received",))``: mean received attention of every head of every layer,
 exact, computed in float32 from the kernel's log-sum-exp. Reported: median seconds, peak extra resident
 memory (MiB, ``benchmarks/common.PeakRSS``) and the ratios tracer / plain (the targets are <= 1.3x time and
-<= 1.2x memory). Input: real text (Python's docs, ``workbench.text.token_windows``).
+<= 1.2x memory). Input: real text (Python's docs, ``workbench.tasks.text.token_windows``).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import PeakRSS  # noqa: E402
 
 from workbench import Tracer, load_model  # noqa: E402
-from workbench.text import token_windows  # noqa: E402
+from workbench.tasks.text import token_windows  # noqa: E402
 
 
 def run(lengths: list[int], repeats: int, threads: int) -> list[dict]:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from workbench import load_model
-from workbench.executor import LocalExecutor, ModelLoader, RayExecutor
-from workbench.retrieval.needle import load_needles
-from workbench.retrieval.sweep import DEFAULT_DEPTHS, DEFAULT_LENGTHS, run_sweep
+from workbench.core.executor import LocalExecutor, ModelLoader, RayExecutor
+from workbench.tasks.needle import load_needles
+from workbench.studies.retrieval_sweep import DEFAULT_DEPTHS, DEFAULT_LENGTHS, run_sweep
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ def worker(method: str, length: int, repeats: int) -> dict:
     import torch
 
     from workbench import load_model
-    from workbench.retrieval.needle import NEEDLES, build_prompt
-    from workbench.retrieval.score import greedy_decode
+    from workbench.tasks.needle import NEEDLES, build_prompt
+    from workbench.analyzers.retrieval import greedy_decode
 
     lm = load_model("smollm2-135m")
     p = build_prompt(lm.tokenizer, NEEDLES[0], length, 50)
@@ -50,7 +50,7 @@ def worker(method: str, length: int, repeats: int) -> dict:
                 model.set_attn_implementation("eager")
                 tokens, rows = [], []
                 inp = ids[:, -1:]
-                from workbench.retrieval.score import _stop_ids
+                from workbench.analyzers.retrieval import _stop_ids
 
                 eos, nl = _stop_ids(lm.tokenizer)
                 for _ in range(50):

@@ -8,7 +8,7 @@ Everything is built from configs with random weights (nothing is downloaded).
 
 1. **Kernel oracle** (every backend that can run on the device x float32/bfloat16 x causal / left padding /
    sliding window / finite bias / soft-cap): output and log-sum-exp of
-   :func:`workbench.kernels.attention_with_lse` under :func:`~workbench.kernels.force_backend` against a
+   :func:`workbench.core.kernels.attention_with_lse` under :func:`~workbench.core.kernels.force_backend` against a
    float64 eager softmax written here.
 2. **Model oracle** (tiny Llama, Mistral with a window shorter than the input, Gemma-2 with soft-capping and
    windows, gpt-oss with learned sinks; float32 and bfloat16; a left-padded batch of 2): attention patterns
@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.attention import AttentionCall, attention_hooks, register_attention  # noqa: E402
-from workbench.kernels import BACKENDS, Features, attention_with_lse, force_backend  # noqa: E402
-from workbench.models import LoadedModel, ModelSpec  # noqa: E402
+from workbench.core.attention import AttentionCall, attention_hooks, register_attention  # noqa: E402
+from workbench.core.kernels import BACKENDS, Features, attention_with_lse, force_backend  # noqa: E402
+from workbench.core.models import LoadedModel, ModelSpec  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # tolerances against float64 eager, per model dtype (bf16: the kernels round P to bf16 before P @ V)
@@ -196,7 +196,7 @@ def benchmark(device: torch.device, tiny: bool, lengths: list[int], repeats: int
     """Plain SDPA forward vs the tracer with sink statistics; the eager output_attentions OOM length."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workbench.tracer import Tracer
+    from workbench.core.tracer import Tracer
 
     register_attention()
     if tiny:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (name, file, original text, injected text, test files)
 BUGS = [
-    ("head-subset statistics use the wrong heads' log-sum-exp", "workbench/stats.py",
+    ("head-subset statistics use the wrong heads' log-sum-exp", "workbench/core/stats.py",
      "lse = call.lse[:, :, a:z] if all_heads is None else call.lse[:, all_heads, a:z]",
      "lse = call.lse[:, :, a:z] if all_heads is None else call.lse[:, : len(all_heads), a:z]",
      ["tests/test_properties.py", "tests/test_tracer.py"]),
@@ -46,10 +46,10 @@ BUGS = [
      "        if auto and call.q_offset == 0:\n            self._detect(call, auto)\n        if not self._phase_ok(call):",
      "        if not self._phase_ok(call):\n            return None\n        if auto and call.q_offset == 0:\n            self._detect(call, auto)\n        if not self._phase_ok(call):",
      ["tests/test_act.py"]),
-    ("sampled bound with Serfling's factor only", "workbench/stats.py",
+    ("sampled bound with Serfling's factor only", "workbench/core/stats.py",
      "rho = torch.where(n <= big_n / 2, 1.0 - (n1 - 1.0) / big_n, serfling)", "rho = serfling",
      ["tests/test_sampled_stats.py"]),
-    ("generate(): prefill sample pooled with decode rows", "workbench/tracer.py",
+    ("generate(): prefill sample pooled with decode rows", "workbench/core/tracer.py",
      "rsum = rsum * torch.where(rcount > 0, pop / rcount.clamp_min(1.0), torch.zeros(()))", "pass",
      ["tests/test_sampled_stats.py"]),
 ]
@@ -102,7 +102,7 @@ MUTMUT_TESTS = {"stats": ["tests/test_properties.py", "tests/test_sampled_stats.
 def run_mutmut(module: str) -> None:
     """mutmut 3 on one core module with its fast tests, in a copy of the checkout; prints its result counts."""
     repo = _copy()
-    paths = {"stats": "workbench/stats.py", "attention": "workbench/attention.py", "tracer": "workbench/tracer.py",
+    paths = {"stats": "workbench/core/stats.py", "attention": "workbench/core/attention.py", "tracer": "workbench/core/tracer.py",
              "interventions": "workbench/interventions/"}[module]
     tests = " ".join(MUTMUT_TESTS[module])
     (repo / "setup.cfg").write_text(

@@ -4,7 +4,7 @@
 
 For bfloat16 each cell is ``ours / eager-bf16``: the workbench in bfloat16 and transformers' own bfloat16
 eager attention, both against the float32 eager reference; ``layer 0`` is the first decoder layer, where
-both bfloat16 paths see the same inputs. Tiny random-weight models (workbench/oracle.py), no downloads.
+both bfloat16 paths see the same inputs. Tiny random-weight models (workbench/core/oracle.py), no downloads.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from workbench.oracle import ARCHITECTURES, compare  # noqa: E402
+from workbench.core.oracle import ARCHITECTURES, compare  # noqa: E402
 
 COLUMNS = ("pattern", "row_sum", "received", "entropy", "top_key", "z", "resid_pre", "logits", "pattern_rms", "z_rms",
            "logits_rms")

@@ -8,9 +8,9 @@ q, k, v it times, per layer and in the same run:
 ===================  =============================================================================
 ``flash``            ``_scaled_dot_product_flash_attention_for_cpu`` (output + log-sum-exp): the
                      attention cost of the plain forward
-``received``         the exact received-attention statistic (:func:`workbench.stats.head_statistics`)
+``received``         the exact received-attention statistic (:func:`workbench.core.stats.head_statistics`)
 ``score_gemm``       its QK^T product alone, in the same blocks (the part no unfused tracer can avoid)
-``received_m1024``   the row-sampled estimate from 1024 query rows (:func:`workbench.stats.sampled_received`)
+``received_m1024``   the row-sampled estimate from 1024 query rows (:func:`workbench.core.stats.sampled_received`)
 ``elementwise``      ``received - score_gemm``: the exp, diagonal masking and column sums
 ===================  =============================================================================
 
@@ -31,8 +31,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from workbench import stats as S  # noqa: E402
-from workbench.attention import AttentionCall, attention_with_lse  # noqa: E402
+from workbench.core import stats as S  # noqa: E402
+from workbench.core.attention import AttentionCall, attention_with_lse  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -84,7 +84,7 @@ def profile(n: int, repeats: int, chunk_elements: int, sample_rows: int) -> dict
 def plain_forward_seconds(lengths: list[int]) -> dict[int, float]:
     """Median seconds of SmolLM2's stock SDPA forward at each length (real prose)."""
     from workbench import load_model
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     lm = load_model("smollm2-135m")
     lm.model.set_attn_implementation("sdpa")

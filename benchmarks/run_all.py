@@ -54,8 +54,8 @@ from common import measure as _measure  # noqa: E402
 
 from workbench import Tracer, load_model  # noqa: E402
 from workbench.interventions import HeadAblation  # noqa: E402
-from workbench.models import cache_dir  # noqa: E402
-from workbench.text import token_windows  # noqa: E402
+from workbench.core.models import cache_dir  # noqa: E402
+from workbench.tasks.text import token_windows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_BASE_MIB = 16
@@ -204,7 +204,7 @@ def cpu_name() -> str:
 
 def generation_methods(lm, prompt: torch.Tensor, gen_tokens: int) -> dict:
     """name -> fn(new_tokens) for the generation rows (each returns the number of tokens it emitted)."""
-    from workbench.retrieval.score import greedy_decode
+    from workbench.analyzers.retrieval import greedy_decode
 
     model, tok = lm.model, lm.tokenizer
 

@@ -3,7 +3,7 @@
     python benchmarks/sampled_bound_check.py --tokens 8192 --rows 1024
 
 Prints both run times, the share of (layer, head, key) entries whose error is within the stated
-Hoeffding-Serfling bound (:func:`workbench.stats.hoeffding_serfling_bound`, 95% per entry), the
+Hoeffding-Serfling bound (:func:`workbench.core.stats.hoeffding_serfling_bound`, 95% per entry), the
 largest error overall and on keys seen by at least N/4 queries, and how many heads each version
 calls a first-token sink (s_0 > 0.3, Gu et al. 2024).
 """
@@ -15,8 +15,8 @@ import time
 import torch
 
 from workbench import Tracer, load_model
-from workbench.sinks import SINK_EPS
-from workbench.text import token_windows
+from workbench.analyzers.sinks import SINK_EPS
+from workbench.tasks.text import token_windows
 
 
 def main() -> None:

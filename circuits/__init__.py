@@ -8,7 +8,7 @@
 from .circuit import circuit_overlap, extract_circuit, set_overlap, top_k
 from .patching import (ReplicaZPatch, ZPatch, activation_patching, logit_diff, normalised, path_patching,
                        run_with_z, task_baseline)
-from .tasks import PatchingTask, TaskError, colored_objects_task, ioi_task, make_task
+from workbench.tasks.ioi import PatchingTask, TaskError, colored_objects_task, ioi_task, make_task
 
 __all__ = ["PatchingTask", "ReplicaZPatch", "TaskError", "ZPatch", "activation_patching", "circuit_overlap",
            "colored_objects_task", "extract_circuit", "ioi_task", "logit_diff", "make_task", "normalised",

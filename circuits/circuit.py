@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workbench.models import LoadedModel
+from workbench.core.models import LoadedModel
 from .patching import Head, path_patching
-from .tasks import PatchingTask
+from workbench.tasks.ioi import PatchingTask
 
 
 def top_k(df: pd.DataFrame, k: int, column: str = "effect") -> list[Head]:

@@ -17,7 +17,7 @@ behaviour that head alone restores.
 **Path patching** (:func:`path_patching`, Wang et al. 2022, Sec. 3.1 and App. B; "noising"). For a
 sender head s and receivers R (heads, or ``"logits"``), exactly what we run:
 
-1. Cache z of every head on x_clean and on x_corr (:class:`~workbench.tracer.Tracer` with ``z=True``).
+1. Cache z of every head on x_clean and on x_corr (:class:`~workbench.core.tracer.Tracer` with ``z=True``).
 2. Run x_clean with s's z set to its x_corr value and **every other head's z frozen** to its
    x_clean value; MLPs, norms and embeddings recompute. Only the direct paths from s through the
    residual stream (and through MLPs, which are not circuit nodes) change downstream inputs.
@@ -46,12 +46,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workbench.attention import AttentionCall
-from workbench.hooks import decoder_layers
+from workbench.core.attention import AttentionCall
+from workbench.core.hooks import decoder_layers
 from workbench.interventions import HeadIntervention
-from workbench.models import LoadedModel
-from workbench.tracer import Tracer
-from .tasks import PatchingTask
+from workbench.core.models import LoadedModel
+from workbench.core.tracer import Tracer
+from workbench.tasks.ioi import PatchingTask
 
 Head = tuple[int, int]
 ZCache = dict[int, torch.Tensor]  # layer -> (B, Hq, N, D)
@@ -117,7 +117,7 @@ class ZPatch(HeadIntervention):
     Args:
         heads: (layer, head) pairs to patch.
         source: layer -> (B, Hq, N, D) z from another run (e.g. :func:`run_with_z`), or a
-            :class:`~workbench.trace.Trace` recorded with ``z=True``. B must equal the patched batch.
+            :class:`~workbench.core.trace.Trace` recorded with ``z=True``. B must equal the patched batch.
         positions: query positions to patch (default all).
 
     Raises:

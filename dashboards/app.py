@@ -17,7 +17,7 @@ cached by their inputs. Tabs:
 * **Intervention**: choose a registered intervention (:mod:`workbench.interventions.registry`), the
   heads and its parameters; compare generated text, next-token distributions, what changed, and the
   compared head's attention before and after (for an intervened head, the attention it actually
-  used; :mod:`workbench.comparison`). The compared head defaults to the first intervened head.
+  used; :mod:`workbench.report.comparison`). The compared head defaults to the first intervened head.
 
 Every error is shown with ``st.error`` in the page and replaces the previous result; uploads are
 size-limited and parsed as safetensors / JSON / Parquet / CSV only. Layer 0 is at the top of every
@@ -40,7 +40,7 @@ if _ROOT not in sys.path:
 
 from dashboards import sources as S  # noqa: E402
 from dashboards import views as V  # noqa: E402
-from workbench import viz  # noqa: E402
+from workbench.report import viz  # noqa: E402
 
 st.set_page_config(page_title="Attention-head workbench", layout="wide")
 
@@ -87,7 +87,7 @@ def get_trace(path: str, mtime: float):
 @st.cache_resource(show_spinner=False, max_entries=8)
 def prompt_trace(model_name: str, prompt: str, chat: bool, window: int):
     """A traced prompt (all statistics, maps of the last ``window`` queries), cached by its inputs."""
-    from workbench.tracer import ALL_STATS, Tracer
+    from workbench.core.tracer import ALL_STATS, Tracer
 
     lm = get_model(model_name)
     ids = lm.encode(prompt, chat=chat)
@@ -115,7 +115,7 @@ def _mtime(path: str, name: str) -> float:
 # --- sidebar -----------------------------------------------------------------------------------
 
 st.sidebar.title("Attention-head workbench")
-from workbench.models import DEVICE_CHOICES, DTYPE_CHOICES, PRESETS  # noqa: E402  (after set_page_config)
+from workbench.core.models import DEVICE_CHOICES, DTYPE_CHOICES, PRESETS  # noqa: E402  (after set_page_config)
 
 options = V.preset_options(PRESETS)
 labels = dict(options)
@@ -260,7 +260,7 @@ def census_tab(census, extras):
         if s.get("n_samples"):
             st.caption(f"per-head scores over {s['n_samples']} windows x {s.get('seq_len', '?')} tokens of "
                        f"{s.get('text', 'text')}; heads are written layer.head")
-        from workbench.provenance import describe
+        from workbench.io.provenance import describe
 
         st.caption("Provenance: " + describe(census.provenance))
         cols = census.score_columns()
@@ -340,7 +340,7 @@ def intervention_tab(lm):
                 cache = intervention_results()
                 t0 = time.perf_counter()
                 if key not in cache:
-                    from workbench.comparison import compare_intervention
+                    from workbench.report.comparison import compare_intervention
 
                     bar = st.progress(0.0, text="preparing the intervention...")
                     iv = build_intervention(name, lm, heads, **params)

@@ -2,7 +2,7 @@
 
 Files are read as safetensors, JSON, Parquet or CSV only; nothing is unpickled. Uploads are
 size-limited (:data:`MAX_UPLOAD_MB`) and written to a fresh temporary directory before a trace
-is opened with :meth:`workbench.trace.Trace.load` (which validates it).
+is opened with :meth:`workbench.core.trace.Trace.load` (which validates it).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.errors import TraceFileError, WorkbenchError
-from workbench.models import parse_heads as parse_head_list
-from workbench.trace import Trace
+from workbench.core.errors import TraceFileError, WorkbenchError
+from workbench.core.models import parse_heads as parse_head_list
+from workbench.core.trace import Trace
 
 MAX_UPLOAD_MB = 256  # per file; also passed to Streamlit as server.maxUploadSize
 TABLE_SUFFIXES = (".parquet", ".csv", ".json")
@@ -64,7 +64,7 @@ def trace_head_table(trace: Trace, batch: int = 0) -> pd.DataFrame:
         r = trace["received"][:, batch].float()  # (layer, head, key)
         cols["first_token_mass"] = r[..., 0]
         if r.shape[-1] > 1:
-            from workbench.viz import received_maxima
+            from workbench.report.viz import received_maxima
 
             # the sinks analyzer's rule: only keys seen by at least max(8, T/4) queries (a late key's
             # mean over a handful of queries is noise); T = queries averaged over (rows_from .. T-1)
@@ -126,7 +126,7 @@ class Census:
     heads: pd.DataFrame
     summary: dict = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    provenance: dict | None = None  # of the heads table (workbench.provenance), None when it carries none
+    provenance: dict | None = None  # of the heads table (workbench.io.provenance), None when it carries none
 
     def score_columns(self) -> list[str]:
         """Numeric per-head columns (everything except layer and head)."""
@@ -179,7 +179,7 @@ def open_census_dir(path: str | Path) -> Census:
     for p in sorted(d.iterdir()):
         if p.suffix in (".parquet", ".csv") and p.stem != "heads" and p.is_file():
             tables[p.name] = read_table(p)
-    from workbench.provenance import read_provenance
+    from workbench.io.provenance import read_provenance
 
     prov = summary.get("provenance") if isinstance(summary.get("provenance"), dict) else read_provenance(heads_path)
     return Census(d, heads, summary, tables, prov)

@@ -1,6 +1,6 @@
 """Probe datasets from traced models: "is this key position a sink" and "is this token inside the needle".
 
-Features are read with the core :class:`~workbench.tracer.Tracer`: the residual stream entering a
+Features are read with the core :class:`~workbench.core.tracer.Tracer`: the residual stream entering a
 layer (``resid_pre``, TransformerLens ``hook_resid_pre``) or one head's output ``z`` (``hook_z``).
 
 * **Sink** (Gu et al. 2024; Xiao et al. 2024): key position k is a sink in layer l if its mean
@@ -8,7 +8,7 @@ layer (``resid_pre``, TransformerLens ``hook_resid_pre``) or one head's output `
   exceeds ``threshold``. Only keys seen by at least ``min_queries`` queries are labelled (``s_k`` of
   the last keys averages over few queries and is noise).
 * **Needle**: a needle sentence is inserted at a random depth into a window of held-out prose
-  (:mod:`workbench.text`); tokens of the needle are labelled 1, haystack tokens 0.
+  (:mod:`workbench.tasks.text`); tokens of the needle are labelled 1, haystack tokens 0.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import random
 import numpy as np
 import torch
 
-from workbench.models import LoadedModel
-from workbench.text import token_windows
-from workbench.tracer import Tracer
+from workbench.core.models import LoadedModel
+from workbench.tasks.text import token_windows
+from workbench.core.tracer import Tracer
 from .probe import ProbeData
 
 NEEDLES = (

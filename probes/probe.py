@@ -23,7 +23,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 
 class ProbeError(WorkbenchError):

@@ -56,7 +56,7 @@ def main() -> None:
         os.chdir(cwd)
     good = H.make_good(Factory().mktemp("good"))
     from dashboards import sources as S
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
 
     lines += ["", "## Hostile uploads (dashboard)", "",
               "`tests/test_hostile_uploads.py`: each file is handed to `dashboards.sources.parse_uploads` (what the",

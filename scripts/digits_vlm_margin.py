@@ -14,10 +14,10 @@ import torch
 def main() -> int:
     from sklearn.metrics import roc_auc_score
 
-    from workbench import digits as D
+    from workbench.demo import digits as D
     from workbench import load_model
-    from workbench.digits_vlm import make_input
-    from workbench.hallucination import heldout_images, pope_items
+    from workbench.demo.digits_vlm import make_input
+    from workbench.tasks.hallucination import heldout_images, pope_items
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20)

@@ -29,8 +29,8 @@ def fmt(m: dict, k: str) -> str:
 
 def main() -> int:
     from workbench import load_model
-    from workbench import hallucination as H
-    from workbench.vision_report import vision_analysis
+    from workbench.tasks import hallucination as H
+    from workbench.report.vision_report import vision_analysis
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=40)
@@ -63,11 +63,11 @@ def main() -> int:
            md_table(res.image_centric.head(15)), ""]
 
     # closed-form VAR against the eager map edit on the real model's attention calls (real sinks)
-    from workbench import digits as D
-    from workbench.attention import attention_hooks
-    from workbench.digits_vlm import make_input
+    from workbench.demo import digits as D
+    from workbench.core.attention import attention_hooks
+    from workbench.demo.digits_vlm import make_input
     from workbench.interventions.var import VisualAttentionRedistribution, var_eager, var_output
-    from workbench.vlm import image_positions
+    from workbench.core.vlm import image_positions
 
     class Check:
         worst, n_sel, n_calls = 0.0, 0, 0
@@ -99,7 +99,7 @@ def main() -> int:
 
     imgs = H.heldout_images(a.images)
     items = H.pope_items(imgs)
-    cache = d / "hallucination"  # answers-<configuration hash>.jsonl (workbench.hallucination.cache_file)
+    cache = d / "hallucination"  # answers-<configuration hash>.jsonl (workbench.tasks.hallucination.cache_file)
     pope, chair = {}, {}
     for method in H.METHODS:
         df = H.run_pope(lm, imgs, items, method, cache=cache)

@@ -35,7 +35,7 @@ def stage_tower(a) -> dict:
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from workbench.effnet_vlm import load_tower
+    from workbench.demo.effnet_vlm import load_tower
 
     tower = load_tower()
     d = load_sample_images()
@@ -52,7 +52,7 @@ def stage_tower(a) -> dict:
 
 
 def stage_accuracy(lm, a) -> dict:
-    from workbench.vqa_eval import image_ablation, summary
+    from workbench.tasks.vqa_eval import image_ablation, summary
 
     t = time.time()
     df = image_ablation(lm, "test", a.n_images, progress=a.progress)
@@ -65,15 +65,15 @@ def stage_accuracy(lm, a) -> dict:
 
 
 def _scenes(a):
-    from workbench import easyvqa as V
+    from workbench.demo import easyvqa as V
 
     sc = V.scenes("test", a.n_cal + a.n_eval, SCENE_SEED)
     return sc[: a.n_cal], sc[a.n_cal:]
 
 
 def stage_calibrate(lm, a) -> dict:
-    from workbench import easyvqa as V
-    from workbench.vqa_hallucination import pope_metrics, run_pope
+    from workbench.demo import easyvqa as V
+    from workbench.tasks.vqa_hallucination import pope_metrics, run_pope
 
     cal, _ = _scenes(a)
     items = V.pope_items(cal, seed=1)
@@ -93,8 +93,8 @@ def _chosen() -> dict:
 
 
 def stage_pope(lm, a) -> dict:
-    from workbench import easyvqa as V
-    from workbench.vqa_hallucination import bootstrap_ci, mcnemar, paired_diff_ci, pope_metrics, run_pope
+    from workbench.demo import easyvqa as V
+    from workbench.tasks.vqa_hallucination import bootstrap_ci, mcnemar, paired_diff_ci, pope_metrics, run_pope
 
     _, ev = _scenes(a)
     items = V.pope_items(ev, seed=2)
@@ -119,7 +119,7 @@ def stage_pope(lm, a) -> dict:
 
 
 def stage_chair(lm, a) -> dict:
-    from workbench.vqa_hallucination import bootstrap_ci, chair_metrics, mcnemar, paired_diff_ci, run_chair
+    from workbench.tasks.vqa_hallucination import bootstrap_ci, chair_metrics, mcnemar, paired_diff_ci, run_chair
 
     _, ev = _scenes(a)
     ev = ev[: a.n_chair]
@@ -142,11 +142,11 @@ def stage_chair(lm, a) -> dict:
 
 
 def stage_heads(lm, a) -> dict:
-    from workbench import easyvqa as V
-    from workbench.effnet_vlm import make_input
-    from workbench.vision import (head_vhd, image_attention_table, image_centric_heads, sink_table, vhd_table,
+    from workbench.demo import easyvqa as V
+    from workbench.demo.effnet_vlm import make_input
+    from workbench.analyzers.vision import (head_vhd, image_attention_table, image_centric_heads, sink_table, vhd_table,
                                   vision_aware_heads, visual_sink_summary)
-    from workbench.vqa_hallucination import sink_dims
+    from workbench.tasks.vqa_hallucination import sink_dims
 
     _, ev = _scenes(a)
     inputs = [make_input(lm, V.CAPTION_QUESTION, s.pixels()) for s in ev[: a.n_heads]]

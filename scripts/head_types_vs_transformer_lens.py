@@ -21,9 +21,9 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 
 from workbench import load_model
-from workbench.head_types import HEAD_TYPES, head_type_scores, repeated_random_tokens
-from workbench.models import cache_dir
-from workbench.text import prose_paragraphs
+from workbench.analyzers.head_types import HEAD_TYPES, head_type_scores, repeated_random_tokens
+from workbench.core.models import cache_dir
+from workbench.tasks.text import prose_paragraphs
 
 TL_NAME = {"previous_token": "previous_token_head", "duplicate_token": "duplicate_token_head",
            "induction": "induction_head"}

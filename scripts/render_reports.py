@@ -2,11 +2,11 @@
 
     python scripts/render_reports.py [REPORTS_DIR]
 
-* ``<model>/sinks.html`` from ``sinks.json`` + ``sinks_heads.csv`` (:func:`workbench.sinks_report.write_sinks_html`);
-* ``<model>/vision.html`` from ``vision.json`` + ``vhd_heads.csv`` (:func:`workbench.vision_report.write_vision_html`);
+* ``<model>/sinks.html`` from ``sinks.json`` + ``sinks_heads.csv`` (:func:`workbench.report.sinks_report.write_sinks_html`);
+* ``<model>/vision.html`` from ``vision.json`` + ``vhd_heads.csv`` (:func:`workbench.report.vision_report.write_vision_html`);
 * ``<model>/census.html`` from ``heads.parquet`` + ``summary.json`` (a heatmap, definition and top-10 table
-  per known column: :func:`workbench.census.write_census_html`);
-* ``studies/*/report.html`` from ``report.md`` (:func:`workbench.viz.markdown_page`);
+  per known column: :func:`workbench.report.census.write_census_html`);
+* ``studies/*/report.html`` from ``report.md`` (:func:`workbench.report.viz.markdown_page`);
 * every other page keeps its figures; its ``<script src=...plotly.min.js>`` is pointed at the tree's one
   shared bundle ``REPORTS_DIR/plotly.min.js`` and per-folder copies are removed.
 """
@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 def main(reports: Path) -> None:
     from plotly.offline import get_plotlyjs
 
-    from workbench.sinks_report import write_sinks_html
-    from workbench.viz import markdown_page
+    from workbench.report.sinks_report import write_sinks_html
+    from workbench.report.viz import markdown_page
 
     bundle = reports / "plotly.min.js"
     if not bundle.exists():
@@ -41,14 +41,14 @@ def main(reports: Path) -> None:
         write_sinks_html(json.loads(js.read_text()), pd.read_csv(js.parent / "sinks_heads.csv"), js.parent / "sinks.html")
         done.add(js.parent / "sinks.html")
     for js in reports.glob("*/vision.json"):
-        from workbench.vision_report import write_vision_html
+        from workbench.report.vision_report import write_vision_html
 
         share = js.parent / "image_attention_heads.csv"
         write_vision_html(json.loads(js.read_text()), pd.read_csv(js.parent / "vhd_heads.csv"), js.parent / "vision.html",
                           pd.read_csv(share) if share.exists() else None)
         done.add(js.parent / "vision.html")
     for hp in reports.glob("*/heads.parquet"):
-        from workbench.census import write_census_html
+        from workbench.report.census import write_census_html
 
         summary = json.loads((hp.parent / "summary.json").read_text()) if (hp.parent / "summary.json").exists() else {}
         write_census_html(pd.read_parquet(hp), summary, hp.parent / "census.html", hp.parent.name)

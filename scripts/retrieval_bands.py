@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from workbench.retrieval.bands import band_table, top_heads
-from workbench.retrieval.sweep import read_results, summarize
+from workbench.studies.retrieval_bands import band_table, top_heads
+from workbench.studies.retrieval_sweep import read_results, summarize
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the digits-vlm vision tower and projector (deterministic; see workbench/digits_vlm.py).
+"""Train the digits-vlm vision tower and projector (deterministic; see workbench/demo/digits_vlm.py).
 
     PYTHONPATH=. .venv/bin/python scripts/train_digits_vlm.py            # writes workbench/data/digits_vlm.safetensors
     PYTHONPATH=. .venv/bin/python scripts/train_digits_vlm.py --steps-lm 0 --out /tmp/w.safetensors
@@ -13,7 +13,7 @@ import torch
 
 
 def main() -> int:
-    from workbench import digits_vlm as V
+    from workbench.demo import digits_vlm as V
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps-tower", type=int, default=V.TRAIN_DEFAULTS["steps_tower"])

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the effnet-smollm2-vqa projector (seeded; see workbench/effnet_vlm.py).
+"""Train the effnet-smollm2-vqa projector (seeded; see workbench/demo/effnet_vlm.py).
 
     PYTHONPATH=. .venv/bin/python scripts/train_effnet_vlm.py        # writes workbench/data/effnet_smollm2_vqa_projector.safetensors
     PYTHONPATH=. .venv/bin/python scripts/train_effnet_vlm.py --steps 5 --out /tmp/p.safetensors
@@ -15,7 +15,7 @@ import torch
 
 
 def main() -> int:
-    from workbench import effnet_vlm as V
+    from workbench.demo import effnet_vlm as V
 
     d = V.TRAIN_DEFAULTS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

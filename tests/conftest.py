@@ -24,8 +24,8 @@ def make_tiny_lm(n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2, head_
     """A random-weight Llama with the workbench attention (GQA when n_kv_heads < n_heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workbench.attention import register_attention
-    from workbench.models import LoadedModel, ModelSpec
+    from workbench.core.attention import register_attention
+    from workbench.core.models import LoadedModel, ModelSpec
 
     register_attention()
     torch.manual_seed(seed)

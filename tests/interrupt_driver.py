@@ -30,7 +30,7 @@ def tiny_lm():
     from transformers import AutoTokenizer
 
     from conftest import make_tiny_lm
-    from workbench.models import cache_dir, load_model
+    from workbench.core.models import cache_dir, load_model
 
     torch.set_num_threads(1)
     path = cache_dir() / "smollm2-135m"
@@ -52,8 +52,8 @@ def main() -> None:
     if a.delay:
         lm.model.register_forward_hook(lambda *_: time.sleep(a.delay))
     if a.what == "sweep":
-        from workbench.retrieval.needle import load_needles
-        from workbench.retrieval.sweep import run_sweep, save
+        from workbench.tasks.needle import load_needles
+        from workbench.studies.retrieval_sweep import run_sweep, save
 
         res = run_sweep(lm, [160, 200], [0, 50, 100], load_needles()[:2], a.out, resume=a.resume, progress=False,
                         max_new_tokens=3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.attention import attention_hooks
+from workbench.core.attention import attention_hooks
 from workbench.interventions import HeadAblation
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.attention import attention_hooks
-from workbench.errors import WorkbenchError
+from workbench.core.attention import attention_hooks
+from workbench.core.errors import WorkbenchError
 from workbench.interventions.act import ACTCalibration, act_reference, act_sink_mask
 
 
@@ -160,7 +160,7 @@ def test_beta_out_of_range():
 
 @pytest.mark.slow
 def test_closed_form_equals_eager_smollm2(smollm2):
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     ids = token_windows(smollm2.tokenizer, 96, 2, split="heldout")
     heads = [(layer, h) for layer in (2, 9, 17, 28) for h in range(smollm2.spec.n_heads)]
@@ -177,7 +177,7 @@ def test_act_is_available_by_name_to_front_ends(tiny_lm):
     """The dashboard builds interventions by name: ACT must be one, and calibrate only its head."""
     import torch
 
-    from workbench.attention import attention_hooks
+    from workbench.core.attention import attention_hooks
     from workbench.interventions.registry import available_interventions, build_intervention
 
     assert "act calibration" in available_interventions()
@@ -251,7 +251,7 @@ def test_decode_on_a_cache_act_never_saw_raises(tiny_lm):
 @pytest.mark.slow
 def test_decode_phase_on_smollm2(smollm2):
     """Decode-only ACT on the real model: prefill logits bit-identical, decode steps changed, equal to eager."""
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     ids = token_windows(smollm2.tokenizer, 64, 1, split="heldout")
     heads = [(layer, h) for layer in (3, 14) for h in range(smollm2.spec.n_heads)]

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from workbench import cli
-from workbench.errors import UnsupportedArchitectureError
-from workbench.models import load_model
-from workbench.oracle import _tokenizer, save_tiny
+from workbench.core.errors import UnsupportedArchitectureError
+from workbench.core.models import load_model
+from workbench.core.oracle import _tokenizer, save_tiny
 
 
 def _save(config, path, seq2seq=False):
@@ -81,8 +81,8 @@ def test_cli_refuses_alibi_model_with_one_line(capsys, tmp_path):
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
 def test_cli_traces_non_llama_layouts(capsys, tmp_path, arch):
     """GPT-2 (``h.i.attn``) and GPT-NeoX (``layers.i.attention``) checkpoints trace through the CLI,
-    with z and residuals (their layers are found by :func:`workbench.hooks.decoder_layers`)."""
-    from workbench.trace import Trace
+    with z and residuals (their layers are found by :func:`workbench.core.hooks.decoder_layers`)."""
+    from workbench.core.trace import Trace
 
     path = save_tiny(arch, tmp_path / arch)
     code, _, err = _run_cli(capsys, "trace", "--model", str(path), "--prompt", "hello", "--window", "0:5",
@@ -103,7 +103,7 @@ class _BiasedAttention(torch.nn.Module):
 
 
 def test_unknown_attention_argument_refused_at_load_time():
-    from workbench.models import _check_supported
+    from workbench.core.models import _check_supported
 
     class Layer(torch.nn.Module):
         def __init__(self):
@@ -128,8 +128,8 @@ def test_supported_attention_arguments_pass_the_check(arch):
     it reads the real ``attention_interface(...)`` call of each)."""
     import importlib
 
-    from workbench.attention import IGNORED_ATTENTION_KWARGS, SUPPORTED_ATTENTION_KWARGS
-    from workbench.models import _attention_call_kwargs
+    from workbench.core.attention import IGNORED_ATTENTION_KWARGS, SUPPORTED_ATTENTION_KWARGS
+    from workbench.core.models import _attention_call_kwargs
 
     mod = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
     cls = {"llama": "LlamaAttention", "gpt2": "GPT2Attention", "gpt_oss": "GptOssAttention",
@@ -143,7 +143,7 @@ def test_census_runs_on_each_layout(tmp_path, arch):
     """Every census section runs on the non-Llama layouts of the oracle matrix (GPT-2 and GPT-NeoX blocks,
     sliding-window and soft-capped Gemma-2, gpt-oss's sinks and mixed layers, the VLMs' language models),
     with one finite row per head."""
-    from workbench.census import run_census
+    from workbench.report.census import run_census
 
     lm = load_model(str(save_tiny(arch, tmp_path / arch)))
     res = run_census(lm, n_samples=2, seq_len=48, out_dir=None, progress=False)

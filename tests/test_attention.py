@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_lm
-from workbench.attention import AttentionCall, attention_hooks, attention_with_lse
+from workbench.core.attention import AttentionCall, attention_hooks, attention_with_lse
 
 
 def _eager_scores(q, k, scale, causal_offset=0):
@@ -97,7 +97,7 @@ def test_bottom_right_causal_for_chunked_queries():
 
 @pytest.mark.parametrize("nq,nk", [(9, 9), (1, 9), (4, 9)])
 def test_float64_reference_kernel_matches(nq, nk):
-    """float64 has no CPU flash kernel: the exact blockwise reference (workbench.kernels) runs it."""
+    """float64 has no CPU flash kernel: the exact blockwise reference (workbench.core.kernels) runs it."""
     torch.manual_seed(2)
     q = torch.randn(1, 4, nq, 8, dtype=torch.float64)
     k, v = torch.randn(1, 2, nk, 8, dtype=torch.float64), torch.randn(1, 2, nk, 8, dtype=torch.float64)

@@ -150,7 +150,7 @@ def make_tiny_dir(out: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workbench.models import cache_dir
+    from workbench.core.models import cache_dir
 
     src = cache_dir() / "smollm2-135m"
     if not (src / "tokenizer.json").exists():

@@ -3,9 +3,9 @@ batches whose layers mix masked and unmasked attention calls (Gemma-3's sliding 
 import pytest
 import torch
 
-from workbench.attention import AttentionCall, attention_hooks, attention_with_lse
-from workbench.errors import WorkbenchError
-from workbench.tracer import Tracer
+from workbench.core.attention import AttentionCall, attention_hooks, attention_with_lse
+from workbench.core.errors import WorkbenchError
+from workbench.core.tracer import Tracer
 
 
 def _one_line(err) -> bool:
@@ -13,7 +13,7 @@ def _one_line(err) -> bool:
 
 
 def test_greedy_decode_refuses_a_batch(tiny_lm):
-    from workbench.retrieval.score import greedy_decode
+    from workbench.analyzers.retrieval import greedy_decode
 
     with pytest.raises(WorkbenchError, match=r"\(2, 8\)") as err:
         greedy_decode(tiny_lm, torch.randint(3, 97, (2, 8)), max_new_tokens=2)
@@ -21,7 +21,7 @@ def test_greedy_decode_refuses_a_batch(tiny_lm):
 
 
 def test_top_key_recorder_refuses_a_batch(tiny_lm):
-    from workbench.retrieval.score import TopKeyRecorder
+    from workbench.analyzers.retrieval import TopKeyRecorder
 
     rec = TopKeyRecorder(2)
     rec.new_step()
@@ -51,8 +51,8 @@ def test_vhr_and_var_refuse_a_batch(tiny_lm):
 
 
 def test_vision_analyses_refuse_a_batch(tiny_lm):
-    from workbench.vision import head_outputs, image_attention_table, sink_table
-    from workbench.vlm import VLMInput
+    from workbench.analyzers.vision import head_outputs, image_attention_table, sink_table
+    from workbench.core.vlm import VLMInput
 
     inp = VLMInput(torch.randint(3, 97, (2, 8)))
     for fn in (lambda: head_outputs(tiny_lm, inp, torch.tensor([7])), lambda: sink_table(tiny_lm, [inp], [0]),

@@ -1,4 +1,4 @@
-"""Dashboard (Streamlit AppTest), its file handling, and the figures of workbench.viz."""
+"""Dashboard (Streamlit AppTest), its file handling, and the figures of workbench.report.viz."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dashboards import sources as S
-from workbench import viz
-from workbench.errors import WorkbenchError
+from workbench.report import viz
+from workbench.core.errors import WorkbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboards" / "app.py")
@@ -19,7 +19,7 @@ APP = str(ROOT / "dashboards" / "app.py")
 
 @pytest.fixture
 def tiny_trace_dir(tiny_lm, tmp_path):
-    from workbench.tracer import Tracer
+    from workbench.core.tracer import Tracer
 
     ids = torch.randint(3, 90, (1, 40), generator=torch.Generator().manual_seed(0))
     tr = Tracer(tiny_lm, stats=("received", "entropy"), pattern_window=(8, 40)).run(ids)
@@ -157,7 +157,7 @@ def test_intervention_registry(tiny_lm):
 
 
 def test_compare_intervention_changes_only_downstream(tiny_lm):
-    from workbench.comparison import compare_intervention
+    from workbench.report.comparison import compare_intervention
     from workbench.interventions import HeadAblation
 
     ids = torch.randint(3, 90, (1, 24), generator=torch.Generator().manual_seed(1))
@@ -195,7 +195,7 @@ def _eager_rows(c, head):
 
 
 def _intervened_call(lm, iv, ids, layer):
-    from workbench.attention import attention_hooks
+    from workbench.core.attention import attention_hooks
 
     cap = _Capture(layer)
     with iv.applied(), attention_hooks(cap), torch.no_grad():
@@ -207,7 +207,7 @@ def test_act_after_map_is_the_calibrated_attention(tiny_lm):
     """For an ACT-calibrated head, "after" is the attention the head used: equal to eager calibrated
     attention built from the model's own q and k (sink set recomputed from the eager map), and
     after @ V reproduces the head's intervened output."""
-    from workbench.comparison import compare_intervention
+    from workbench.report.comparison import compare_intervention
     from workbench.interventions.act import ACTCalibration
 
     ids = torch.randint(3, 90, (1, 24), generator=torch.Generator().manual_seed(2))
@@ -232,7 +232,7 @@ def test_act_after_map_is_the_calibrated_attention(tiny_lm):
 
 
 def test_uniform_and_zero_ablation_maps(tiny_lm):
-    from workbench.comparison import compare_intervention
+    from workbench.report.comparison import compare_intervention
     from workbench.interventions import HeadAblation
 
     ids = torch.randint(3, 90, (1, 20), generator=torch.Generator().manual_seed(3))
@@ -254,8 +254,8 @@ def test_uniform_and_zero_ablation_maps(tiny_lm):
 
 def test_var_rows_reproduce_eager_var():
     """var_rows (the map shown for VAR) times V equals the eager VAR output of the same call."""
-    from workbench.attention import AttentionCall, attention_with_lse
-    from workbench.comparison import var_rows
+    from workbench.core.attention import AttentionCall, attention_with_lse
+    from workbench.report.comparison import var_rows
     from workbench.interventions.var import var_eager
 
     g = torch.Generator().manual_seed(4)
@@ -369,7 +369,7 @@ def _load_smollm2(at):
 
 def test_presets_text_lm_first_vlm_labelled():
     from dashboards.views import preset_options
-    from workbench.models import PRESETS
+    from workbench.core.models import PRESETS
 
     opts = preset_options(PRESETS)
     assert opts[0][0] == "smollm2-135m" and "text LM" in opts[0][1]

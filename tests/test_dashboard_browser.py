@@ -51,8 +51,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def trace_2048(smollm2, tmp_path_factory):
     """A saved 2048-token trace of real prose: received attention and maps of the last 128 queries."""
-    from workbench.text import token_windows
-    from workbench.tracer import Tracer
+    from workbench.tasks.text import token_windows
+    from workbench.core.tracer import Tracer
 
     ids = token_windows(smollm2.tokenizer, N_TOKENS, 1)
     tr = Tracer(smollm2, layers=LAYERS, stats=("received",), pattern_window=(N_TOKENS - WINDOW, N_TOKENS)).run(ids)
@@ -295,7 +295,7 @@ def _eager_rows(lm, act: bool, beta: float = 0.4):
 
     import torch
 
-    from workbench.attention import attention_hooks
+    from workbench.core.attention import attention_hooks
     from workbench.interventions.act import ACTCalibration
 
     layer, head = ACT_HEADS[0]

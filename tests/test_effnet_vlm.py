@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.attention import attention_hooks
+from workbench.core.attention import attention_hooks
 
 
 # --- the tower ----------------------------------------------------------------------------------------
@@ -20,7 +20,7 @@ def test_tower_loads_offline_and_is_imagenet_pretrained():
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from workbench.effnet_vlm import load_tower
+    from workbench.demo.effnet_vlm import load_tower
 
     tower = load_tower()
     d = load_sample_images()
@@ -34,7 +34,7 @@ def test_tower_loads_offline_and_is_imagenet_pretrained():
     out = tower(torch.stack(px))
     assert out.last_hidden_state.shape == (2, 49, 1280) and out.hidden_states[-1] is out.last_hidden_state
     # a random-weight tower of the same architecture does not rank them so
-    from workbench.effnet_vlm import EffNetLiteConfig, EffNetLiteVisionModel
+    from workbench.demo.effnet_vlm import EffNetLiteConfig, EffNetLiteVisionModel
 
     torch.manual_seed(0)
     rnd = EffNetLiteVisionModel(EffNetLiteConfig()).eval()
@@ -44,7 +44,7 @@ def test_tower_loads_offline_and_is_imagenet_pretrained():
 def test_shipped_projector_is_small_and_has_the_llava_shapes():
     from safetensors.torch import load_file
 
-    from workbench.effnet_vlm import WEIGHTS
+    from workbench.demo.effnet_vlm import WEIGHTS
 
     assert WEIGHTS.stat().st_size < 5 * 2**20
     sd = load_file(str(WEIGHTS))
@@ -60,7 +60,7 @@ def test_shipped_projector_is_small_and_has_the_llava_shapes():
 
 
 def test_easyvqa_labels_agree_with_every_yes_no_question():
-    from workbench import easyvqa as V
+    from workbench.demo import easyvqa as V
 
     labels = V.image_labels("test")
     assert len(labels) == 1000
@@ -78,7 +78,7 @@ def test_easyvqa_labels_agree_with_every_yes_no_question():
 
 
 def test_scenes_are_deterministic_split_pure_and_pope_negatives_follow_the_rules():
-    from workbench import easyvqa as V
+    from workbench.demo import easyvqa as V
 
     a, b = V.scenes("test", 30, 7), V.scenes("test", 30, 7)
     assert [s.cells for s in a] == [s.cells for s in b]
@@ -106,8 +106,8 @@ def test_scenes_are_deterministic_split_pure_and_pope_negatives_follow_the_rules
 
 
 def test_chair_row_and_mcnemar():
-    from workbench import easyvqa as V
-    from workbench.vqa_hallucination import chair_metrics, chair_row, mcnemar
+    from workbench.demo import easyvqa as V
+    from workbench.tasks.vqa_hallucination import chair_metrics, chair_row, mcnemar
 
     sc = V.Scene("test", [-1, -1, -1, -1], [V.CLASSES.index(("red", "circle")), -1, V.CLASSES.index(("blue", "triangle")), -1])
     r = chair_row(sc, "a red circle, a green triangle and a triangle")
@@ -141,10 +141,10 @@ def test_preset_is_a_llava_model_that_reads_the_image(vqa_lm):
     """The first 40 open (shape / colour) easy-VQA test questions: the greedy first answer token is
     right far more often with the image than with a white image; and the shared-prefix KV cache gives
     the logits of one full pass per question."""
-    from workbench import easyvqa as V
-    from workbench.effnet_vlm import make_input
-    from workbench.vlm import image_positions
-    from workbench.vqa_eval import first_token_logits, score
+    from workbench.demo import easyvqa as V
+    from workbench.demo.effnet_vlm import make_input
+    from workbench.core.vlm import image_positions
+    from workbench.tasks.vqa_eval import first_token_logits, score
 
     lm = vqa_lm
     assert type(lm.model).__name__ == "LlavaForConditionalGeneration"
@@ -170,8 +170,8 @@ def test_preset_is_a_llava_model_that_reads_the_image(vqa_lm):
 
 @pytest.mark.slow
 def test_var_closed_form_equals_eager_reference_on_the_preset(vqa_lm):
-    from workbench import easyvqa as V
-    from workbench.effnet_vlm import make_input
+    from workbench.demo import easyvqa as V
+    from workbench.demo.effnet_vlm import make_input
     from workbench.interventions.var import var_eager, var_output
 
     lm = vqa_lm
@@ -198,8 +198,8 @@ def test_var_closed_form_equals_eager_reference_on_the_preset(vqa_lm):
 
 @pytest.mark.slow
 def test_vhr_scales_exactly_the_selected_heads_on_the_preset(vqa_lm):
-    from workbench import easyvqa as V
-    from workbench.effnet_vlm import make_input
+    from workbench.demo import easyvqa as V
+    from workbench.demo.effnet_vlm import make_input
     from workbench.interventions.vhr import VisionAwareHeadReinforcement
 
     lm = vqa_lm
@@ -231,9 +231,9 @@ def test_vhr_scales_exactly_the_selected_heads_on_the_preset(vqa_lm):
 @pytest.mark.slow
 def test_visual_sink_removal_equals_masking_the_keys(vqa_lm):
     """The closed form of removing keys S equals attention recomputed with S masked out."""
-    from workbench import easyvqa as V
-    from workbench.attention import attention_with_lse
-    from workbench.effnet_vlm import make_input
+    from workbench.demo import easyvqa as V
+    from workbench.core.attention import attention_with_lse
+    from workbench.demo.effnet_vlm import make_input
 
     lm = vqa_lm
     inp = make_input(lm, V.CAPTION_QUESTION, V.scenes("test", 1, 5)[0].pixels())

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_lm
-from workbench.errors import WorkbenchError
-from workbench.executor import ExecutorError, LocalExecutor, ModelLoader, RayExecutor, make_executor
+from workbench.core.errors import WorkbenchError
+from workbench.core.executor import ExecutorError, LocalExecutor, ModelLoader, RayExecutor, make_executor
 
 ray = pytest.importorskip("ray")
 
@@ -54,8 +54,8 @@ SWEEP = dict(lengths=[160, 200], depths=[0, 50, 100], progress=False, max_new_to
 
 
 def _sweep(lm, out, **kw):
-    from workbench.retrieval.needle import NEEDLES
-    from workbench.retrieval.sweep import read_results, run_sweep
+    from workbench.tasks.needle import NEEDLES
+    from workbench.studies.retrieval_sweep import read_results, run_sweep
 
     res = run_sweep(lm, needles=NEEDLES[:2], out_dir=out, **SWEEP, **kw)
     return res, read_results(out)
@@ -76,7 +76,7 @@ def test_ray_sweep_equals_local_sweep(pool, tiny, tmp_path):
 
 
 def test_killed_worker_has_its_cells_rescheduled(pool, tiny, tmp_path):
-    from workbench.retrieval.sweep import read_results
+    from workbench.studies.retrieval_sweep import read_results
 
     killed, before = [], pool.replacements
 
@@ -123,7 +123,7 @@ def test_workers_with_another_model_are_refused(pool, tmp_path):
 
 
 def test_ray_pope_and_chair_equal_local(cluster):
-    from workbench import hallucination as H
+    from workbench.tasks import hallucination as H
     from workbench import load_model
 
     torch.set_num_threads(1)
@@ -176,8 +176,8 @@ def test_ray_study_equals_local_study(pool, tiny, tmp_path):
 
 def test_ray_masking_grid_equals_local(pool, tiny):
     from workbench.interventions import HeadAblation
-    from workbench.retrieval.masking import Condition, run_niah
-    from workbench.retrieval.needle import NEEDLES
+    from workbench.studies.retrieval_masking import Condition, run_niah
+    from workbench.tasks.needle import NEEDLES
 
     torch.set_num_threads(1)
     conds = [Condition("baseline", "none", 0, None, None, None),
@@ -191,9 +191,9 @@ def test_ray_masking_grid_equals_local(pool, tiny):
 
 
 def test_ray_act_search_equals_local(pool, tiny, tmp_path):
-    from workbench.act_search import search_heads
-    from workbench.jsonl import read_jsonl
-    from workbench.tasks import build_task
+    from workbench.interventions.act_search import search_heads
+    from workbench.io.jsonl import read_jsonl
+    from workbench.tasks.cloze import build_task
 
     torch.set_num_threads(1)
     task = build_task("pydoc-cloze", tiny.tokenizer, "train", 8, context_tokens=16)

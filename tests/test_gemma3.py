@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from workbench import gemma3 as G
-from workbench.errors import MissingModelPackageError, WorkbenchError
+from workbench.core import gemma3 as G
+from workbench.core.errors import MissingModelPackageError, WorkbenchError
 
 
 def test_missing_chunk_wheel_names_the_install_command(monkeypatch):
@@ -35,7 +35,7 @@ def test_preset_loads_offline_with_gemma3_shapes(gemma3):
     assert tok("Hello world").input_ids[0] == tok.bos_token_id == 2  # the tokenizer adds <bos>
     assert G._cache().joinpath("model.safetensors").exists()
     # the dequantized weights are a working language model: eager attention on real prose
-    from workbench.text import prose_text
+    from workbench.tasks.text import prose_text
 
     ids = tok(prose_text("heldout")[:4000], return_tensors="pt").input_ids[:, :256]
     gemma3.model.set_attn_implementation("eager")
@@ -50,8 +50,8 @@ def test_preset_loads_offline_with_gemma3_shapes(gemma3):
 def gemma3_eager_check(lm, n_tokens: int = 700) -> dict:
     """Max |tracer - eager| of patterns, received attention and logits over all 18 layers (15 sliding with a
     512-token window, 3 global) at ``n_tokens`` tokens of real prose starting with <bos>."""
-    from workbench.text import token_windows
-    from workbench.tracer import Tracer
+    from workbench.tasks.text import token_windows
+    from workbench.core.tracer import Tracer
 
     ids = token_windows(lm.tokenizer, n_tokens, 1)
     tr = Tracer(lm, stats=("received",), pattern_window=(0, n_tokens)).run(ids)

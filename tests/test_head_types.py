@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.attention import AttentionCall, attention_with_lse
-from workbench.head_types import (HEAD_TYPES, HeadTypeScorer, detection_pairs, head_type_scores,
+from workbench.core.attention import AttentionCall, attention_with_lse
+from workbench.analyzers.head_types import (HEAD_TYPES, HeadTypeScorer, detection_pairs, head_type_scores,
                                   repeated_random_tokens)
 
 tl_hd = pytest.importorskip("transformer_lens.head_detector")
@@ -90,7 +90,7 @@ def test_smollm2_scores_agree_with_transformer_bridge(smollm2):
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
-    from workbench.models import cache_dir
+    from workbench.core.models import cache_dir
 
     path = str(cache_dir() / "smollm2-135m")  # the dequantized copy is a plain HF checkpoint
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # its own copy: the bridge makes it eager
@@ -114,7 +114,7 @@ def test_smollm2_scores_agree_with_transformer_bridge(smollm2):
 
 @pytest.mark.slow
 def test_census_section(smollm2):
-    from workbench.census import run_census
+    from workbench.report.census import run_census
 
     res = run_census(smollm2, n_samples=1, seq_len=64, out_dir=None, sections=["attention", "head_types"], progress=False)
     assert {"first_token_mass", "previous_token_score", "duplicate_token_score", "induction_score"} <= set(res.heads.columns)

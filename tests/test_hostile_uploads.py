@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from dashboards import sources as S
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def good(tmp_path_factory):
 def make_good(tmp) -> tuple[dict, bytes]:
     """trace.json and arrays.safetensors bytes of a real trace of the tiny model (2 layers x 4 heads)."""
     from conftest import make_tiny_lm
-    from workbench.tracer import Tracer
+    from workbench.core.tracer import Tracer
 
     lm = make_tiny_lm()
     ids = torch.randint(3, 90, (1, 24), generator=torch.Generator().manual_seed(0))
@@ -139,8 +139,8 @@ def test_hostile_upload_gets_a_one_line_error(case, good):
 
 
 def test_trace_load_checks_the_same_on_disk(good, tmp_path):
-    from workbench.errors import TraceFileError
-    from workbench.trace import Trace
+    from workbench.core.errors import TraceFileError
+    from workbench.core.trace import Trace
 
     (tmp_path / "trace.json").write_bytes(_meta(good, layers=HUGE, heads=HUGE, n_layers=3000, n_heads=3000))
     (tmp_path / "arrays.safetensors").write_bytes(good[1])

@@ -1,7 +1,7 @@
 """The checkpoint format of resumable sweeps: a line cut by a kill loses only that record."""
 import json
 
-from workbench.jsonl import append_jsonl, read_jsonl
+from workbench.io.jsonl import append_jsonl, read_jsonl
 
 
 def test_cut_line_is_skipped_and_later_records_stay_whole(tmp_path):

@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_lm
-from workbench import stats as S
-from workbench.attention import (
+from workbench.core import stats as S
+from workbench.core.attention import (
     SUPPORTED_ATTENTION_KWARGS,
     active_hooks,
     AttentionCall,
     attention_hooks,
     workbench_attention,
 )
-from workbench.errors import UnsupportedArchitectureError, WorkbenchError
-from workbench.kernels import BACKENDS, attention_with_lse, force_backend, reference_attention
+from workbench.core.errors import UnsupportedArchitectureError, WorkbenchError
+from workbench.core.kernels import BACKENDS, attention_with_lse, force_backend, reference_attention
 
 # --- kernels on random inputs -------------------------------------------------------------------------
 
@@ -146,7 +146,7 @@ def test_reference_skips_key_blocks_outside_a_sliding_window():
 
 def test_cuda_backends_are_unreachable_on_cpu():
     q = torch.randn(1, 2, 4, 8)
-    from workbench.kernels import Features, select_backend
+    from workbench.core.kernels import Features, select_backend
 
     for feats in (Features(False, False, True), Features(True, False, False), Features(True, True, False)):
         assert not select_backend(q, q, feats).name.startswith("cuda")
@@ -202,7 +202,7 @@ def test_finite_mask_values_reach_scores_and_statistics():
 def _tiny(arch: str, dtype: torch.dtype):
     from transformers import Gemma2Config, Gemma2ForCausalLM, GptOssConfig, GptOssForCausalLM
 
-    from workbench.attention import register_attention
+    from workbench.core.attention import register_attention
 
     register_attention()
     torch.manual_seed(11)
@@ -357,7 +357,7 @@ def test_logits_bit_identical_to_stock_sdpa_without_hooks(tiny_lm):
 def test_key_positions_are_absolute_on_a_sliding_window_cache():
     from transformers import Gemma3TextConfig, Gemma3ForCausalLM
 
-    from workbench.attention import register_attention
+    from workbench.core.attention import register_attention
 
     register_attention()
     torch.manual_seed(12)
@@ -391,7 +391,7 @@ def test_key_positions_are_absolute_on_a_sliding_window_cache():
 
 def test_two_threads_trace_and_ablate_at_once_without_seeing_each_other():
     from workbench.interventions.ablation import HeadAblation
-    from workbench.tracer import Tracer
+    from workbench.core.tracer import Tracer
 
     lm = make_tiny_lm(n_layers=2)
     ids = torch.randint(3, 97, (1, 48))
@@ -446,7 +446,7 @@ def test_two_threads_trace_and_ablate_at_once_without_seeing_each_other():
 
 
 def test_device_and_dtype_resolution():
-    from workbench.models import resolve_device, resolve_dtype
+    from workbench.core.models import resolve_device, resolve_dtype
 
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu, torch.bfloat16) == torch.float32  # float32 on the CPU
@@ -471,7 +471,7 @@ def test_cli_rejects_bad_dtype_in_one_line(capsys):
 @pytest.mark.slow
 def test_real_model_in_bfloat16_rows_sum_to_one():
     from workbench import load_model
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     lm = load_model("smollm2-135m", device="cpu", dtype="bfloat16")
     assert lm.dtype == torch.bfloat16 and lm.device.type == "cpu"

@@ -1,10 +1,10 @@
 """Massive activations (a few tokens) told apart from outlier feature dimensions (most tokens) by the
-token-share rule of workbench.massive, on a planted residual stream."""
+token-share rule of workbench.analyzers.massive, on a planted residual stream."""
 import pandas as pd
 import torch
 
 from conftest import make_tiny_lm
-from workbench.massive import (OUTLIER_SHARE, classify, layer_summary, massive_activations, massive_dims, onset_layer,
+from workbench.analyzers.massive import (OUTLIER_SHARE, classify, layer_summary, massive_activations, massive_dims, onset_layer,
                                outlier_features)
 
 MASSIVE_TOKEN, MASSIVE_DIM, OUTLIER_DIM = 7, 3, 11

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from workbench import cli
-from workbench.errors import MissingModelPackageError, UnknownModelError, UnsupportedArchitectureError
-from workbench.models import _check_supported, load_model, smollm2_gguf_path
+from workbench.core.errors import MissingModelPackageError, UnknownModelError, UnsupportedArchitectureError
+from workbench.core.models import _check_supported, load_model, smollm2_gguf_path
 
 
 def run_cli(capsys, *args):
@@ -61,8 +61,8 @@ def test_cli_bad_input_on_real_model(capsys, tmp_path, smollm2):
                            "--out", str(tmp_path / "t"))
     assert code == 2 and "budget" in err and err.count("\n") == 1
     (tmp_path / "bad").mkdir()
-    from workbench.errors import TraceFileError
-    from workbench.trace import Trace
+    from workbench.core.errors import TraceFileError
+    from workbench.core.trace import Trace
 
     with pytest.raises(TraceFileError):
         Trace.load(tmp_path / "bad")
@@ -87,7 +87,7 @@ def test_cli_trace_sampled_received_has_a_bound(capsys, tmp_path, smollm2):
                            "--out", str(tmp_path / "t"), "--json")
     doc = json.loads(out)
     assert code == 0 and set(doc["arrays"]) == {"received", "received_bound", "tokens"}
-    from workbench.trace import Trace
+    from workbench.core.trace import Trace
 
     tr = Trace.load(doc["trace"])
     assert Path(doc["trace"]) == tmp_path / "t" / "smollm2-135m" / "trace"  # ROOT/<model>/trace
@@ -101,7 +101,7 @@ def test_census_json_agrees_with_eager_maps(capsys, tmp_path, smollm2):
     assert code == 0
     doc = json.loads(out)
     assert len(doc["heads"]) == 270 and (tmp_path / "smollm2-135m" / "heads.parquet").exists()
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     ids = token_windows(smollm2.tokenizer, 96, 2)
     smollm2.model.set_attn_implementation("eager")
@@ -120,8 +120,8 @@ def test_census_json_agrees_with_eager_maps(capsys, tmp_path, smollm2):
 
 
 def test_parse_heads_reads_lists_and_names_bad_items():
-    from workbench.errors import HeadIndexError, WorkbenchError
-    from workbench.models import parse_heads
+    from workbench.core.errors import HeadIndexError, WorkbenchError
+    from workbench.core.models import parse_heads
 
     assert parse_heads("3.1, 7.4") == [(3, 1), (7, 4)]
     with pytest.raises(WorkbenchError, match="cannot read head '3-1'"):

@@ -4,7 +4,7 @@ Tiny random-weight models built from transformers configs (2 layers, 24 tokens, 
 two; Mistral/Phi-3/Gemma/gpt-oss with an 8-token sliding window; Gemma-2 soft-capped; gpt-oss with learned
 sinks; LLaVA and Qwen2-VL with an image per row) are loaded with :func:`workbench.load_model` and traced,
 and compared with the same checkpoint under transformers' eager attention with ``output_attentions``
-(:mod:`workbench.oracle` reduces eager's own maps with plain torch, not with :mod:`workbench.stats`).
+(:mod:`workbench.core.oracle` reduces eager's own maps with plain torch, not with :mod:`workbench.core.stats`).
 
 float32: patterns, received attention and row sums within 1e-5; entropy, z, residuals and logits
 within 5e-5; eager's probability at our top key is eager's row maximum (within 1e-6).
@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.oracle import ARCHITECTURES, compare, compare_checkpoint
+from workbench.core.oracle import ARCHITECTURES, compare, compare_checkpoint
 
 FP32_TOL = {"pattern": 1e-5, "received": 1e-5, "row_sum": 1e-5, "top_key": 1e-6,
             "entropy": 5e-5, "z": 5e-5, "resid_pre": 5e-5, "logits": 5e-5,
@@ -59,7 +59,7 @@ def test_float32_equals_eager(arch, workdir):
 
 
 def check_bfloat16(r: dict, name: str) -> None:
-    """The bfloat16 criteria of the module docstring for one comparison row of workbench.oracle."""
+    """The bfloat16 criteria of the module docstring for one comparison row of workbench.core.oracle."""
     ours, eager = r["ours"], r["eager"]
     assert r["closure"] <= BF16_ROW_SUM, f"{name}: bf16 pattern rows (+ sink) sum to 1 only within {r['closure']:.2e}"
     # layer 0: both bfloat16 paths attend over the same q and k (VLMs: up to the vision tower's SDPA vs eager)
@@ -85,8 +85,8 @@ def test_bfloat16_no_worse_than_eager_bfloat16(arch, workdir):
 @pytest.mark.slow
 def test_smollm2_bfloat16_no_worse_than_eager_bfloat16(smollm2):
     """The real model in bfloat16 on 256 tokens of pydoc prose, by the same criteria as the matrix."""
-    from workbench.models import cache_dir
-    from workbench.text import token_windows
+    from workbench.core.models import cache_dir
+    from workbench.tasks.text import token_windows
 
     ids = token_windows(smollm2.tokenizer, 256, 1)
     r = compare_checkpoint(cache_dir() / "smollm2-135m", torch.bfloat16,

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workbench.attention import AttentionCall, attention_with_lse
-from workbench.stats import head_statistics, sample_query_rows, sampled_received
+from workbench.core.attention import AttentionCall, attention_with_lse
+from workbench.core.stats import head_statistics, sample_query_rows, sampled_received
 
 
 @st.composite

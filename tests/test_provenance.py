@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import make_tiny_lm
-from workbench.jsonl import CheckpointMismatchError, append_jsonl, open_checkpoint, read_header, read_jsonl
-from workbench.provenance import (ProvenanceError, check_same_weights, collect, config_hash, footer_html,
+from workbench.io.jsonl import CheckpointMismatchError, append_jsonl, open_checkpoint, read_header, read_jsonl
+from workbench.io.provenance import (ProvenanceError, check_same_weights, collect, config_hash, footer_html,
                                   read_provenance, weights_sha256, write_json, write_parquet)
-from workbench.runs import model_slug, run_dir
+from workbench.io.runs import model_slug, run_dir
 
 KEYS = {"workbench_version", "git_commit", "git_dirty", "model", "weights_sha256", "config", "config_hash", "seed",
         "torch", "transformers", "date", "device", "dtype"}
@@ -36,7 +36,7 @@ def test_collect_has_every_field_and_hashes_weights(tiny_lm):
 
 
 def test_provenance_in_every_file_type(tiny_lm, tmp_path):
-    from workbench.viz import layer_head_heatmap, write_html
+    from workbench.report.viz import layer_head_heatmap, write_html
 
     prov = collect(tiny_lm, {"what": "test", "n": 2}, seed=0)
     df = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "score": [0.1, 0.2, 0.3, 0.4]})
@@ -98,8 +98,8 @@ def test_answer_cache_misses_when_a_parameter_changes(tiny_lm, tmp_path, monkeyp
 
     import numpy as np
 
-    from workbench import digits_vlm
-    from workbench import hallucination as H
+    from workbench.demo import digits_vlm
+    from workbench.tasks import hallucination as H
 
     calls = []
     monkeypatch.setattr(digits_vlm, "make_input", lambda lm, q, px: q)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.interventions.registry import SCOPES, available_interventions, build_intervention
 
 
@@ -28,7 +28,7 @@ def test_scope_requirements_are_one_line_errors(tiny_lm):
 
 def test_hallucination_builds_vhr_and_var_from_the_registry(monkeypatch):
     """`workbench hallucination --method vhr/var` goes through build_intervention (the one registry)."""
-    import workbench.hallucination as H
+    import workbench.tasks.hallucination as H
     import workbench.interventions.registry as R
 
     seen = []
@@ -48,7 +48,7 @@ def test_hallucination_builds_vhr_and_var_from_the_registry(monkeypatch):
 @pytest.mark.slow
 def test_massive_activation_edit_from_the_registry_changes_smollm2(smollm2):
     """The dashboard's path: build by name, compare before/after on a prompt; the edit changes the next token."""
-    from workbench.comparison import compare_intervention
+    from workbench.report.comparison import compare_intervention
 
     iv = build_intervention("massive activation edit", smollm2, mode="zero", samples=2)
     ids = smollm2.encode("The capital of France is Paris. The capital of Italy is")

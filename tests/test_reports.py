@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench import viz
+from workbench.report import viz
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"
 
 
 def test_sinks_page_from_the_committed_result(tmp_path):
-    from workbench.sinks_report import write_sinks_html
+    from workbench.report.sinks_report import write_sinks_html
 
     res = json.loads((REPORTS / "smollm2-135m" / "sinks.json").read_text())
     page = tmp_path / "reports" / "smollm2-135m" / "sinks.html"
@@ -66,7 +66,7 @@ def test_committed_report_tree_has_one_bundle():
 
 
 def test_vision_page_defines_vhd_and_lists_top_heads(tmp_path):
-    from workbench.vision_report import write_vision_html
+    from workbench.report.vision_report import write_vision_html
 
     d = REPORTS / "digits-vlm"
     res = json.loads((d / "vision.json").read_text())
@@ -79,7 +79,7 @@ def test_vision_page_defines_vhd_and_lists_top_heads(tmp_path):
 
 
 def test_census_page_defines_every_figure(tmp_path):
-    from workbench.census import DEFINITIONS, write_census_html
+    from workbench.report.census import DEFINITIONS, write_census_html
 
     heads = pd.read_parquet(REPORTS / "smollm2-135m" / "heads.parquet")
     summary = json.loads((REPORTS / "smollm2-135m" / "summary.json").read_text())

@@ -56,12 +56,12 @@ def test_committed_census_summary_is_reproduced(smollm2):
 
     A change that moves a committed number fails here until the reports are regenerated
     (`workbench reproduce --only census`)."""
-    from workbench.census import run_census
+    from workbench.report.census import run_census
 
     ref = json.loads((ROOT / "reports" / "smollm2-135m" / "summary.json").read_text())
     assert ref["model"] == "smollm2-135m" and ref["provenance"]["model"]["id"] == "smollm2-135m"
     cfg = ref["provenance"]["config"]
-    from workbench.provenance import weights_sha256
+    from workbench.io.provenance import weights_sha256
 
     assert ref["provenance"]["weights_sha256"] == weights_sha256(smollm2)
     res = run_census(smollm2, n_samples=cfg["n_samples"], seq_len=cfg["seq_len"], out_dir=None,

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.jsonl import read_jsonl
+from workbench.io.jsonl import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).resolve().parent / "interrupt_driver.py"
@@ -53,8 +53,8 @@ def tiny():
 
 
 def test_sweep_killed_twice_then_resumed_equals_an_uninterrupted_sweep(tiny, tmp_path):
-    from workbench.retrieval.needle import load_needles
-    from workbench.retrieval.sweep import RESULTS_FILE, read_results, run_sweep
+    from workbench.tasks.needle import load_needles
+    from workbench.studies.retrieval_sweep import RESULTS_FILE, read_results, run_sweep
 
     kw = dict(lengths=[160, 200], depths=[0, 50, 100], needles=load_needles()[:2], progress=False, max_new_tokens=3)
     full = run_sweep(tiny, out_dir=tmp_path / "full", **kw)

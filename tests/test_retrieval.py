@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_lm
-from workbench.attention import attention_hooks
-from workbench.errors import NeedleNotFoundError, WorkbenchError
+from workbench.core.attention import attention_hooks
+from workbench.core.errors import NeedleNotFoundError, WorkbenchError
 from workbench.interventions import HeadAblation
-from workbench.retrieval.masking import masking_table, select_heads
-from workbench.retrieval.needle import (NEEDLES, Needle, build_prompt, char_span_to_tokens, find_token_span,
+from workbench.studies.retrieval_masking import masking_table, select_heads
+from workbench.tasks.needle import (NEEDLES, Needle, build_prompt, char_span_to_tokens, find_token_span,
                                         locate_answer)
-from workbench.retrieval.score import greedy_decode, prefill, retrieval_hits
-from workbench.retrieval.sweep import read_results, run_sweep, summarize
+from workbench.analyzers.retrieval import greedy_decode, prefill, retrieval_hits
+from workbench.studies.retrieval_sweep import read_results, run_sweep, summarize
 
 
 # --- retrieval score -------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_summary_averages_only_correct_tests():
 def tok():
     from transformers import AutoTokenizer
 
-    from workbench.models import cache_dir
+    from workbench.core.models import cache_dir
 
     path = cache_dir() / "smollm2-135m"
     if not (path / "tokenizer.json").exists():
@@ -228,7 +228,7 @@ def test_sweep_killed_midway_resumes_without_loss_or_redo(tiny_with_tok, tmp_pat
     run_sweep(lm, resume=True, on_test=lambda r: third.append(r["key"]), **kw)
     assert third == []
     # resuming with another setting or grid is refused, naming the field, before any test runs
-    from workbench.jsonl import CheckpointMismatchError
+    from workbench.io.jsonl import CheckpointMismatchError
 
     with pytest.raises(CheckpointMismatchError, match="max_new_tokens: 3 != 4"):
         run_sweep(lm, resume=True, on_test=lambda r: third.append(r["key"]), **{**kw, "max_new_tokens": 4})
@@ -321,7 +321,7 @@ def test_masking_table():
 
 @pytest.mark.slow
 def test_real_model_needle_and_retrieval_scores(smollm2, tmp_path):
-    from workbench.retrieval.sweep import run_test
+    from workbench.studies.retrieval_sweep import run_test
 
     rec = run_test(smollm2, NEEDLES[0], 256, 50)
     assert rec["correct"], rec["prediction"]
@@ -364,10 +364,10 @@ def test_cli_retrieval_and_ablate_json(tmp_path):
 
 
 def test_census_section_runs_its_own_sweep_or_reads_one_of_the_same_weights(tiny_with_tok, tmp_path, monkeypatch):
-    from workbench.census import CensusContext
-    from workbench.provenance import ProvenanceError, collect
-    from workbench.retrieval import census_section as C
-    from workbench.retrieval.sweep import save
+    from workbench.report.census import CensusContext
+    from workbench.io.provenance import ProvenanceError, collect
+    from workbench.report import retrieval_section as C
+    from workbench.studies.retrieval_sweep import save
 
     lm = tiny_with_tok
     monkeypatch.setattr(C, "QUICK_LENGTHS", (160,))

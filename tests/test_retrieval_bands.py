@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from workbench.retrieval.bands import band_table, top_heads
-from workbench.retrieval.sweep import summarize
+from workbench.studies.retrieval_bands import band_table, top_heads
+from workbench.studies.retrieval_sweep import summarize
 
 
 def _rec(length, scores, correct=True):

@@ -90,7 +90,7 @@ def test_readme_commands_on_a_fresh_checkout_write_only_under_runs(tmp_path):
 
 
 def test_reproduce_plan_writes_only_under_its_root(tmp_path):
-    from workbench.reproduce import STUDIES, _toml, reproduce, shrink_spec, steps
+    from workbench.cli.reproduce import STUDIES, _toml, reproduce, shrink_spec, steps
     from workbench.studies import load_spec, parse_spec
 
     for quick in (False, True):

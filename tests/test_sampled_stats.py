@@ -6,7 +6,7 @@ import torch
 
 from tests.test_tracer import eager_maps
 from workbench import Tracer
-from workbench.stats import hoeffding_serfling_bound, sample_query_rows
+from workbench.core.stats import hoeffding_serfling_bound, sample_query_rows
 
 
 def test_sample_query_rows_is_a_sorted_reproducible_subset():
@@ -63,7 +63,7 @@ def test_sampling_all_rows_is_exact_and_padding_is_respected(tiny_lm):
 def test_real_model_sampled_received_is_within_its_bound(smollm2):
     """SmolLM2 on 1024 tokens of real prose: every (layer, head, key) estimate from 128 of 1024 rows
     is within the stated bound of the exact value (the bound is for 95% per entry; it is loose)."""
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     ids = token_windows(smollm2.tokenizer, 1024, 1)
     exact = Tracer(smollm2, stats=("received",)).run(ids)["received"]
@@ -108,7 +108,7 @@ def test_bad_sampling_arguments(tiny_lm):
 
 
 def _random_call(nq=40, nk=40, mask=False):
-    from workbench.attention import AttentionCall, attention_with_lse
+    from workbench.core.attention import AttentionCall, attention_with_lse
 
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, nq, 8), torch.randn(2, 2, nk, 8), torch.randn(2, 2, nk, 8)
@@ -123,7 +123,7 @@ def _random_call(nq=40, nk=40, mask=False):
 
 @pytest.mark.parametrize("mask,heads", [(False, None), (True, None), (False, [3, 0])])
 def test_a_subset_of_row_statistics_equals_the_full_computation(mask, heads):
-    from workbench.stats import head_statistics
+    from workbench.core.stats import head_statistics
 
     call = _random_call(mask=mask)
     full = head_statistics(call, heads, received=True, rows=True, chunk_elements=300)
@@ -218,7 +218,7 @@ def test_real_model_bound_covers_over_seeds_with_and_without_generation(smollm2)
     """SmolLM2, a 100-token prompt of real prose, 20 sampled rows, over 4 seeds: at least 95% of the
     (layer, head, key) entries lie inside their stated 95% bound, in a single forward and when 16 decode
     steps (exact) are combined with the sampled prefill."""
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     ids = token_windows(smollm2.tokenizer, 100, 1, split="heldout")
     for new_tokens in (0, 16):

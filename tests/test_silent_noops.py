@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import make_tiny_lm
-from workbench.errors import HeadIndexError, UnsupportedArchitectureError, WorkbenchError
+from workbench.core.errors import HeadIndexError, UnsupportedArchitectureError, WorkbenchError
 from workbench.interventions import HeadAblation
 from workbench.interventions.act import ACTCalibration
-from workbench.tracer import Tracer
+from workbench.core.tracer import Tracer
 
 
 def _ids(n=20, seed=0):

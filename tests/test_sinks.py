@@ -23,8 +23,8 @@ def planted_sink_lm():
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workbench.attention import register_attention
-    from workbench.models import LoadedModel, ModelSpec
+    from workbench.core.attention import register_attention
+    from workbench.core.models import LoadedModel, ModelSpec
 
     register_attention()
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def _text_ids(n, sinks=(0, 10, 25), seed=0):
 
 
 def test_sink_analyzer_finds_planted_sinks():
-    from workbench.sinks import hidden_sink_masks, layer_profile, received_attention, sink_rate, sink_tokens
+    from workbench.analyzers.sinks import hidden_sink_masks, layer_profile, received_attention, sink_rate, sink_tokens
 
     lm = planted_sink_lm()
     ids = _text_ids(40)
@@ -81,7 +81,7 @@ def test_sink_analyzer_finds_planted_sinks():
 
 def test_received_matches_eager_definition(tiny_lm):
     """s_k = (1/(T-k)) sum_{i>=k} A[i,k] from the kernel-backed tracer equals the eager map's."""
-    from workbench.sinks import key_counts, received_attention
+    from workbench.analyzers.sinks import key_counts, received_attention
 
     ids = torch.randint(3, 97, (1, 24))
     rec = received_attention(tiny_lm, ids, progress=False)[0]
@@ -102,7 +102,7 @@ def _massive_lm():
 
 
 def test_massive_finder_finds_planted_entry():
-    from workbench.massive import layer_summary, massive_activations, massive_dims, onset_layer, token_summary
+    from workbench.analyzers.massive import layer_summary, massive_activations, massive_dims, onset_layer, token_summary
 
     lm = _massive_lm()
     ids = torch.randint(10, 97, (3, 30))
@@ -127,7 +127,7 @@ def test_massive_finder_finds_planted_entry():
 
 
 def test_massive_edit_zero_and_mean():
-    from workbench.massive import MassiveActivationEdit, massive_activations, massive_means
+    from workbench.analyzers.massive import MassiveActivationEdit, massive_activations, massive_means
 
     lm = _massive_lm()
     ids = torch.randint(10, 97, (2, 30))
@@ -149,7 +149,7 @@ def test_massive_edit_zero_and_mean():
 
 
 def test_perplexity_of_uniform_model_is_vocab_size():
-    from workbench.perplexity import perplexity
+    from workbench.tasks.perplexity import perplexity
 
     lm = make_tiny_lm()
     with torch.no_grad():
@@ -160,9 +160,9 @@ def test_perplexity_of_uniform_model_is_vocab_size():
 
 
 def test_prefix_cache_equals_full_forward(tiny_lm):
-    from workbench.act_search import PrefixCache, compare
+    from workbench.interventions.act_search import PrefixCache, compare
     from workbench.interventions.act import ACTCalibration
-    from workbench.tasks import ChoiceTask, choice_scores
+    from workbench.tasks.cloze import ChoiceTask, choice_scores
 
     g = torch.Generator().manual_seed(0)
     task = ChoiceTask("t", torch.randint(3, 97, (10, 20), generator=g), torch.randint(3, 97, (10, 4), generator=g),
@@ -177,7 +177,7 @@ def test_prefix_cache_equals_full_forward(tiny_lm):
 
 
 def test_pydoc_cloze_is_deterministic_and_disjoint(smollm2):
-    from workbench.tasks import build_task
+    from workbench.tasks.cloze import build_task
 
     a = build_task("pydoc-cloze", smollm2.tokenizer, "train", 20, seed=1)
     b = build_task("pydoc-cloze", smollm2.tokenizer, "train", 20, seed=1)
@@ -209,7 +209,7 @@ class CharTok:
 
 def test_sinks_cli_json(tmp_path, capsys):
     from workbench.cli import main
-    from workbench.models import Preset, register_preset
+    from workbench.core.models import Preset, register_preset
 
     def load():
         lm = _massive_lm()
@@ -230,7 +230,7 @@ def test_sinks_cli_json(tmp_path, capsys):
     assert {"layer", "dim", "token", "value", "ratio_to_median"} <= set(m) and m["token"] == CharTok().decode([10 + ord("c") % 87])
     assert [r["intervention"] for r in res["perplexity"]] == ["baseline", "zero", "mean"]
     assert Path(res["files"]["html"]).exists() and Path(res["files"]["html"]).parent.parent == tmp_path
-    from workbench.provenance import read_provenance
+    from workbench.io.provenance import read_provenance
 
     prov = read_provenance(res["files"]["json"])  # provenance in the JSON result and the page footer
     assert prov == res["provenance"] == read_provenance(res["files"]["html"])
@@ -259,7 +259,7 @@ def test_calibrate_cli_json(capsys):
 
 
 def test_census_gains_sinks_section():
-    from workbench.census import run_census
+    from workbench.report.census import run_census
 
     lm = planted_sink_lm()
     lm.tokenizer = CharTok()
@@ -269,7 +269,7 @@ def test_census_gains_sinks_section():
     assert len(res.heads) == 4
     # exact: Sink_1^0.3 from the eager attention maps of the same windows (transformers' own attention)
     from tests.test_tracer import eager_maps
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     ids = token_windows(lm.tokenizer, 40, 2)
     A, _ = eager_maps(lm, ids)  # (L, B, H, N, N)

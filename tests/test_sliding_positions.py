@@ -2,14 +2,14 @@
 
 Gemma-3's sliding layers keep only the last W - 1 keys in the cache, so while decoding their attention
 calls see keys ``t - W + 1 .. t``; a key index into the call is not a position. The retrieval recorder
-(:class:`~workbench.retrieval.score.TopKeyRecorder`) and the tracer map them through
+(:class:`~workbench.analyzers.retrieval.TopKeyRecorder`) and the tracer map them through
 ``AttentionCall.key_positions``; here against eager ``output_attentions`` on the whole sequence.
 """
 import pytest
 import torch
 
-from workbench.retrieval.score import greedy_decode
-from workbench.tracer import Tracer
+from workbench.analyzers.retrieval import greedy_decode
+from workbench.core.tracer import Tracer
 
 WINDOW = 8
 
@@ -27,8 +27,8 @@ def make_tiny_gemma3(window: int = WINDOW, seed: int = 0):
     """A random-weight Gemma-3 (2 sliding layers around 1 global one, 4 query heads, 1 KV head)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from workbench.attention import register_attention
-    from workbench.models import LoadedModel, ModelSpec
+    from workbench.core.attention import register_attention
+    from workbench.core.models import LoadedModel, ModelSpec
 
     register_attention()
     torch.manual_seed(seed)
@@ -73,7 +73,7 @@ def test_tiny_gemma3_top_keys_are_absolute_past_the_window():
     ids = torch.randint(3, 97, (1, 3 * WINDOW))
     check_top_keys_past_window(lm, ids, 6, WINDOW)
     # the prompt cache was rolled back (crop on sliding layers): decoding again gives the same tokens
-    from workbench.retrieval.score import prefill
+    from workbench.analyzers.retrieval import prefill
 
     cache = prefill(lm, ids)
     a = greedy_decode(lm, ids, 5, prefill_cache=cache, stop_at_newline=False)
@@ -101,7 +101,7 @@ def test_tiny_gemma3_tracer_during_generate_reports_absolute_keys():
 
 @pytest.mark.slow
 def test_gemma3_top_keys_are_absolute_past_the_512_window(gemma3):
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     ids = token_windows(gemma3.tokenizer, 600, 1)  # 600 tokens: the sliding layers' caches are full
     check_top_keys_past_window(gemma3, ids, 4, 512)
@@ -151,7 +151,7 @@ class _EagerACTAbsolute:
 
 @pytest.mark.parametrize("fixed", [False, True])
 def test_tiny_gemma3_act_during_generate_reads_sinks_at_absolute_positions(fixed):
-    from workbench.attention import attention_hooks
+    from workbench.core.attention import attention_hooks
     from workbench.interventions.act import ACTCalibration
 
     lm = make_tiny_gemma3()

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.jsonl import CheckpointMismatchError
+from workbench.io.jsonl import CheckpointMismatchError
 from workbench.studies import StudySpecError, StudyStateError, parse_spec, run_study
 from workbench.studies.heads import resolve_head_set
 from workbench.studies.runner import ROWS, bootstrap_ci, read_rows
@@ -54,7 +54,7 @@ def test_example_specs_parse():
 def test_head_sets_from_tables(tiny_lm, tmp_path):
     from conftest import make_tiny_lm
 
-    from workbench.provenance import ProvenanceError, collect, write_parquet
+    from workbench.io.provenance import ProvenanceError, collect, write_parquet
 
     d = tmp_path / "tiny-llama"
     prov = collect(tiny_lm)
@@ -99,11 +99,11 @@ def test_needle_task_runs_or_says_it_is_unavailable(smollm2):
 
     from workbench.studies import TaskUnavailableError
     from workbench.studies.spec import TaskSpec
-    from workbench.studies.tasks import build_task
+    from workbench.studies.study_tasks import build_task
 
     spec = TaskSpec("needle", "needle", {"lengths": [256], "depths": [50], "n_needles": 1, "max_new_tokens": 16})
     try:
-        import workbench.retrieval  # noqa: F401
+        import workbench.tasks.needle  # noqa: F401
     except ImportError:
         with pytest.raises(TaskUnavailableError, match="needle"):
             build_task(smollm2, spec)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from workbench.text import prose_text, start_ids, token_windows, window_start
+from workbench.tasks.text import prose_text, start_ids, token_windows, window_start
 
 
 def _word_tokenizer(add_bos: bool):
@@ -10,7 +10,7 @@ def _word_tokenizer(add_bos: bool):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from workbench.text import prose_text
+    from workbench.tasks.text import prose_text
 
     words = sorted(set(prose_text("all").split()))
     vocab = {"<unk>": 0, "<bos>": 1, **{w: i + 2 for i, w in enumerate(words)}}

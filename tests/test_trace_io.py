@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from workbench import Tracer
-from workbench.errors import TraceFileError
-from workbench.trace import Trace
+from workbench.core.errors import TraceFileError
+from workbench.core.trace import Trace
 
 
 def test_round_trip_preserves_arrays_dims_and_meta(tiny_lm, tmp_path):

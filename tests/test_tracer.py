@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from workbench import Tracer
-from workbench.errors import ContextTooLongError, HeadIndexError, MemoryBudgetError
+from workbench.core.errors import ContextTooLongError, HeadIndexError, MemoryBudgetError
 
 
 def eager_maps(lm, ids, attention_mask=None):
@@ -117,7 +117,7 @@ def test_resid_pre_matches_hidden_states(tiny_lm):
 
 @pytest.mark.slow
 def test_real_model_maps_and_stats_equal_eager(smollm2):
-    from workbench.text import token_windows
+    from workbench.tasks.text import token_windows
 
     ids = token_windows(smollm2.tokenizer, 192, 1)
     A, eager_logits = eager_maps(smollm2, ids)
@@ -138,7 +138,7 @@ def test_real_model_patterns_equal_transformer_lens_bridge(smollm2):
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
-    from workbench.models import cache_dir
+    from workbench.core.models import cache_dir
 
     path = str(cache_dir() / "smollm2-135m")
     eager = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.attention import attention_hooks
-from workbench.models import LoadedModel, ModelSpec
+from workbench.core.attention import attention_hooks
+from workbench.core.models import LoadedModel, ModelSpec
 
 IMG = 99  # image token id of the tiny LLaVA
 
@@ -31,7 +31,7 @@ def tiny_llava(seed: int = 0, n_layers: int = 4) -> LoadedModel:
     """A random LlavaForConditionalGeneration: CLIP tower (16 patches) + GQA Llama, workbench attention."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from workbench.attention import register_attention
+    from workbench.core.attention import register_attention
 
     register_attention()
     torch.manual_seed(seed)
@@ -51,7 +51,7 @@ def tiny_qwen2vl(seed: int = 0) -> LoadedModel:
     """A random Qwen2VLForConditionalGeneration (4 image tokens after 2x2 merging, M-RoPE)."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from workbench.attention import register_attention
+    from workbench.core.attention import register_attention
 
     register_attention()
     torch.manual_seed(seed)
@@ -68,7 +68,7 @@ def tiny_qwen2vl(seed: int = 0) -> LoadedModel:
 
 
 def llava_input(lm, seed: int = 0):
-    from workbench.vlm import make_input
+    from workbench.core.vlm import make_input
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.tensor([[5, 6] + [IMG] * 16 + [7, 8, 9, 10]])
@@ -76,7 +76,7 @@ def llava_input(lm, seed: int = 0):
 
 
 def qwen_input(lm):
-    from workbench.vlm import make_input
+    from workbench.core.vlm import make_input
 
     ids = torch.tensor([[5, 6, 95] + [97] * 4 + [96, 7, 8, 9]])
     return make_input(lm.model, ids, torch.randn(16, 4, generator=torch.Generator().manual_seed(0)),
@@ -97,8 +97,8 @@ class _Calls:
 
 
 def test_llava_positions_text_only_and_tracer():
-    from workbench.tracer import Tracer
-    from workbench.vlm import image_positions, position_map, text_only
+    from workbench.core.tracer import Tracer
+    from workbench.core.vlm import image_positions, position_map, text_only
 
     lm = tiny_llava()
     inp = llava_input(lm)
@@ -119,8 +119,8 @@ def test_llava_positions_text_only_and_tracer():
 
 
 def test_qwen2vl_positions_text_only_and_vhd():
-    from workbench.vision import vhd_steps
-    from workbench.vlm import image_positions, text_only
+    from workbench.analyzers.vision import vhd_steps
+    from workbench.core.vlm import image_positions, text_only
 
     lm = tiny_qwen2vl()
     inp = qwen_input(lm)
@@ -132,9 +132,9 @@ def test_qwen2vl_positions_text_only_and_vhd():
 
 def test_vhd_is_zero_for_a_blind_head_and_matches_manual_passes():
     """A planted blind head (value projection zero) has VHD 0; VHD equals the two aligned passes' z distance."""
-    from workbench.tracer import Tracer
-    from workbench.vision import vhd_steps
-    from workbench.vlm import text_only
+    from workbench.core.tracer import Tracer
+    from workbench.analyzers.vision import vhd_steps
+    from workbench.core.vlm import text_only
 
     lm = tiny_llava()
     attn = lm.model.model.language_model.layers[1].self_attn
@@ -154,7 +154,7 @@ def test_vhd_is_zero_for_a_blind_head_and_matches_manual_passes():
 
 
 def test_text_only_model_is_refused(tiny_lm):
-    from workbench.vlm import NotAVisionModelError, image_positions
+    from workbench.core.vlm import NotAVisionModelError, image_positions
 
     with pytest.raises(NotAVisionModelError, match="text-only"):
         image_positions(tiny_lm.model, torch.tensor([[1, 2]]))
@@ -164,7 +164,7 @@ def test_text_only_model_is_refused(tiny_lm):
 
 
 def test_sink_scores_and_detector_find_a_planted_massive_dimension():
-    from workbench.vision import SinkDetector, sink_scores
+    from workbench.analyzers.vision import SinkDetector, sink_scores
 
     x = torch.randn(1, 5, 1024)  # phi <= sqrt(d_model): 32 here
     x[0, 3, 7] = 500.0
@@ -273,8 +273,8 @@ def test_vhr_scales_exactly_the_selected_heads():
 
 
 def test_digit_composites_and_pope_negatives():
-    from workbench import digits as D
-    from workbench.hallucination import pope_items, heldout_images
+    from workbench.demo import digits as D
+    from workbench.tasks.hallucination import pope_items, heldout_images
 
     a = D.make_composite(np.random.default_rng(3), "test")
     b = D.make_composite(np.random.default_rng(3), "test")
@@ -295,7 +295,7 @@ def test_digit_composites_and_pope_negatives():
 
 
 def test_pope_and_chair_metrics():
-    from workbench.hallucination import chair_metrics, mentioned_digits, pope_metrics, with_ci
+    from workbench.tasks.hallucination import chair_metrics, mentioned_digits, pope_metrics, with_ci
 
     df = pd.DataFrame({"image": [0, 0, 1, 1], "label": [True, False, True, False], "pred": [True, True, False, False]})
     m = pope_metrics(df)
@@ -311,8 +311,8 @@ def test_pope_and_chair_metrics():
 
 
 def test_census_vision_section_skips_text_only_models(tiny_lm):
-    from workbench.census import CensusContext
-    from workbench.vision_report import census_section
+    from workbench.report.census import CensusContext
+    from workbench.report.vision_report import census_section
 
     sec = census_section(CensusContext(tiny_lm, torch.zeros(1, 4, dtype=torch.long), progress=False))
     assert sec.heads is None and "text-only" in sec.summary["skipped"]
@@ -336,11 +336,11 @@ def digits_vlm():
 
 @pytest.mark.slow
 def test_digits_vlm_image_reaches_the_language_model_and_analyzers_run(digits_vlm):
-    from workbench import digits as D
-    from workbench.digits_vlm import N_IMAGE_TOKENS, make_input
-    from workbench.hallucination import heldout_images
-    from workbench.vision import vhd_steps
-    from workbench.vlm import image_positions
+    from workbench.demo import digits as D
+    from workbench.demo.digits_vlm import N_IMAGE_TOKENS, make_input
+    from workbench.tasks.hallucination import heldout_images
+    from workbench.analyzers.vision import vhd_steps
+    from workbench.core.vlm import image_positions
 
     lm = digits_vlm
     assert type(lm.model).__name__ == "LlavaForConditionalGeneration" and lm.spec.n_layers == 30
@@ -355,7 +355,7 @@ def test_digits_vlm_image_reaches_the_language_model_and_analyzers_run(digits_vl
     v, n = vhd_steps(lm, inp)
     assert v.shape == (1, 30, 9) and bool(torch.isfinite(v).all()) and float(v.max()) > 0
     # the model reads the image: it names more of the present digits with the image than with a blank one
-    from workbench.hallucination import answer, mentioned_digits
+    from workbench.tasks.hallucination import answer, mentioned_digits
 
     hits = {"image": 0, "blank": 0}
     for comp in heldout_images(6, seed=5):

@@ -3,25 +3,25 @@
 The path from a prompt to a head score:
 
 1. :func:`load_model` loads a model with the kernel-backed ``"workbench"`` attention
-   (:mod:`workbench.attention`).
-2. :class:`Tracer` (:mod:`workbench.tracer`) hooks every attention call and computes the
-   requested statistics from q, k and the kernel's log-sum-exp (:mod:`workbench.stats`).
-3. The result is a :class:`Trace` (:mod:`workbench.trace`): named-axis arrays plus metadata.
-4. Analyzers (e.g. :mod:`workbench.census`) turn traces into pandas DataFrames of per-head scores.
+   (:mod:`workbench.core.attention`).
+2. :class:`Tracer` (:mod:`workbench.core.tracer`) hooks every attention call and computes the
+   requested statistics from q, k and the kernel's log-sum-exp (:mod:`workbench.core.stats`).
+3. The result is a :class:`Trace` (:mod:`workbench.core.trace`): named-axis arrays plus metadata.
+4. Analyzers (e.g. :mod:`workbench.report.census`) turn traces into pandas DataFrames of per-head scores.
 """
-from .errors import WorkbenchError
-from .models import LoadedModel, ModelSpec, load_model
+from .core.errors import WorkbenchError
+from .core.models import LoadedModel, ModelSpec, load_model
 
 __all__ = ["LoadedModel", "ModelSpec", "WorkbenchError", "load_model", "Trace", "Tracer"]
 
 
 def __getattr__(name):  # lazy, so that importing the package stays cheap
     if name == "Tracer":
-        from .tracer import Tracer
+        from .core.tracer import Tracer
 
         return Tracer
     if name == "Trace":
-        from .trace import Trace
+        from .core.trace import Trace
 
         return Trace
     raise AttributeError(name)

@@ -1,6 +1,6 @@
 """Interventions on attention heads at inference, applied inside the kernel-backed attention.
 
-An intervention is an :class:`~workbench.attention.AttentionHook` that returns a replacement
+An intervention is an :class:`~workbench.core.attention.AttentionHook` that returns a replacement
 head output ``z`` (B, Hq, Nq, D) for chosen (layer, head) pairs. Use them as context managers::
 
     with HeadAblation([(3, 1), (7, 4)], kind="zero").applied():

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import torch
 
-from ..attention import AttentionCall
+from ..core.attention import AttentionCall
 from .base import HeadIntervention
 
 KINDS = ("zero", "mean", "uniform")
@@ -79,7 +79,7 @@ class HeadAblation(HeadIntervention):
 
         Returns: dict (layer, head) -> (D,) float32.
         """
-        from ..tracer import Tracer
+        from ..core.tracer import Tracer
 
         heads = sorted(set(heads))
         layers = sorted({layer for layer, _ in heads})

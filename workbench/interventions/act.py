@@ -29,7 +29,7 @@ the cache; newly generated keys are never sinks), since ACT defines S on the pro
 detected at every prefill call (a call whose queries start at key 0) of a calibrated layer, whatever
 the ``phase``: with ``phase="decode"`` the prompt is left unchanged but its statistics still define S
 for the decode steps. A new prompt replaces the old sinks; a decode step whose cache does not start
-with the prompt the sinks were detected on raises :class:`~workbench.errors.WorkbenchError` rather
+with the prompt the sinks were detected on raises :class:`~workbench.core.errors.WorkbenchError` rather
 than calibrating with another input's sinks.
 """
 from __future__ import annotations
@@ -38,9 +38,9 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from ..attention import AttentionCall, attention_with_lse
-from ..errors import WorkbenchError
-from ..stats import head_statistics
+from ..core.attention import AttentionCall, attention_with_lse
+from ..core.errors import WorkbenchError
+from ..core.stats import head_statistics
 from .base import HeadIntervention
 
 DEFAULT_BETA = 0.4

@@ -7,9 +7,9 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..attention import AttentionCall, attention_hooks
-from ..errors import HeadIndexError, UnsupportedArchitectureError, WorkbenchError
-from ..models import ModelSpec
+from ..core.attention import AttentionCall, attention_hooks
+from ..core.errors import HeadIndexError, UnsupportedArchitectureError, WorkbenchError
+from ..core.models import ModelSpec
 
 PHASES = ("all", "prefill", "decode")
 

@@ -22,7 +22,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from ..errors import WorkbenchError
+from ..core.errors import WorkbenchError
 from .ablation import KINDS, HeadAblation
 from .base import PHASES, HeadIntervention
 
@@ -72,7 +72,7 @@ INTERVENTIONS: dict[str, InterventionSpec] = {}
 
 # Modules that register further interventions when imported (each analyzer appends its own).
 INTERVENTION_MODULES: list[str] = ["workbench.interventions.act", "workbench.interventions.var",
-                                   "workbench.interventions.vhr", "workbench.massive"]
+                                   "workbench.interventions.vhr", "workbench.analyzers.massive"]
 
 
 def register_intervention(spec: InterventionSpec) -> None:
@@ -99,7 +99,7 @@ def build_intervention(name: str, lm, heads: Sequence[tuple[int, int]] = (), inp
 
     Args:
         heads: (layer, head) pairs, for ``heads``-scope interventions (ignored by the others).
-        inp: the :class:`~workbench.vlm.VLMInput`, for ``vlm-input``-scope interventions.
+        inp: the :class:`~workbench.core.vlm.VLMInput`, for ``vlm-input``-scope interventions.
 
     Raises:
         UnknownInterventionError: ``name`` is not registered.
@@ -128,7 +128,7 @@ def build_intervention(name: str, lm, heads: Sequence[tuple[int, int]] = (), inp
 def _build_ablation(lm, heads, kind: str = "zero", phase: str = "all", mean_samples: int = 4) -> HeadAblation:
     means = None
     if kind == "mean":
-        from ..text import token_windows
+        from ..tasks.text import token_windows
 
         means = HeadAblation.fit_means(lm, heads, token_windows(lm.tokenizer, 128, int(mean_samples), "train"))
     return HeadAblation(heads, kind=kind, phase=phase, means=means)

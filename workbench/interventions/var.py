@@ -5,7 +5,7 @@ For every layer l with 2 <= l < n_layers - 1 and every head h and query i:
 
 * S = the sink tokens at layer l among the keys (phi >= tau on the residual stream entering the
   layer, over the backbone's massive-activation dimensions; visual and text sinks alike), found by
-  :class:`~workbench.vision.SinkDetector` as the model runs;
+  :class:`~workbench.analyzers.vision.SinkDetector` as the model runs;
 * I = the image tokens, I' = I minus S (the non-sink image tokens);
 * the head is image-centric for this query if A_I >= ``summ`` (0.2) and A_I' / A_I >= ``rho``
   (0.5 for hallucination tasks);
@@ -28,8 +28,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..attention import AttentionCall, attention_hooks, attention_with_lse
-from ..errors import WorkbenchError
+from ..core.attention import AttentionCall, attention_hooks, attention_with_lse
+from ..core.errors import WorkbenchError
 
 P = 0.6
 SUMM = 0.2
@@ -112,7 +112,7 @@ class VisualAttentionRedistribution:
 
     def __init__(self, lm, image_positions: torch.Tensor, dims: Iterable[int], p: float = P, summ: float = SUMM,
                  rho: float = RHO, tau: float = 20.0, layers: Iterable[int] | None = None):
-        from ..vision import SinkDetector
+        from ..analyzers.vision import SinkDetector
 
         n = lm.spec.n_layers
         self.layers = set(range(2, n - 1)) if layers is None else set(layers) - {n - 1}
@@ -150,8 +150,8 @@ class VisualAttentionRedistribution:
 
 
 def _build(lm, heads, inp, p: float = P, summ: float = SUMM, rho: float = RHO, tau: float = 20.0):
-    from ..hallucination import _sink_dims
-    from ..vlm import image_positions
+    from ..tasks.hallucination import _sink_dims
+    from ..core.vlm import image_positions
 
     return VisualAttentionRedistribution(lm, image_positions(lm.model, inp.input_ids), _sink_dims(lm), p=p, summ=summ,
                                          rho=rho, tau=tau)

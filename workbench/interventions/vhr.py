@@ -25,8 +25,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..attention import AttentionCall, attention_hooks
-from ..errors import WorkbenchError
+from ..core.attention import AttentionCall, attention_hooks
+from ..core.errors import WorkbenchError
 
 ALPHA = 2.0
 
@@ -77,9 +77,9 @@ class VisionAwareHeadReinforcement:
     @classmethod
     @torch.no_grad()
     def prepare(cls, lm, inp, layers: Iterable[int] | None = None, alpha: float = ALPHA) -> "VisionAwareHeadReinforcement":
-        """Run the text-only pass of ``inp`` (a :class:`~workbench.vlm.VLMInput`) and build the hook."""
-        from ..vision import head_outputs
-        from ..vlm import text_only
+        """Run the text-only pass of ``inp`` (a :class:`~workbench.core.vlm.VLMInput`) and build the hook."""
+        from ..analyzers.vision import head_outputs
+        from ..core.vlm import text_only
 
         txt = text_only(lm.model, inp)
         z = head_outputs(lm, txt, torch.tensor([txt.input_ids.shape[1] - 1]))[0]

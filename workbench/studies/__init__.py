@@ -4,12 +4,12 @@ progress and resume, written as a results table with bootstrap confidence interv
 * :mod:`.spec`: the spec format (:func:`load_spec`).
 * :mod:`.heads`: head sets from the analyzers' tables (sinks, retrieval, classic types), explicit
   lists and seeded random baselines.
-* :mod:`.tasks`: IOI / colored-objects logit difference, held-out perplexity, needle accuracy.
+* :mod:`.study_tasks`: IOI / colored-objects logit difference, held-out perplexity, needle accuracy.
 * :mod:`.runner`: :func:`run_study`.
 """
 from .runner import StudyResult, StudyStateError, run_study
 from .spec import StudySpec, StudySpecError, load_spec, parse_spec
-from .tasks import TaskUnavailableError
+from .study_tasks import TaskUnavailableError
 
 __all__ = ["StudyResult", "StudySpec", "StudySpecError", "StudyStateError", "TaskUnavailableError", "load_spec",
            "parse_spec", "run_study"]

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..models import LoadedModel
+from ..core.models import LoadedModel
 from .spec import HeadSetSpec, StudySpecError
 
 Head = tuple[int, int]
 
 
 def model_reports(lm: LoadedModel, root: str | Path = "runs") -> Path:
-    """The model's folder under an output root (:func:`workbench.runs.model_dir`)."""
-    from ..runs import model_dir
+    """The model's folder under an output root (:func:`workbench.io.runs.model_dir`)."""
+    from ..io.runs import model_dir
 
     return model_dir(root, lm.spec.name)
 
@@ -28,7 +28,7 @@ def _top(df: pd.DataFrame, column: str, k: int, what: str, path) -> list[Head]:
 
 
 def _table(paths: list[Path], what: str, how: str, lm: LoadedModel | None = None) -> tuple[pd.DataFrame, Path]:
-    from ..provenance import check_model_weights
+    from ..io.provenance import check_model_weights
 
     for p in paths:
         if p.exists():
@@ -44,11 +44,11 @@ def resolve_head_set(hs: HeadSetSpec, lm: LoadedModel, resolved: dict[str, list[
 
     Sources (see :mod:`.spec`): ``sinks`` = top-k ``first_token_mass`` of the census heads table;
     ``retrieval`` = top-k retrieval ``score`` (Wu et al. 2024) from ``retrieval_heads.parquet``;
-    ``classic`` = top-k ``<type>_score`` (:mod:`workbench.head_types`), read from
+    ``classic`` = top-k ``<type>_score`` (:mod:`workbench.analyzers.head_types`), read from
     ``head_types.parquet`` or computed now; ``explicit`` = the listed heads; ``random`` = k heads
     drawn uniformly (``random.Random(seed)``) from all heads not in the ``exclude`` sets.
 
-    Tables are read from the model's folder under ``reports`` (the output root, :mod:`workbench.runs`) or the
+    Tables are read from the model's folder under ``reports`` (the output root, :mod:`workbench.io.runs`) or the
     head set's ``path``, and must carry provenance of ``lm``'s weights.
 
     Raises:
@@ -66,8 +66,8 @@ def resolve_head_set(hs: HeadSetSpec, lm: LoadedModel, resolved: dict[str, list[
                        "retrieval-head", "run the retrieval-head sweep (`workbench retrieval`)", lm)
         heads = _top(df, o.get("column", "score"), o["k"], "retrieval score", p)
     elif hs.source == "classic":
-        from ..head_types import HEAD_TYPES, classic_head_scores
-        from ..text import token_windows
+        from ..analyzers.head_types import HEAD_TYPES, classic_head_scores
+        from ..tasks.text import token_windows
 
         if o["type"] not in HEAD_TYPES:
             raise StudySpecError(f"head_sets.{hs.name}.type = {o['type']!r}: use one of {HEAD_TYPES}")

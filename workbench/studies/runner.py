@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..errors import WorkbenchError
-from ..jsonl import append_jsonl, open_checkpoint, read_jsonl
+from ..core.errors import WorkbenchError
+from ..io.jsonl import append_jsonl, open_checkpoint, read_jsonl
 from ..interventions import HeadAblation
-from ..models import LoadedModel
+from ..core.models import LoadedModel
 from .heads import resolve_head_set
 from .spec import StudySpec
-from .tasks import build_task
+from .study_tasks import build_task
 
 ROWS = "rows.jsonl"
 
@@ -114,7 +114,7 @@ def bootstrap_ci(values: np.ndarray, agg, n: int, level: float, rng: np.random.G
 
 def results_table(spec: StudySpec, rows: list[dict]) -> pd.DataFrame:
     """Aggregate rows into the results table (module docstring)."""
-    from .tasks import _mean, _ppl
+    from .study_tasks import _mean, _ppl
 
     aggs = {"perplexity": _ppl}
     rng = np.random.default_rng(spec.seed)
@@ -153,7 +153,7 @@ def _markdown(df: pd.DataFrame) -> str:
     cols = ["task", "metric", "head_set", "seed", "ablation", "n_heads", "n_examples", "value", "ci_low", "ci_high",
             "delta", "delta_ci_low", "delta_ci_high"]
     cols = [c for c in cols if c in df.columns]
-    from ..viz import format_number
+    from ..report.viz import format_number
 
     fmt = lambda x: format_number(x, 4) if isinstance(x, float) else str(x)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -163,7 +163,7 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict, prov: dict | None = None) -> dict:
     """Write results.csv/.parquet/.json, report.md and report.html into ``out`` (with ``prov``); returns the paths."""
-    from ..provenance import describe, write_json, write_parquet
+    from ..io.provenance import describe, write_json, write_parquet
 
     df.to_csv(out / "results.csv", index=False)
     if prov is not None:
@@ -183,7 +183,7 @@ def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict,
     if prov is not None:
         md += f"\n---\nProvenance: {describe(prov)}\n"
     (out / "report.md").write_text(md)
-    from ..viz import markdown_page
+    from ..report.viz import markdown_page
 
     markdown_page(md, out / "report.html", f"Study {spec.name}", prov)
     return {k: str(out / f) for k, f in [("results", "results.csv"), ("parquet", "results.parquet"), ("json", "results.json"),
@@ -207,13 +207,13 @@ class StudyResult:
 def study_config(spec: StudySpec, lm: LoadedModel, conds: list[Condition]) -> dict:
     """A study's full configuration (checkpoint header and provenance): the spec, model weights, the resolved
     head sets of every condition and a hash of the code that evaluates them."""
-    from ..provenance import code_sha256, weights_sha256
+    from ..io.provenance import code_sha256, weights_sha256
 
     return {"analysis": "study", "spec": spec.raw, "model": lm.spec.name, "weights_sha256": weights_sha256(lm),
             "conditions": {c.key: [list(h) for h in c.heads] for c in conds},
-            "code_sha256": code_sha256(["workbench.studies.runner", "workbench.studies.tasks", "workbench.studies.heads",
+            "code_sha256": code_sha256(["workbench.studies.runner", "workbench.studies.study_tasks", "workbench.studies.heads",
                                         "workbench.studies.spec", "workbench.interventions.ablation",
-                                        "workbench.attention", "workbench.text"])}
+                                        "workbench.core.attention", "workbench.tasks.text"])}
 
 
 def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Path = "runs",
@@ -224,13 +224,13 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
     Args:
         spec: a parsed spec (:func:`~.spec.load_spec`).
         lm: the model (default ``load_model(spec.model)``).
-        out_root: the output root (:mod:`workbench.runs`).
+        out_root: the output root (:mod:`workbench.io.runs`).
         resume: continue from ``rows.jsonl`` (only if its configuration header matches); overwrite: delete
             earlier rows first.
         reports: root of the analyzers' tables (census, retrieval, head types; default ``out_root``); they must
             carry provenance of ``lm``'s weights.
         max_conditions: stop after running this many new conditions (for testing interruption).
-        executor: where conditions run (:mod:`workbench.executor`; default the local, serial one);
+        executor: where conditions run (:mod:`workbench.core.executor`; default the local, serial one);
             rows are written here, by the driver, as conditions finish, and aggregated in plan order.
     Raises:
         StudyStateError: earlier rows exist without resume/overwrite.
@@ -238,11 +238,11 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
         ProvenanceError: an analyzer table was computed on other weights.
         StudySpecError, TaskUnavailableError: bad spec or a task that cannot run here.
     """
-    from ..models import load_model
-    from ..text import token_windows
+    from ..core.models import load_model
+    from ..tasks.text import token_windows
 
-    from ..provenance import collect
-    from ..runs import run_dir
+    from ..io.provenance import collect
+    from ..io.runs import run_dir
 
     lm = lm or load_model(spec.model)
     out = run_dir(out_root, lm.spec.name, "studies") / spec.name
@@ -269,7 +269,7 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
         heads = sorted({h for c in todo if c.kind == "mean" for h in c.heads})
         means = HeadAblation.fit_means(lm, heads, token_windows(lm.tokenizer, spec.mean_seq_len, spec.mean_samples,
                                                                 split="train"))
-    from ..executor import LocalExecutor
+    from ..core.executor import LocalExecutor
 
     todo = todo if max_conditions is None else todo[:max_conditions]
     job = StudyJob(spec, tuple(sorted({c.task for c in todo})), means)

@@ -52,7 +52,7 @@ except ModuleNotFoundError:  # Python 3.10
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import WorkbenchError
+from ..core.errors import WorkbenchError
 from ..interventions.ablation import KINDS
 
 SOURCES = ("sinks", "retrieval", "classic", "explicit", "random")
@@ -196,7 +196,7 @@ def load_spec(path: str | Path) -> StudySpec:
     Raises:
         StudySpecError: missing file, invalid TOML, or an invalid spec.
     """
-    from ..files import read_text_file
+    from ..io.files import read_text_file
 
     p = Path(path)
     if not p.exists():

