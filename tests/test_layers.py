@@ -3,8 +3,10 @@
 cli / dashboards -> report / studies / circuits / probes -> analyzers / interventions / tasks / demo -> core / io.
 
 Every ``import`` and ``from ... import`` (module level or inside a function) of every module is parsed with
-:mod:`ast`; an import of a module in a higher layer fails, naming the file, the line and the two layers. A module
-outside the layer packages (a new flat ``workbench/x.py``) fails too: put it in the package of its layer.
+:mod:`ast`, and so is every lazy registry entry (``register(name, lazy="module:attr")``, see
+:mod:`workbench.core.registry`); one that reaches into a higher layer fails, naming the file, the line and the
+two layers. A module outside the layer packages (a new flat ``workbench/x.py``) fails too: put it in the
+package of its layer.
 """
 from __future__ import annotations
 
@@ -46,17 +48,17 @@ def layer_of(module: str) -> int | None:
     return None if best is None else best[1]
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
+def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     """(line, absolute module) of every import in ``path``, relative imports resolved; for ``from P import x``
     both ``P`` and ``P.x`` are tried (x may be a submodule), the deeper one that exists in the tree is used."""
-    mod = module_name(path)
+    mod = module_name(path, root)
     pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
     out = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -71,10 +73,29 @@ def imports(path: Path) -> list[tuple[int, str]]:
                 target = node.module or ""
             for a in node.names:
                 sub = f"{target}.{a.name}"
-                is_module = (ROOT / (sub.replace(".", "/") + ".py")).exists() or \
-                    (ROOT / sub.replace(".", "/") / "__init__.py").exists()
+                is_module = (root / (sub.replace(".", "/") + ".py")).exists() or \
+                    (root / sub.replace(".", "/") / "__init__.py").exists()
                 out.append((node.lineno, sub if is_module else target))
+        elif isinstance(node, ast.Call):
+            for kw in node.keywords:
+                if kw.arg == "lazy":
+                    out.append((node.lineno, lazy_target(kw.value)))
     return out
+
+
+def lazy_target(value: ast.expr) -> str:
+    """The module a ``lazy=`` registry target names: a string ``"pkg.mod:attr"`` or an f-string whose constant
+    prefix names the package (``f"workbench.cli.commands.{name}"``)."""
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        return value.value.partition(":")[0]
+    if isinstance(value, ast.JoinedStr):
+        prefix = ""
+        for part in value.values:
+            if not (isinstance(part, ast.Constant) and isinstance(part.value, str)):
+                break
+            prefix += part.value
+        return prefix.partition(":")[0].rstrip(".")
+    raise AssertionError(f"a lazy registry target must be a string literal, got {ast.dump(value)}")
 
 
 def project_files() -> list[Path]:
@@ -107,7 +128,16 @@ def test_imports_point_down_the_layers():
     ("workbench.report.census", "workbench.cli", False),
     ("workbench.core.errors", "workbench", False),
     ("dashboards.app", "workbench", True),
+    ("workbench", "workbench.demo.digits_vlm", True),
 ])
 def test_layer_order_itself(source, target, ok):
     """The rule the scan applies, on known pairs: a planted upward import is caught."""
     assert (layer_of(target) <= layer_of(source)) is ok
+
+
+def test_scan_sees_function_level_imports_and_lazy_targets(tmp_path):
+    """A planted upward import inside a function, and a planted upward lazy target, are both found."""
+    src = tmp_path / "workbench" / "core" / "planted.py"
+    src.parent.mkdir(parents=True)
+    src.write_text("def f():\n    from ..report import viz\n\n\nR.register('x', lazy=f'workbench.cli.commands.{n}')\n")
+    assert [(line, layer_of(m)) for line, m in imports(src, tmp_path)] == [(2, 2), (5, 3)]

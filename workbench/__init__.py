@@ -7,10 +7,22 @@ The path from a prompt to a head score:
 2. :class:`Tracer` (:mod:`workbench.core.tracer`) hooks every attention call and computes the
    requested statistics from q, k and the kernel's log-sum-exp (:mod:`workbench.core.stats`).
 3. The result is a :class:`Trace` (:mod:`workbench.core.trace`): named-axis arrays plus metadata.
-4. Analyzers (e.g. :mod:`workbench.report.census`) turn traces into pandas DataFrames of per-head scores.
+4. Analyzers (:mod:`workbench.analyzers`) turn traces into pandas DataFrames of per-head scores;
+   :mod:`workbench.report` builds the census and report pages from them. ``docs/architecture.md``
+   names every module on the way.
+
+The packages are layers; imports point down (``tests/test_layers.py``): :mod:`workbench.cli` and
+``dashboards`` -> :mod:`workbench.report`, :mod:`workbench.studies` (and ``circuits``, ``probes``) ->
+:mod:`workbench.analyzers`, :mod:`workbench.interventions`, :mod:`workbench.tasks`, :mod:`workbench.demo` ->
+:mod:`workbench.core`, :mod:`workbench.io`.
 """
 from .core.errors import WorkbenchError
-from .core.models import LoadedModel, ModelSpec, load_model
+from .core.models import PRESETS, LoadedModel, ModelSpec, load_model
+
+# The demo models' presets live a layer above the core (workbench.demo), so the package root registers them;
+# it runs before any submodule is imported, so every entry point sees the same presets.
+PRESETS.register("digits-vlm", lazy="workbench.demo.digits_vlm:PRESET")
+PRESETS.register("effnet-smollm2-vqa", lazy="workbench.demo.effnet_vlm:PRESET")
 
 __all__ = ["LoadedModel", "ModelSpec", "WorkbenchError", "load_model", "Trace", "Tracer"]
 

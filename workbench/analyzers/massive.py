@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..core.hooks import decoder_layers
 from ..core.models import LoadedModel
+from ..interventions.registry import InterventionSpec, Param
 
 COLUMNS = ["sample", "layer", "pos", "dim", "token", "value", "ratio_to_median", "kind"]
 OUTLIER_SHARE = 0.06  # token share from which a (layer, dim) counts as an outlier feature (module docstring)
@@ -389,20 +390,15 @@ def _build_edit(lm: LoadedModel, heads, mode: str = "zero", samples: int = 4) ->
     return MassiveActivationEdit(lm, layer, dims, mode, massive_means(df, layer))
 
 
-def _register() -> None:
-    """The massive-activation edit in the intervention registry (residual stream, no heads)."""
-    from ..interventions.registry import InterventionSpec, Param, register_intervention
-
-    register_intervention(InterventionSpec(
-        "massive activation edit",
-        "Sun et al. 2024: set the massive residual entries at their onset layer to zero or their mean (heads unused)",
-        _build_edit,
-        (Param("mode", "choice", "zero", ("zero", "mean"), help="zero: 0; mean: their mean over prose"),
-         Param("samples", "int", 4, low=1, high=32, help="256-token windows of prose used to find them")),
-        scope="residual"))
-
-
-_register()
+# The massive-activation edit in the intervention registry (residual stream, no heads).
+# (listed in workbench.interventions.registry.INTERVENTIONS)
+INTERVENTION = InterventionSpec(
+    "massive activation edit",
+    "Sun et al. 2024: set the massive residual entries at their onset layer to zero or their mean (heads unused)",
+    _build_edit,
+    (Param("mode", "choice", "zero", ("zero", "mean"), help="zero: 0; mean: their mean over prose"),
+     Param("samples", "int", 4, low=1, high=32, help="256-token windows of prose used to find them")),
+    scope="residual")
 
 
 def intervention_perplexity(lm: LoadedModel, df: pd.DataFrame, heldout: torch.Tensor, dims: Iterable[int] | None = None,

@@ -10,11 +10,13 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 import typer
 
 from ..core.errors import WorkbenchError
+from ..core.registry import Registry
 from ..io.runs import DEFAULT_ROOT, run_dir
 from ..io.files import read_text_file  # noqa: F401  (re-exported for command modules)
 
@@ -260,24 +262,17 @@ def census_summary(res) -> str:
     return "\n".join(lines)
 
 
-# Modules that add commands to ``app`` when imported (each analyzer appends its own).
-COMMAND_MODULES: list[str] = [
-    "workbench.cli.commands.sinks",
-    "workbench.cli.commands.retrieval",
-    "workbench.cli.commands.circuits",
-    "workbench.cli.commands.study",
-    "workbench.cli.commands.probes",
-    "workbench.cli.commands.dashboard",
-    "workbench.cli.commands.vision",
-    "workbench.cli.commands.reproduce",
-]
+# The command modules beside the commands above, in help order; each declares its commands on ``app``
+# (typer's decorators), so :func:`_load_commands` imports them all before the app runs.
+COMMANDS: Registry[ModuleType] = Registry("command module")
+for _name in ("sinks", "retrieval", "circuits", "study", "probes", "dashboard", "vision", "reproduce"):
+    COMMANDS.register(_name, lazy=f"workbench.cli.commands.{_name}")
 
 
 def _load_commands() -> None:
-    import importlib
-
-    for mod in COMMAND_MODULES:
-        importlib.import_module(mod)
+    """Import every module in :data:`COMMANDS`, so that all commands are on ``app``."""
+    for name in COMMANDS.names():
+        COMMANDS.get(name)
 
 
 def _one_line(text: str) -> str:

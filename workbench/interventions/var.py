@@ -30,6 +30,7 @@ import torch
 
 from ..core.attention import AttentionCall, attention_hooks, attention_with_lse
 from ..core.errors import WorkbenchError
+from .registry import InterventionSpec, Param
 
 P = 0.6
 SUMM = 0.2
@@ -157,18 +158,13 @@ def _build(lm, heads, inp, p: float = P, summ: float = SUMM, rho: float = RHO, t
                                          rho=rho, tau=tau)
 
 
-def _register() -> None:
-    """VAR in the intervention registry (built per image+text input)."""
-    from .registry import InterventionSpec, Param, register_intervention
-
-    register_intervention(InterventionSpec(
-        "var", "VAR (Kang et al. 2025): move a share p of the sink attention of image-centric heads to image tokens",
-        _build,
-        (Param("p", "float", P, low=0.0, high=1.0, help="share of sink attention moved"),
-         Param("summ", "float", SUMM, low=0.0, high=1.0, help="image attention a head needs"),
-         Param("rho", "float", RHO, low=0.0, high=1.0, help="non-sink share of the image attention"),
-         Param("tau", "float", 20.0, low=0.0, help="sink threshold on phi")),
-        scope="vlm-input"))
-
-
-_register()
+# VAR in the intervention registry (built per image+text input).
+# (listed in workbench.interventions.registry.INTERVENTIONS)
+INTERVENTION = InterventionSpec(
+    "var", "VAR (Kang et al. 2025): move a share p of the sink attention of image-centric heads to image tokens",
+    _build,
+    (Param("p", "float", P, low=0.0, high=1.0, help="share of sink attention moved"),
+     Param("summ", "float", SUMM, low=0.0, high=1.0, help="image attention a head needs"),
+     Param("rho", "float", RHO, low=0.0, high=1.0, help="non-sink share of the image attention"),
+     Param("tau", "float", 20.0, low=0.0, help="sink threshold on phi")),
+    scope="vlm-input")

@@ -27,6 +27,7 @@ import torch
 
 from ..core.attention import AttentionCall, attention_hooks
 from ..core.errors import WorkbenchError
+from .registry import InterventionSpec, Param
 
 ALPHA = 2.0
 
@@ -121,15 +122,10 @@ class VisionAwareHeadReinforcement:
             yield self
 
 
-def _register() -> None:
-    """VHR in the intervention registry (built per image+text input)."""
-    from .registry import InterventionSpec, Param, register_intervention
-
-    register_intervention(InterventionSpec(
-        "vhr", "VHR (He et al. 2025): scale the vision-aware heads' outputs at the generated tokens by alpha",
-        lambda lm, heads, inp, alpha=ALPHA: VisionAwareHeadReinforcement.prepare(lm, inp, alpha=alpha),
-        (Param("alpha", "float", ALPHA, low=0.0, help="scale of the selected heads' outputs"),),
-        scope="vlm-input"))
-
-
-_register()
+# VHR in the intervention registry (built per image+text input).
+# (listed in workbench.interventions.registry.INTERVENTIONS)
+INTERVENTION = InterventionSpec(
+    "vhr", "VHR (He et al. 2025): scale the vision-aware heads' outputs at the generated tokens by alpha",
+    lambda lm, heads, inp, alpha=ALPHA: VisionAwareHeadReinforcement.prepare(lm, inp, alpha=alpha),
+    (Param("alpha", "float", ALPHA, low=0.0, help="scale of the selected heads' outputs"),),
+    scope="vlm-input")

@@ -11,7 +11,7 @@
 Where it is stored:
 
 * JSON results: the top-level key ``"provenance"``;
-* Parquet tables: the schema metadata key ``"workbench.io.provenance"`` (a JSON string),
+* Parquet tables: the schema metadata key ``"workbench.provenance"`` (a JSON string),
   :func:`write_parquet` / :func:`read_provenance`;
 * HTML pages: a footer from :func:`footer_html` (readable text, the configuration in a
   ``<details>``, and the same dict as an embedded ``application/json`` script so
@@ -35,7 +35,7 @@ from typing import Any, Iterable
 
 from ..core.errors import WorkbenchError
 
-PARQUET_KEY = b"workbench.io.provenance"
+PARQUET_KEY = b"workbench.provenance"
 JSON_KEY = "provenance"
 HTML_SCRIPT_ID = "workbench-provenance"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -185,7 +185,7 @@ def write_json(obj: dict, path: str | Path, prov: dict) -> Path:
 
 
 def write_parquet(df, path: str | Path, prov: dict) -> Path:
-    """Write DataFrame ``df`` (no index) to Parquet with ``prov`` as schema metadata ``workbench.io.provenance``."""
+    """Write DataFrame ``df`` (no index) to Parquet with ``prov`` as schema metadata ``workbench.provenance``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

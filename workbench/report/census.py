@@ -9,8 +9,8 @@ kernel-backed :class:`~workbench.core.tracer.Tracer` and builds one row per (lay
 * ``entropy``: mean attention entropy over queries, in nats;
 * ``mean_distance``: mean attention distance sum_j A[i,j] (i - j) over queries, in tokens.
 
-Other analyzers add columns, summary entries and figures by registering a section with
-:func:`register_section`; every section receives the same :class:`CensusContext`.
+Other analyzers add columns, summary entries and figures as further sections, listed in :data:`SECTIONS`
+(in the order they run); every section receives the same :class:`CensusContext`.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.models import LoadedModel
+from ..core.registry import Registry
 from ..tasks.text import token_windows, window_start
 from ..core.tracer import Tracer
 from .viz import layer_head_heatmap, write_html
@@ -49,14 +50,6 @@ class CensusSection:
     heads: pd.DataFrame | None = None
     summary: dict = field(default_factory=dict)
     figures: list[tuple[str, go.Figure]] = field(default_factory=list)
-
-
-SECTIONS: dict[str, Callable[[CensusContext], CensusSection]] = {}
-
-
-def register_section(name: str, fn: Callable[[CensusContext], CensusSection]) -> None:
-    """Register a census section (called in registration order; ``attention`` is first)."""
-    SECTIONS[name] = fn
 
 
 def attention_section(ctx: CensusContext) -> CensusSection:
@@ -88,23 +81,13 @@ def attention_section(ctx: CensusContext) -> CensusSection:
     return CensusSection("attention", df, summary, figs)
 
 
-register_section("attention", attention_section)
-
-# Modules that register further sections when imported (each analyzer appends its own).
-SECTION_MODULES: list[str] = [
-    "workbench.report.sinks_report",
-    "workbench.report.retrieval_section",
-    "workbench.report.sections",
-    "workbench.report.vision_report",
-]
-
-
-def load_sections() -> None:
-    """Import the analyzer modules of :data:`SECTION_MODULES` so their sections register."""
-    import importlib
-
-    for mod in SECTION_MODULES:
-        importlib.import_module(mod)
+# Every census section, in the order the census runs them; each ``fn(ctx: CensusContext) -> CensusSection``.
+SECTIONS: Registry[Callable[[CensusContext], CensusSection]] = Registry("census section")
+SECTIONS.register("attention", attention_section)
+SECTIONS.register("sinks", lazy="workbench.report.sinks_report:sinks_section")
+SECTIONS.register("retrieval", lazy="workbench.report.retrieval_section:retrieval_section")
+SECTIONS.register("head_types", lazy="workbench.report.head_types_report:head_types_section")
+SECTIONS.register("vision", lazy="workbench.report.vision_report:census_section")
 
 
 # What each census column means, with its units: the line under its figure in census.html.
@@ -184,7 +167,8 @@ def census_config(lm: LoadedModel, n_samples: int, seq_len: int, sections: list[
     return {"command": "census", "model": lm.spec.name, "n_samples": n_samples, "seq_len": seq_len,
             "sections": list(sections), "options": {k: v for k, v in options.items()},
             "code_sha256": code_sha256(["workbench.report.census", "workbench.core.stats", "workbench.core.tracer",
-                                        "workbench.core.attention", "workbench.tasks.text", *SECTION_MODULES])}
+                                        "workbench.core.attention", "workbench.tasks.text",
+                                        *sorted({SECTIONS.module_of(n) for n in sections})])}
 
 
 def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir: str | Path | None = "runs",
@@ -203,7 +187,6 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
         WorkbenchError: unknown section name.
     """
     lm.spec.check_length(seq_len)
-    load_sections()
     names = list(SECTIONS) if sections is None else sections
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .census import CensusContext, CensusSection, register_section
+from .census import CensusContext, CensusSection
 from ..studies.retrieval_sweep import RETRIEVAL_THRESHOLD, load_scores
 
 QUICK_LENGTHS = (256, 512)
@@ -112,6 +112,3 @@ def retrieval_section(ctx: CensusContext) -> CensusSection:
                              for r in top.itertuples()]}
     figs = [("retrieval score", layer_head_heatmap(heads, "retrieval_score", title="retrieval score (Wu et al. 2024)"))]
     return CensusSection("retrieval", heads, summary, figs)
-
-
-register_section("retrieval", retrieval_section)

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .census import CensusContext, CensusSection, register_section
+from .census import CensusContext, CensusSection
 from ..analyzers.massive import (OUTLIER_SHARE, intervention_perplexity, layer_summary, massive_activations, massive_dims,
                       onset_layer, outlier_features)
 from ..core.models import LoadedModel
@@ -192,6 +192,3 @@ def sinks_section(ctx: CensusContext) -> CensusSection:
     figs = [("per-layer sink profile", profile_figure(prof)),
             ("hidden_sink_share per head", layer_head_heatmap(heads, "hidden_sink_share"))]
     return CensusSection("sinks", heads, summary, figs)
-
-
-register_section("sinks", sinks_section)

@@ -174,12 +174,3 @@ def census_section(ctx):
     summary = {k: js[k] for k in ("sink_dims", "vision_aware_heads", "visual_sinks", "image_centric_heads")}
     figs = [(c, layer_head_heatmap(df, c, title=f"{c} per head")) for c in ("vhd", "image_centric_share")]
     return CensusSection("vision", df, summary, figs)
-
-
-def _register() -> None:
-    from .census import register_section
-
-    register_section("vision", census_section)
-
-
-_register()

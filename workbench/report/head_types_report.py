@@ -1,11 +1,9 @@
-"""Census sections built from analyzers that have no report module of their own.
-
-* ``head_types``: classic head-type scores (:mod:`workbench.analyzers.head_types`).
-"""
+"""Classic head types as a report: the census section ``head_types`` (scores from
+:mod:`workbench.analyzers.head_types`)."""
 from __future__ import annotations
 
 from ..analyzers.head_types import HEAD_TYPES, classic_head_scores
-from .census import CensusSection, register_section
+from .census import CensusSection
 from .viz import layer_head_heatmap
 
 
@@ -26,6 +24,3 @@ def head_types_section(ctx):
         summary[f"heads_{k}_score_over_0.4"] = int((df[col] > 0.4).sum())
     figs = [(f"{k} score", layer_head_heatmap(df, f"{k}_score", title=f"{k} score per head")) for k in HEAD_TYPES]
     return CensusSection("head_types", df, summary, figs)
-
-
-register_section("head_types", head_types_section)
