@@ -19,6 +19,7 @@ from ..core.errors import WorkbenchError
 from ..core.registry import Registry
 from ..io.runs import DEFAULT_ROOT, run_dir
 from ..io.files import read_text_file  # noqa: F401  (re-exported for command modules)
+from ..report.trace_page import HTML_MAX_MAPS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attention-head workbench: sinks, retrieval heads, vision-aware heads, interventions.")
@@ -116,6 +117,8 @@ def trace(
         None, help="estimate received attention from this many sampled query rows, with an error bound "
                    "(only when no per-query statistic is recorded: use --stats received)"),
     html: Optional[Path] = typer.Option(None, help="write an HTML attention plot of the window"),
+    max_maps: int = typer.Option(HTML_MAX_MAPS, "--max-maps", min=1,
+                                 help="at most this many attention maps on the --html page (traced layers x heads)"),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
@@ -123,6 +126,7 @@ def trace(
     """Trace a prompt: sink statistics, entropy, distance for all heads; maps for a window."""
     from ..core.models import load_model
     from ..core.tracer import ALL_STATS, Tracer
+    from ..report.trace_page import ranges, write_trace_html
 
     if (prompt is None) == (file is None):
         raise WorkbenchError("give exactly one of --prompt TEXT or --file PATH")
@@ -159,13 +163,13 @@ def trace(
     result = {"trace": str(out), "n_tokens": n_tok, "arrays": {k: list(v.shape) for k, v in t.arrays.items()}}
     if html is not None:
         result["html"] = str(html)
-        result["html_maps"] = write_trace_html(t, lm.spec.name, html, notes, prov)
+        result["html_maps"] = write_trace_html(t, lm.spec.name, html, notes, prov, max_maps=max_maps)
     if notes:
         result["notes"] = notes
         if as_json:
             for note in notes:
                 typer.echo(f"note: {note}", err=True)
-    human = "\n".join([f"wrote {out}: {n_tok} tokens, layers {_ranges(t.layers)}, heads {_ranges(t.heads)}; arrays "
+    human = "\n".join([f"wrote {out}: {n_tok} tokens, layers {ranges(t.layers)}, heads {ranges(t.heads)}; arrays "
                         + ", ".join(f"{k} {tuple(v.shape)}" for k, v in t.arrays.items() if k != "tokens")]
                        + ([f"wrote {html}: {result['html_maps']}"] if html is not None else [])
                        + [f"note: {n}" for n in notes])
@@ -173,42 +177,6 @@ def trace(
 
 
 HTML_DEFAULT_QUERIES = 64  # `trace --html` without --window maps the last this many queries
-HTML_MAX_MAPS = 24  # at most this many attention maps on one trace page
-
-
-def _ranges(xs: list[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` as ``0-2,5,7-8`` (the way --layers/--heads take them)."""
-    out, i = [], 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
-def write_trace_html(t, model: str, path: Path, notes: list[str], provenance: dict | None = None) -> str:
-    """The HTML view of a trace: one attention map per traced (layer, head), at most :data:`HTML_MAX_MAPS`;
-    returns the sentence saying what the page shows (also written on it)."""
-    from ..report.viz import format_head, trace_attention_map, write_html
-
-    pairs = [(layer, h) for layer in t.layers for h in t.heads]
-    shown = pairs[:HTML_MAX_MAPS]
-    q0 = t.meta.get("query_start", 0)
-    q1 = q0 + int(t["pattern"].shape[3])
-    what = (f"{len(shown)} attention maps (heads {', '.join(format_head(*p) for p in shown)}; layers "
-            f"{_ranges(t.layers)} x heads {_ranges(t.heads)} traced), queries {q0}..{q1 - 1}")
-    if len(shown) < len(pairs):
-        what += f"; the first {len(shown)} of {len(pairs)}: choose others with --layers/--heads"
-    figs = [(f"head {format_head(layer, h)}", trace_attention_map(t, layer, h),
-             "A[i, j]: probability that query i attends to key j (rows sum to 1); tokens on the axes "
-             "(· = space, ⏎ = newline), position and id on hover") for layer, h in shown]
-    intro = what + "." + "".join(f"<br>note: {n}" for n in notes)
-    write_html(figs, path, f"Attention: {model}", intro, provenance=provenance)
-    return what
-
-
 @app.command()
 def census(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),

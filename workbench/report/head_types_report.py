@@ -1,10 +1,54 @@
-"""Classic head types as a report: the census section ``head_types`` (scores from
-:mod:`workbench.analyzers.head_types`)."""
+"""Classic head types as a report: the table ``workbench heads`` writes, and the census section ``head_types``
+(scores from :mod:`workbench.analyzers.head_types`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..analyzers.head_types import HEAD_TYPES, classic_head_scores
+from ..core.models import LoadedModel
 from .census import CensusSection
 from .viz import layer_head_heatmap
+
+
+def head_types_report(lm: LoadedModel, samples: int = 4, seq_len: int = 256, n_random: int = 4, half_len: int = 128,
+                      seed: int = 0, top: int = 5, out: str | Path | None = "runs", progress: bool = True,
+                      config: dict | None = None) -> dict:
+    """Previous-token, duplicate-token and induction scores of every head, written as a table.
+
+    Previous-token scores use ``samples`` windows of ``seq_len`` tokens of real text
+    (:func:`workbench.tasks.text.token_windows`); duplicate and induction scores use ``n_random`` repeated
+    random sequences of 2 x ``half_len`` tokens (``seed``); see :func:`~workbench.analyzers.head_types.classic_head_scores`.
+
+    Writes, unless ``out`` is None, ``out/<model>/head_types.parquet`` (with provenance; ``config`` recorded in
+    it, by default the arguments) and ``head_types.csv``.
+
+    Returns:
+        ``model``, ``table`` (the Parquet path, or None), ``settings``, ``provenance``, ``scores`` (the
+        DataFrame: layer, head, ``<type>_score``) and, per type, ``top_<type>``: the ``top`` best heads as
+        ``{"layer", "head", "score"}``.
+    """
+    from ..io.provenance import code_sha256, collect, write_parquet
+    from ..io.runs import model_dir
+    from ..tasks.text import token_windows
+
+    text = token_windows(lm.tokenizer, seq_len, samples)
+    df = classic_head_scores(lm, text, n_random=n_random, half_len=half_len, seed=seed, progress=progress)
+    settings = {"samples": samples, "seq_len": seq_len, "random": n_random, "half_len": half_len, "seed": seed}
+    cfg = config if config is not None else {"command": "heads", "model": lm.spec.name, **settings}
+    prov = collect(lm, {**cfg, "code_sha256": code_sha256(["workbench.analyzers.head_types", "workbench.core.stats",
+                                                             "workbench.tasks.text"])}, seed)
+    path = None
+    if out is not None:
+        path = model_dir(out, lm.spec.name) / "head_types.parquet"
+        write_parquet(df, path, prov)
+        df.to_csv(path.with_suffix(".csv"), index=False)
+    res = {"model": lm.spec.name, "table": None if path is None else str(path), "settings": settings,
+           "provenance": prov, "scores": df}
+    for k in HEAD_TYPES:
+        col = f"{k}_score"
+        res[f"top_{k}"] = [{"layer": int(r.layer), "head": int(r.head), "score": float(getattr(r, col))}
+                           for r in df.nlargest(top, col).itertuples()]
+    return res
 
 
 def head_types_section(ctx):

@@ -1,0 +1,114 @@
+"""Python API parity: each CLI command below is one documented call, and the command prints what the call returns.
+
+``workbench heads`` is :func:`workbench.report.head_types_report.head_types_report`, ``workbench patch`` is
+:func:`circuits.report.patch_circuits`, and ``workbench trace --html`` writes its page with
+:func:`workbench.report.trace_page.write_trace_html` (the number of maps is a parameter, ``--max-maps``).
+Tiny random-weight models with the SmolLM2 tokenizer (the IOI prompts need real names).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def tiny_tok_lm():
+    sys.path.insert(0, str(ROOT))
+    from interrupt_driver import tiny_lm
+
+    threads = torch.get_num_threads()
+    lm = tiny_lm()
+    torch.set_num_threads(threads)
+    return lm
+
+
+@pytest.fixture
+def preset(tiny_tok_lm):
+    from workbench.core.models import PRESETS, Preset, register_preset
+
+    register_preset(Preset("tiny-parity-test", "tiny random llama, SmolLM2 tokenizer", lambda: tiny_tok_lm,
+                           lambda: True))
+    yield "tiny-parity-test"
+    PRESETS.unregister("tiny-parity-test")
+
+
+def _cli(capsys, *argv) -> dict:
+    from workbench.cli import main
+
+    rc = main(list(argv) + ["--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def test_heads_command_prints_what_head_types_report_returns(preset, tiny_tok_lm, tmp_path, capsys):
+    from workbench.report.head_types_report import head_types_report
+
+    kw = dict(samples=2, seq_len=32, n_random=2, half_len=16, seed=3, top=4)
+    res = head_types_report(tiny_tok_lm, out=tmp_path / "py", progress=False, **kw)
+    cli = _cli(capsys, "heads", "--model", preset, "--samples", "2", "--seq-len", "32", "--random", "2",
+               "--half-len", "16", "--seed", "3", "--top", "4", "--out", str(tmp_path / "cli"))
+    for k in ("previous_token", "duplicate_token", "induction"):
+        assert cli[f"top_{k}"] == res[f"top_{k}"] and len(res[f"top_{k}"]) == 4
+    assert cli["settings"] == res["settings"]
+    import pandas as pd
+
+    written = pd.read_parquet(cli["table"])
+    pd.testing.assert_frame_equal(written, res["scores"].reset_index(drop=True))
+    assert head_types_report(tiny_tok_lm, out=None, progress=False, **kw)["table"] is None
+
+
+def test_patch_command_prints_what_patch_circuits_returns(preset, tiny_tok_lm, tmp_path, capsys):
+    from circuits import patch_circuits
+
+    res = patch_circuits(tiny_tok_lm, ["ioi", "colored_objects"], n=3, k=2, stages=1, overlap_k=3,
+                         out=tmp_path / "py")
+    d = Path(res["out"])
+    assert {p.name for p in d.iterdir()} >= {"ioi_circuit.csv", "ioi_path_stage1.parquet", "ioi_activation.parquet",
+                                             "colored_objects_circuit.csv", "summary.json"}
+    assert Path(res["html"]).exists() and set(res["overlap"]) == {"path_patching_to_logits", "circuits",
+                                                                  "activation_patching"}
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary.pop("provenance") == res["provenance"]
+    cli = _cli(capsys, "patch", "--model", preset, "--task", "both", "--n", "3", "--k", "2", "--stages", "1",
+               "--overlap-k", "3", "--out", str(tmp_path / "cli"))
+    assert cli["tasks"] == res["tasks"] and cli["overlap"] == res["overlap"]
+    assert list(cli) == [k for k in summary if k != "provenance"]
+
+
+def test_patch_refuses_an_unknown_task(tiny_tok_lm):
+    from circuits import patch_circuits
+    from workbench.core.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError, match="unknown task 'nope': use ioi, colored_objects or both"):
+        patch_circuits(tiny_tok_lm, ["nope"], out=None)
+
+
+def test_trace_page_shows_at_most_max_maps(tiny_tok_lm, tmp_path):
+    from workbench.core.tracer import Tracer
+    from workbench.report.trace_page import ranges, write_trace_html
+
+    ids = tiny_tok_lm.tokenizer("a b c d e f", return_tensors="pt").input_ids
+    t = Tracer(tiny_tok_lm, stats=("received",), pattern_window=(0, ids.shape[1])).run(ids)
+    for cap, shown in ((3, 3), (100, 8)):
+        page = tmp_path / f"p{cap}.html"
+        what = write_trace_html(t, "tiny", page, ["a note"], max_maps=cap)
+        html = page.read_text()
+        assert html.count('class="plotly-graph-div"') == shown and what.startswith(f"{shown} attention maps")
+        assert ("the first 3 of 8" in what) is (cap == 3) and "note: a note" in html
+    assert ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+def test_trace_command_takes_max_maps(preset, tmp_path, capsys):
+    page = tmp_path / "t.html"
+    doc = _cli(capsys, "trace", "--model", preset, "--prompt", "one two three four", "--window", "0:3",
+               "--html", str(page), "--max-maps", "2", "--out", str(tmp_path))
+    assert page.read_text().count('class="plotly-graph-div"') == 2
+    assert re.match(r"2 attention maps \(heads 0\.0, 0\.1;", doc["html_maps"])
