@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from workbench import load_model
-from workbench.core.executor import LocalExecutor, ModelLoader, RayExecutor
+from workbench.core.executor import LocalExecutor, ModelLoader
+from workbench.core.ray_executor import RayExecutor
 from workbench.tasks.needle import load_needles
 from workbench.studies.retrieval_sweep import DEFAULT_DEPTHS, DEFAULT_LENGTHS, run_sweep
 

@@ -9,7 +9,8 @@ import torch
 
 from tests.conftest import make_tiny_lm
 from workbench.core.errors import WorkbenchError
-from workbench.core.executor import ExecutorError, LocalExecutor, ModelLoader, RayExecutor, make_executor
+from workbench.core.executor import ExecutorError, LocalExecutor, ModelLoader, make_executor
+from workbench.core.ray_executor import RayExecutor
 
 ray = pytest.importorskip("ray")
 

@@ -12,7 +12,8 @@ Nothing here imports from a higher layer (analyzers, interventions, tasks, repor
 * :mod:`.hooks`: decoder layers and their TransformerLens hook names.
 * :mod:`.vlm`: inputs of vision-language models (image positions, text-only passes).
 * :mod:`.oracle`: tiny random-weight models of every architecture, checked against eager attention.
-* :mod:`.executor`: where the cells of a grid run (local, Ray).
+* :mod:`.executor` / :mod:`.ray_executor`: where the cells of a grid run (this process, or Ray actors).
 * :mod:`.gemma3`: the ``gemma3-270m`` preset.
+* :mod:`.registry`: the one :class:`~.registry.Registry` class behind every lookup by name.
 * :mod:`.errors`: :class:`WorkbenchError` and its one-line subclasses.
 """
