@@ -24,7 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from workbench.core.oracle import ARCHITECTURES, compare, compare_same_inputs, same_input_errors  # noqa: E402
+from workbench.core.oracle import compare, compare_same_inputs, same_input_errors  # noqa: E402
+from workbench.core.tiny_models import ARCHITECTURES  # noqa: E402
 
 COLUMNS = ("pattern", "row_sum", "received", "entropy", "top_key", "z", "resid_pre", "logits", "pattern_rms", "z_rms",
            "logits_rms")

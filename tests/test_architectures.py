@@ -7,7 +7,7 @@ import torch
 from workbench import cli
 from workbench.core.errors import UnsupportedArchitectureError
 from workbench.core.models import load_model
-from workbench.core.oracle import _tokenizer, save_tiny
+from workbench.core.tiny_models import _tokenizer, save_tiny
 
 
 def _save(config, path, seq2seq=False):

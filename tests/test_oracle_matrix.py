@@ -25,8 +25,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.core.oracle import (ARCHITECTURES, compare, compare_checkpoint, compare_same_inputs,
-                              same_input_errors)
+from workbench.core.oracle import compare, compare_checkpoint, compare_same_inputs, same_input_errors
+from workbench.core.tiny_models import ARCHITECTURES
 
 FP32_TOL = {"pattern": 1e-5, "received": 1e-5, "row_sum": 1e-5, "top_key": 1e-6,
             "entropy": 5e-5, "z": 5e-5, "resid_pre": 5e-5, "logits": 5e-5,
