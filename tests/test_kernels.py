@@ -21,7 +21,8 @@ from workbench.core.attention import (
     workbench_attention,
 )
 from workbench.core.errors import UnsupportedArchitectureError, WorkbenchError
-from workbench.core.kernels import BACKENDS, attention_with_lse, force_backend, reference_attention
+from workbench.core.kernels import BACKENDS, attention_with_lse, force_backend
+from workbench.core.reference_kernel import reference_attention
 
 # --- kernels on random inputs -------------------------------------------------------------------------
 

@@ -6,12 +6,13 @@ Nothing here imports from a higher layer (analyzers, interventions, tasks, repor
 
 * :mod:`.models`: :func:`load_model`, :class:`LoadedModel`, :class:`ModelSpec`, model presets.
 * :mod:`.attention`: the ``"workbench"`` attention function and its hook point (:class:`AttentionCall`).
-* :mod:`.kernels`: the attention kernels that return the log-sum-exp.
+* :mod:`.kernels`: the attention kernels that return the log-sum-exp (:mod:`.reference_kernel`: the exact one in plain torch).
 * :mod:`.stats`: closed-form statistics from q, k and the log-sum-exp.
 * :mod:`.tracer` / :mod:`.trace`: recording a forward pass, and the named-axis result.
 * :mod:`.hooks`: decoder layers and their TransformerLens hook names.
 * :mod:`.vlm`: inputs of vision-language models (image positions, text-only passes).
-* :mod:`.oracle`: tiny random-weight models of every architecture, checked against eager attention.
+* :mod:`.tiny_models` / :mod:`.oracle`: tiny random-weight models of every architecture, and the workbench
+  checked against eager attention on them.
 * :mod:`.executor` / :mod:`.ray_executor`: where the cells of a grid run (this process, or Ray actors).
 * :mod:`.gemma3`: the ``gemma3-270m`` preset.
 * :mod:`.registry`: the one :class:`~.registry.Registry` class behind every lookup by name.
