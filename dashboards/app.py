@@ -115,7 +115,8 @@ def _mtime(path: str, name: str) -> float:
 # --- sidebar -----------------------------------------------------------------------------------
 
 st.sidebar.title("Attention-head workbench")
-from workbench.core.models import DEVICE_CHOICES, DTYPE_CHOICES, PRESETS  # noqa: E402  (after set_page_config)
+from workbench.core.devices import DEVICE_CHOICES, DTYPE_CHOICES  # noqa: E402  (after set_page_config)
+from workbench.core.presets import PRESETS  # noqa: E402
 
 options = V.preset_options(PRESETS)
 labels = dict(options)

@@ -31,7 +31,7 @@ def tiny_tok_lm():
 
 @pytest.fixture
 def preset(tiny_tok_lm):
-    from workbench.core.models import PRESETS, Preset, register_preset
+    from workbench.core.presets import PRESETS, Preset, register_preset
 
     register_preset(Preset("tiny-parity-test", "tiny random llama, SmolLM2 tokenizer", lambda: tiny_tok_lm,
                            lambda: True))

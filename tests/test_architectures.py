@@ -103,7 +103,7 @@ class _BiasedAttention(torch.nn.Module):
 
 
 def test_unknown_attention_argument_refused_at_load_time():
-    from workbench.core.models import _check_supported
+    from workbench.core.support import _check_supported
 
     class Layer(torch.nn.Module):
         def __init__(self):
@@ -129,7 +129,7 @@ def test_supported_attention_arguments_pass_the_check(arch):
     import importlib
 
     from workbench.core.attention import IGNORED_ATTENTION_KWARGS, SUPPORTED_ATTENTION_KWARGS
-    from workbench.core.models import _attention_call_kwargs
+    from workbench.core.support import _attention_call_kwargs
 
     mod = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
     cls = {"llama": "LlamaAttention", "gpt2": "GPT2Attention", "gpt_oss": "GptOssAttention",

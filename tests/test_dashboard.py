@@ -369,7 +369,7 @@ def _load_smollm2(at):
 
 def test_presets_text_lm_first_vlm_labelled():
     from dashboards.views import preset_options
-    from workbench.core.models import PRESETS
+    from workbench.core.presets import PRESETS
 
     opts = preset_options(PRESETS)
     assert opts[0][0] == "smollm2-135m" and "text LM" in opts[0][1]

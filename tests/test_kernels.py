@@ -447,7 +447,7 @@ def test_two_threads_trace_and_ablate_at_once_without_seeing_each_other():
 
 
 def test_device_and_dtype_resolution():
-    from workbench.core.models import resolve_device, resolve_dtype
+    from workbench.core.devices import resolve_device, resolve_dtype
 
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu, torch.bfloat16) == torch.float32  # float32 on the CPU

@@ -7,7 +7,9 @@ import torch
 
 from workbench import cli
 from workbench.core.errors import MissingModelPackageError, UnknownModelError, UnsupportedArchitectureError
-from workbench.core.models import _check_supported, load_model, smollm2_gguf_path
+from workbench.core.models import load_model
+from workbench.core.presets import smollm2_gguf_path
+from workbench.core.support import _check_supported
 
 
 def run_cli(capsys, *args):

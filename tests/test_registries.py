@@ -66,7 +66,7 @@ def test_a_registry_can_raise_its_callers_error_type():
 REGISTRIES = {
     # module imported alone -> (registry attribute, names it must hold, in order)
     "workbench.core.kernels": ("BACKENDS", ["cpu-flash", "cuda-flash", "cuda-efficient", "cuda-flex", "reference"]),
-    "workbench.core.models": ("PRESETS", ["smollm2-135m", "gemma3-270m", "digits-vlm", "effnet-smollm2-vqa"]),
+    "workbench.core.presets": ("PRESETS", ["smollm2-135m", "gemma3-270m", "digits-vlm", "effnet-smollm2-vqa"]),
     "workbench.report.census": ("SECTIONS", ["attention", "sinks", "retrieval", "head_types", "vision"]),
     "workbench.interventions.registry": ("INTERVENTIONS", ["head ablation", "act calibration", "var", "vhr",
                                                            "massive activation edit"]),

@@ -209,7 +209,7 @@ class CharTok:
 
 def test_sinks_cli_json(tmp_path, capsys):
     from workbench.cli import main
-    from workbench.core.models import Preset, register_preset
+    from workbench.core.presets import Preset, register_preset
 
     def load():
         lm = _massive_lm()

@@ -17,7 +17,8 @@ The packages are layers; imports point down (``tests/test_layers.py``): :mod:`wo
 :mod:`workbench.core`, :mod:`workbench.io`.
 """
 from .core.errors import WorkbenchError
-from .core.models import PRESETS, LoadedModel, ModelSpec, load_model
+from .core.models import LoadedModel, ModelSpec, load_model
+from .core.presets import PRESETS
 
 # The demo models' presets live a layer above the core (workbench.demo), so the package root registers them;
 # it runs before any submodule is imported, so every entry point sees the same presets.

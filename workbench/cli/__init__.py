@@ -91,7 +91,8 @@ def parse_window(spec: str, n_tokens: int) -> tuple[int, int]:
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """List the offline presets and whether their converted weights are cached."""
-    from ..core.models import cache_dir, model_table
+    from ..core.models import cache_dir
+    from ..core.presets import model_table
 
     rows = model_table()
     human = "\n".join(f"{r['name']:<16} {'cached' if r['cached'] else 'not cached':<11} {r['description']}" for r in rows)

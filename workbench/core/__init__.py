@@ -4,7 +4,8 @@ its trace, decoder-layer discovery (TransformerLens names), VLM inputs, executor
 Nothing here imports from a higher layer (analyzers, interventions, tasks, report, studies, cli);
 ``tests/test_layers.py`` checks it.
 
-* :mod:`.models`: :func:`load_model`, :class:`LoadedModel`, :class:`ModelSpec`, model presets.
+* :mod:`.models`: :func:`load_model`, :class:`LoadedModel`, :class:`ModelSpec`; :mod:`.presets`: model presets;
+  :mod:`.support`: what the workbench refuses to load; :mod:`.devices`: device and dtype.
 * :mod:`.attention`: the ``"workbench"`` attention function and its hook point (:class:`AttentionCall`).
 * :mod:`.kernels`: the attention kernels that return the log-sum-exp (:mod:`.reference_kernel`: the exact one in plain torch).
 * :mod:`.stats`: closed-form statistics from q, k and the log-sum-exp.

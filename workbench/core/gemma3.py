@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from .errors import MissingModelPackageError, WorkbenchError
-from .models import LoadedModel, Preset, _load_hf, cache_dir
+from .models import LoadedModel, _load_hf, cache_dir
+from .presets import Preset
 
 NAME = "gemma3-270m"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -103,7 +104,7 @@ def _load() -> LoadedModel:
     return _load_hf(str(target), name=NAME)
 
 
-# registered in workbench.core.models.PRESETS (lazily: this module is imported when the preset is used)
+# registered in workbench.core.presets.PRESETS (lazily: this module is imported when the preset is used)
 PRESET = Preset(
     name=NAME,
     description="Gemma-3-270M (18 layers x 4 heads, 1 KV head, sliding window 512 on 5 of 6 layers), "

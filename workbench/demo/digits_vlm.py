@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from . import digits as D
-from ..core.models import LoadedModel, Preset, cache_dir
+from ..core.models import LoadedModel, cache_dir
+from ..core.presets import Preset
 
 NAME = "digits-vlm"
 # the shipped weights; WORKBENCH_DIGITS_VLM_WEIGHTS points elsewhere (e.g. a retrained file)
@@ -316,7 +317,7 @@ def load() -> LoadedModel:
                        extras={"image_size": D.CANVAS, "n_image_tokens": N_IMAGE_TOKENS, "weights": _weights_hash()})
 
 
-# registered in workbench.core.models.PRESETS by the package root (lazily: imported when the preset is used)
+# registered in workbench.core.presets.PRESETS by the package root (lazily: imported when the preset is used)
 PRESET = Preset(name=NAME, description="SmolLM2-135M + a CLIP tower trained on sklearn digits (LLaVA, 16 image tokens)",
                 load=load, is_cached=lambda: WEIGHTS.exists() and (_cache() / "model.safetensors").exists())
 

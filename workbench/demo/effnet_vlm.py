@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.models import LoadedModel, Preset, cache_dir
+from ..core.models import LoadedModel, cache_dir
+from ..core.presets import Preset
 
 NAME = "effnet-smollm2-vqa"
 WEIGHTS = Path(os.environ.get("WORKBENCH_EFFNET_VLM_WEIGHTS",
@@ -266,7 +267,7 @@ def _is_cached() -> bool:
     return WEIGHTS.exists() and (_cache() / "model.safetensors").exists()
 
 
-# registered in workbench.core.models.PRESETS by the package root (lazily: imported when the preset is used)
+# registered in workbench.core.presets.PRESETS by the package root (lazily: imported when the preset is used)
 PRESET = Preset(name=NAME, description="SmolLM2-135M + frozen ImageNet EfficientNet-Lite0 (CNN) + MLP projector "
                                        "trained on easy-VQA (LLaVA, 49 image tokens)",
                 load=load, is_cached=_is_cached)

@@ -132,7 +132,7 @@ def weights_sha256(lm) -> str:
 
 def model_info(lm) -> dict:
     """``{"id", "preset", "path", "architecture"}`` of a loaded model."""
-    from ..core.models import PRESETS
+    from ..core.presets import PRESETS
 
     name = lm.spec.name
     p = Path(name).expanduser()

@@ -57,7 +57,7 @@ def dashboard(
             raise WorkbenchError(f"--{what} {p} is not a directory: give the {what} directory, not a file in it")
     if model:
         from ...core.errors import UnknownModelError
-        from ...core.models import PRESETS
+        from ...core.presets import PRESETS
 
         if model not in PRESETS and not Path(model).expanduser().is_dir():
             raise UnknownModelError(f"unknown model {model!r}: --model preselects a preset ({', '.join(sorted(PRESETS))}) "
