@@ -176,15 +176,27 @@ def test_prefix_cache_equals_full_forward(tiny_lm):
     assert c["baseline_ci95"][0] < 0.5 < c["baseline_ci95"][1]
 
 
-def test_pydoc_cloze_is_deterministic_and_disjoint(smollm2):
+def test_pydoc_cloze_is_deterministic_and_each_split_its_own_text(smollm2):
     from workbench.tasks import build_task
+    from workbench.text import prose_paragraphs, prose_text
 
-    a = build_task("pydoc-cloze", smollm2.tokenizer, "train", 20, seed=1)
-    b = build_task("pydoc-cloze", smollm2.tokenizer, "train", 20, seed=1)
+    tok = smollm2.tokenizer
+    a = build_task("pydoc-cloze", tok, "train", 20, seed=1)
+    b = build_task("pydoc-cloze", tok, "train", 20, seed=1)
     assert torch.equal(a.contexts, b.contexts) and torch.equal(a.choices, b.choices)
-    right = a.choices.gather(1, a.answer[:, None])[:, 0]
-    assert all(len(set(row)) == 4 for row in a.choices.tolist())
-    assert all(smollm2.tokenizer.decode([t]).startswith(" ") for t in right.tolist())
+    held = build_task("pydoc-cloze", tok, "heldout", 20, seed=1)
+    assert (a.split, held.split) == ("train", "heldout")
+    # every question's context is text of its own split, and the splits differ in what pydoc does not repeat
+    text = {"train": prose_text("train"), "heldout": prose_text("heldout")}
+    for task in (a, held):
+        assert all(tok.decode(ctx) in text[task.split] for ctx in task.contexts.tolist())
+    train, heldout = set(prose_paragraphs("train")), set(prose_paragraphs("heldout"))
+    assert len(train & heldout) == 78 and len(heldout - train) > 150  # the overlap workbench/text.py states
+    assert not set(map(tuple, a.contexts.tolist())) & set(map(tuple, held.contexts.tolist()))
+    for task in (a, held):
+        right = task.choices.gather(1, task.answer[:, None])[:, 0]
+        assert all(len(set(row)) == 4 for row in task.choices.tolist())
+        assert all(tok.decode([t]).startswith(" ") for t in right.tolist())
 
 
 class CharTok:
