@@ -111,6 +111,12 @@ MUTMUT_TESTS = {"stats": ["tests/test_properties.py", "tests/test_sampled_stats.
 EQUIVALENT = {
     ("workbench/attention.py", "mask = mask.to(None)"):
         "moving the mask to the query's device is a no-op when everything is on one device (CPU-only tests)",
+    ("workbench/attention.py", "hidx = torch.as_tensor(list(heads), dtype=torch.long, device=None)"):
+        "the head index on the default device: the same tensor on a one-device machine",
+    ("workbench/attention.py", "qpos = torch.arange(q_start, q_stop, ) + self.q_offset"):
+        "the query positions on the default device: the same tensor on a one-device machine",
+    ("workbench/attention.py", "q_stop = None"):
+        "additive_mask's q_stop default: slicing to None and visible(q_start, None) already mean 'to the last query'",
 }
 
 

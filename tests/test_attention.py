@@ -193,3 +193,30 @@ def test_direct_call_masks_windows_softcap_and_sinks_as_the_eager_reference():
     sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])
     out_s, _ = workbench_attention(mod, q, k, v, None, scaling=0.3, s_aux=sinks)
     torch.testing.assert_close(out_s.double(), _eager_out(q, k, v, 0.3, sinks=sinks)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_call_blocks_equal_rows_and_columns_of_the_eager_scores():
+    """visible / additive_mask / scores of a block (rows, key subsets, head subsets), causal and masked."""
+    import types
+
+    from workbench.attention import workbench_attention
+
+    q, k, v = _direct(nq=7, nk=7)
+    causal = (torch.arange(7)[None, :] > torch.arange(7)[:, None])[None, None]
+    padded = causal.repeat(2, 1, 1, 1)
+    padded[1, :, :, :2] = True
+    keys = torch.tensor([0, 3, 6])
+    for mask, hid in ((None, causal), (~padded, padded)):
+        keep = _Keep()
+        with attention_hooks(keep):
+            workbench_attention(types.SimpleNamespace(layer_idx=0), q, k, v, mask, scaling=0.3)
+        c = keep.call
+        ref = (torch.matmul(q.double(), k.double().repeat_interleave(2, 1).transpose(-1, -2)) * 0.3)
+        ref = ref.masked_fill(hid, float("-inf"))
+        assert torch.equal(c.visible(), ~hid) and torch.equal(c.visible(2, 5, keys=keys), ~hid[:, :, 2:5][..., keys])
+        assert torch.equal(torch.isinf(c.additive_mask(1, 4)), hid[:, :, 1:4])
+        assert torch.equal(torch.isinf(c.additive_mask(keys=keys)), hid[..., keys])
+        torch.testing.assert_close(c.scores(2, 5).double(), ref[:, :, 2:5], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(c.scores(keys=keys).double(), ref[..., keys], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(c.scores(1, 6, keys=keys, heads=[3, 1]).double(), ref[:, [3, 1], 1:6][..., keys],
+                                   atol=1e-5, rtol=1e-5)
