@@ -106,16 +106,17 @@ MUTMUT_TESTS = {"stats": ["tests/test_properties.py", "tests/test_sampled_stats.
                                   "tests/test_registry.py"]}
 
 
-# Equivalent mutants, excluded from the score: (module file, the mutated line as mutmut writes it) -> why no test
-# can tell it from the original. Matched on the mutant's diff, so they stay excluded when mutant numbers shift.
+# Equivalent mutants, excluded from the score: (mutated function as mutmut names it, the mutated line as mutmut
+# writes it) -> why no test can tell it from the original. Matched on the mutant's diff, so they stay excluded
+# when mutant numbers shift.
 EQUIVALENT = {
-    ("workbench/attention.py", "mask = mask.to(None)"):
+    ("workbench.attention.x_workbench_attention", "mask = mask.to(None)"):
         "moving the mask to the query's device is a no-op when everything is on one device (CPU-only tests)",
-    ("workbench/attention.py", "hidx = torch.as_tensor(list(heads), dtype=torch.long, device=None)"):
+    ("workbench.attention.xǁAttentionCallǁscores", "hidx = torch.as_tensor(list(heads), dtype=torch.long, device=None)"):
         "the head index on the default device: the same tensor on a one-device machine",
-    ("workbench/attention.py", "qpos = torch.arange(q_start, q_stop, ) + self.q_offset"):
+    ("workbench.attention.xǁAttentionCallǁvisible", "qpos = torch.arange(q_start, q_stop, ) + self.q_offset"):
         "the query positions on the default device: the same tensor on a one-device machine",
-    ("workbench/attention.py", "q_stop = None"):
+    ("workbench.attention.xǁAttentionCallǁadditive_mask", "q_stop = None"):
         "additive_mask's q_stop default: slicing to None and visible(q_start, None) already mean 'to the last query'",
 }
 
@@ -124,8 +125,8 @@ def _equivalent(repo: Path, mutmut: list[str], env: dict, name: str) -> str | No
     """The stated reason if mutant ``name`` is a listed equivalent mutant, else None."""
     diff = subprocess.run(mutmut + ["show", name], cwd=repo, env=env, capture_output=True, text=True).stdout
     added = {ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")}
-    for (path, line), why in EQUIVALENT.items():
-        if name.startswith(path[:-3].replace("/", ".") + ".") and line in added:
+    for (function, line), why in EQUIVALENT.items():
+        if name.rsplit("__mutmut_", 1)[0] == function and line in added:
             return why
     return None
 
