@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import WorkbenchError
 from ..jsonl import append_jsonl, open_checkpoint, read_jsonl
 from ..interventions import HeadAblation
+from ..interventions.registry import available_interventions, study_interventions
 from ..models import LoadedModel
 from .heads import resolve_head_set
 from .spec import StudySpec
@@ -66,12 +67,25 @@ class StudyJob:
         if c.kind == "none":
             ctx = contextlib.nullcontext
         else:
-            iv = HeadAblation(c.heads, c.kind, self.spec.phase, self.means if c.kind == "mean" else None).validate(lm.spec)
-            ctx = iv.applied
+            ctx = build_condition(lm, c.kind, c.heads, self.spec.phase, self.means).applied
         task = self.tasks[c.task]
         values = task.evaluate(ctx)
         return {"key": c.key, "task": c.task, "metric": task.metric, "head_set": c.head_set, "seed": c.seed,
                 "kind": c.kind, "heads": [list(h) for h in c.heads], "n_heads": len(c.heads), "values": values}
+
+
+def build_condition(lm: LoadedModel, name: str, heads: list[tuple[int, int]], phase: str, means: dict | None = None):
+    """The intervention of one condition, from the registry (:func:`~workbench.interventions.registry.study_interventions`):
+    its defaults, the parameters the study name fixes, the study's ``phase`` and, for the mean ablation, the means
+    fitted once for the study. Raises HeadIndexError for heads outside ``lm``."""
+    entry, fixed = study_interventions()[name]
+    spec = available_interventions()[entry]
+    kw = {**spec.defaults(), **fixed}
+    if "phase" in kw:
+        kw["phase"] = phase
+    if entry == "head ablation" and kw["kind"] == "mean":
+        kw["means"] = means
+    return spec.build(lm, list(heads), **kw).validate(lm.spec)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -174,7 +188,10 @@ def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict,
     level = int(round(spec.ci * 100))
     intro = (f"Study `{spec.name}` on `{spec.model}` (spec: `{spec.path}`). Ablations: {', '.join(spec.ablations)} "
              f"(zero: z = 0; mean: z = mean head output over {spec.mean_samples} train-split windows of "
-             f"{spec.mean_seq_len} tokens; uniform: uniform attention over visible keys), phase `{spec.phase}`. "
+             f"{spec.mean_seq_len} tokens; uniform: uniform attention over visible keys"
+             + "".join(f"; {a}: {available_interventions()[a].description}" for a in spec.ablations
+                       if study_interventions()[a][0] != "head ablation")
+             + f"), phase `{spec.phase}`. "
              f"Intervals: {level}% percentile bootstrap over examples ({spec.n_bootstrap} resamples); delta intervals "
              "are paired with the baseline.")
     sets = "\n".join(f"- `{k}`: {', '.join(f'{a}.{b}' for a, b in v)}" for k, v in heads_used.items())
@@ -213,6 +230,7 @@ def study_config(spec: StudySpec, lm: LoadedModel, conds: list[Condition]) -> di
             "conditions": {c.key: [list(h) for h in c.heads] for c in conds},
             "code_sha256": code_sha256(["workbench.studies.runner", "workbench.studies.tasks", "workbench.studies.heads",
                                         "workbench.studies.spec", "workbench.interventions.ablation",
+                                        "workbench.interventions.registry",
                                         "workbench.attention", "workbench.text"])}
 
 

@@ -37,7 +37,9 @@ Head-set sources: ``sinks`` (``first_token_mass`` of ``reports/<model>/heads.par
 ``random`` (``k``, ``seeds``, optional ``exclude``). Optional keys everywhere: ``path`` (a table),
 ``column``. Task kinds: ``ioi`` (logit difference), ``colored_objects`` (logit difference),
 ``perplexity`` (held-out real text), ``needle`` (needle-in-a-haystack accuracy; needs the
-retrieval module). Top-level options: ``seed``, ``n_bootstrap`` (1000), ``ci`` (0.95), ``phase``
+retrieval module). ``ablations`` name registered interventions
+(:func:`workbench.interventions.registry.study_interventions`): the ablation kinds ``zero``, ``mean``,
+``uniform`` and any other head intervention by its registered name, e.g. ``"act calibration"``. Top-level options: ``seed``, ``n_bootstrap`` (1000), ``ci`` (0.95), ``phase``
 (all / prefill / decode), ``mean_samples`` and ``mean_seq_len`` (text the mean ablation averages over,
 train split).
 """
@@ -53,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WorkbenchError
-from ..interventions.ablation import KINDS
+from ..interventions.registry import study_interventions
 
 SOURCES = ("sinks", "retrieval", "classic", "explicit", "random")
 TASK_KINDS = ("ioi", "colored_objects", "perplexity", "needle")
@@ -168,9 +170,10 @@ def parse_spec(doc: dict, path: str = "<spec>") -> StudySpec:
     if not sets:
         raise StudySpecError(f"{path} names no head sets")
     ablations = list(doc.get("ablations", ["zero"]))
-    bad = [a for a in ablations if a not in KINDS]
+    known = study_interventions()  # the intervention registry: ablation kinds and the other head interventions
+    bad = [a for a in ablations if a not in known]
     if bad:
-        raise StudySpecError(f"unknown ablation kinds {bad}: use {KINDS}")
+        raise StudySpecError(f"unknown ablations {bad}: use registered ones {list(known)}")
     tasks = []
     for tname, opts in dict(_need(doc, "tasks", path)).items():
         if not isinstance(opts, dict):
