@@ -135,6 +135,27 @@ def unexplained(files: list[str], plan: list[Step]) -> list[str]:
     return [f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in pats)]
 
 
+def _record(record: Path, quick: bool, only, all_steps: list[Step], done: list[dict], t_all: float,
+            final: bool) -> dict:
+    """Write ``ROOT/reproduce.json`` (after every step, so a killed run keeps the wall times of the steps it
+    finished); a partial run (``only``) keeps the other steps' entries of the record as it is now (so partial
+    runs side by side add up)."""
+    from .provenance import collect, missing_provenance
+
+    root = record.parent
+    root.mkdir(parents=True, exist_ok=True)
+    res = {"root": str(root), "quick": quick, "finished": final, "steps": done, "wall_s": round(time.time() - t_all, 1),
+           "without_provenance": [f.relative_to(root).as_posix() for f in missing_provenance(root)] if final else None,
+           "provenance": collect(None, {"command": "reproduce", "quick": quick, "only": only})}
+    if only:
+        merged = {d["name"]: d for d in (json.loads(record.read_text()).get("steps", []) if record.exists() else [])}
+        merged.update({d["name"]: d for d in done})
+        res["steps"] = [merged[s.name] for s in all_steps if s.name in merged]
+        res["wall_s_steps"] = round(sum(d["wall_s"] for d in res["steps"]), 1)
+    record.write_text(json.dumps(res, indent=1))
+    return res
+
+
 def _run_script(step: Step) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     return subprocess.run([sys.executable, str(REPO / step.script), *step.argv], env=env).returncode
@@ -186,16 +207,15 @@ def reproduce(quick: bool = False, root: str | Path | None = None, only: list[st
               run: Callable[[list[str]], int] | None = None, log: Callable[[str], None] = print) -> dict:
     """Run every step (or those whose name starts with one of ``only``) and write ``ROOT/reproduce.json``.
 
-    Returns: ``{"root", "quick", "steps": [{"name", "argv", "rc", "wall_s"}], "wall_s", "without_provenance",
-    "provenance"}``; with ``only``, ``steps`` also keeps the other steps' entries of an earlier ``ROOT/reproduce.json``
-    (and ``wall_s_steps`` sums them all).
+    Returns: ``{"root", "quick", "finished", "steps": [{"name", "argv", "rc", "wall_s"}], "wall_s",
+    "without_provenance", "provenance"}`` (also written after every step); with ``only``, ``steps`` also keeps the
+    other steps' entries of an earlier ``ROOT/reproduce.json`` (and ``wall_s_steps`` sums them all).
     Raises:
         WorkbenchError: a step failed (after the remaining steps ran), naming it.
     """
     import tempfile
 
     from .cli import main
-    from .provenance import collect
     from .studies.spec import load_spec
 
     root = Path(root) if root is not None else Path("runs/reproduce-quick" if quick else "reports")
@@ -216,6 +236,7 @@ def reproduce(quick: bool = False, root: str | Path | None = None, only: list[st
                              f"{', '.join(s.name for s in all_steps)}")
     todo = [s for s in all_steps if not only or any(s.name.startswith(o) for o in only)]
     done, t_all = [], time.time()
+    record = root / ("reproduce-quick.json" if quick else "reproduce.json")
     try:
         for i, s in enumerate(todo):
             log(f"[{i + 1}/{len(todo)}] {'python ' + s.script if s.script else 'workbench'} {' '.join(s.argv)}")
@@ -223,22 +244,11 @@ def reproduce(quick: bool = False, root: str | Path | None = None, only: list[st
             rc = _run_script(s) if s.script else run(s.argv)
             done.append({"name": s.name, "argv": s.argv, "rc": rc, "wall_s": round(time.time() - t0, 1)})
             log(f"    {s.name}: exit {rc} in {done[-1]['wall_s']} s")
+            _record(record, quick, only, all_steps, done, t_all, final=False)
     finally:
         if tmp is not None:
             tmp.cleanup()
-    from .provenance import missing_provenance
-
-    root.mkdir(parents=True, exist_ok=True)
-    res = {"root": str(root), "quick": quick, "steps": done, "wall_s": round(time.time() - t_all, 1),
-           "without_provenance": [f.relative_to(root).as_posix() for f in missing_provenance(root)],
-           "provenance": collect(None, {"command": "reproduce", "quick": quick, "only": only})}
-    record = root / ("reproduce-quick.json" if quick else "reproduce.json")
-    if only and record.exists():  # a partial run updates its steps in the record of the whole run
-        old = {d["name"]: d for d in json.loads(record.read_text()).get("steps", [])}
-        old.update({d["name"]: d for d in done})
-        res["steps"] = [old[s.name] for s in all_steps if s.name in old]
-        res["wall_s_steps"] = round(sum(d["wall_s"] for d in res["steps"]), 1)
-    record.write_text(json.dumps(res, indent=1))
+    res = _record(record, quick, only, all_steps, done, t_all, final=True)
     failed = [d["name"] for d in done if d["rc"] != 0]
     if failed:
         raise WorkbenchError(f"reproduce: steps {', '.join(failed)} failed (see the messages above); the other "
