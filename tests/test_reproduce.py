@@ -16,17 +16,18 @@ def test_provenance_is_present_in_every_output_file_type(tmp_path):
     Markdown; safetensors traces: tests/test_provenance.py): each file carries provenance, and each step wrote
     exactly the files it declares."""
     only = ["probe", "retrieval", "study retrieval", "hallucination"]
-    res = reproduce(True, tmp_path, only=only, log=lambda s: None)
+    root = tmp_path / "runs"  # a report tree's root: its pages share root/plotly.min.js
+    res = reproduce(True, root, only=only, log=lambda s: None)
     assert [s["rc"] for s in res["steps"]] == [0] * len(res["steps"]) and res["without_provenance"] == []
-    files = [f.relative_to(tmp_path).as_posix() for f in tmp_path.rglob("*") if f.is_file()]
-    assert missing_provenance(tmp_path) == []
+    files = [f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file()]
+    assert missing_provenance(root) == []
     assert {Path(f).suffix for f in files} >= {".json", ".parquet", ".csv", ".html", ".jsonl", ".md"}
-    ran = [s for s in steps(True, tmp_path) if any(s.name.startswith(o) for o in only)]
+    ran = [s for s in steps(True, root) if any(s.name.startswith(o) for o in only)]
     assert unexplained(files, ran) == []
     for s in ran:
         for pat in s.writes:
             assert any(fnmatch.fnmatchcase(f, pat) for f in files), (s.name, pat)
-    prov = read_provenance(tmp_path / "smollm2-135m" / "retrieval" / "tests.csv")
+    prov = read_provenance(root / "smollm2-135m" / "retrieval" / "tests.csv")
     for k in ("workbench_version", "git_commit", "git_dirty", "weights_sha256", "config", "seed", "torch",
               "transformers", "date", "device"):
         assert k in prov
