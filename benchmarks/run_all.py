@@ -39,7 +39,6 @@ skipped and reported as such instead of crashing the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -319,9 +318,11 @@ def main() -> None:
     a = ap.parse_args()
     doc = run([int(x) for x in a.lengths.split(",") if x], [int(x) for x in a.long_lengths.split(",") if x],
               a.repeats, a.threads, a.gen_tokens)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "benchmarks.json").write_text(json.dumps(doc, indent=1))
-    (a.out / "benchmarks.md").write_text(markdown(doc))
+    from workbench.provenance import collect, markdown_footer, write_json
+
+    prov = collect(None, {"command": "benchmarks/run_all.py", **{k: v for k, v in vars(a).items() if k != "out"}})
+    write_json(doc, a.out / "benchmarks.json", prov)
+    (a.out / "benchmarks.md").write_text(markdown(doc) + markdown_footer(prov))
     print(markdown(doc))
 
 

@@ -148,7 +148,7 @@ def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, 
                        .encode()).hexdigest()[:16]
     path = Path(checkpoint) if checkpoint else None
     if path is not None:
-        from .provenance import code_sha256, config_hash, weights_sha256
+        from .provenance import code_sha256, collect, config_hash, weights_sha256
 
         config = {"analysis": "act-search", "model": lm.spec.name, "weights_sha256": weights_sha256(lm), "task": key,
                   "beta": beta, "candidates": [list(c) for c in candidates],
@@ -156,7 +156,8 @@ def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, 
                                               "workbench.attention"])}
         if path.suffix != ".jsonl":  # a folder: one checkpoint file per configuration
             path = path / f"search-{config_hash(config)[:16]}.jsonl"
-        done = {(r["layer"], r["head"]): r for r in open_checkpoint(path, config) if r.get("key") == key}
+        done = {(r["layer"], r["head"]): r for r in open_checkpoint(path, config, collect(lm, config))
+                if r.get("key") == key}
     todo = [c for c in candidates if c not in done]
     with tqdm(total=len(candidates), initial=len(candidates) - len(todo), desc="ACT search: heads",
               disable=not progress) as bar:

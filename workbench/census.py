@@ -225,7 +225,7 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
             heads = sec.heads if heads is None else heads.merge(sec.heads, on=["layer", "head"], how="left")
         summary[name] = sec.summary
         figures += [(f"{name}: {t}", f) for t, f in sec.figures]
-    from .provenance import collect, write_json, write_parquet
+    from .provenance import collect, write_csv, write_json, write_parquet
 
     prov = collect(lm, census_config(lm, n_samples, seq_len, names, ctx.options))
     summary = {"model": lm.spec.name, **summary, "provenance": prov}
@@ -234,7 +234,7 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
         d = model_dir(out_dir, lm.spec.name)
         d.mkdir(parents=True, exist_ok=True)
         write_parquet(heads, d / "heads.parquet", prov)
-        heads.to_csv(d / "heads.csv", index=False)
+        write_csv(heads, d / "heads.csv", prov)
         write_json({"model": lm.spec.name, "heads": json.loads(heads.to_json(orient="records"))}, d / "heads.json", prov)
         (d / "summary.json").write_text(json.dumps(summary, indent=1))
         write_census_html(heads, summary, d / "census.html", lm.spec.name, figures)

@@ -103,7 +103,7 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         "sink_tokens": an.tokens.head(30).to_dict(orient="records"),
         "hidden_sink_heads": hidden_heads.to_dict(orient="records"),
     }
-    from .provenance import code_sha256, collect
+    from .provenance import code_sha256, collect, write_csv
 
     result["provenance"] = collect(lm, {
         "command": "sinks", "model": lm.spec.name, "n_short": n_short, "short_len": short_len, "n_long": n_long,
@@ -116,7 +116,7 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         d = model_dir(out_dir, lm.spec.name)
         d.mkdir(parents=True, exist_ok=True)
         (d / "sinks.json").write_text(json.dumps(result, indent=1, default=str))
-        an.heads.to_csv(d / "sinks_heads.csv", index=False)
+        write_csv(an.heads, d / "sinks_heads.csv", result["provenance"])
         write_sinks_html(result, an.heads, d / "sinks.html")
         result["files"] = {"json": str(d / "sinks.json"), "html": str(d / "sinks.html"), "heads_csv": str(d / "sinks_heads.csv")}
     return result

@@ -38,14 +38,14 @@ def heads(
     lm = load_model(model, device=device, dtype=dtype)
     text = token_windows(lm.tokenizer, seq_len, samples)
     df = classic_head_scores(lm, text, n_random=random_seqs, half_len=half_len, seed=seed, progress=True)
-    from ..provenance import code_sha256, collect, write_parquet
+    from ..provenance import code_sha256, collect, write_csv, write_parquet
 
     path = _model_dir(out, lm.spec.name) / "head_types.parquet"
     settings = {"samples": samples, "seq_len": seq_len, "random": random_seqs, "half_len": half_len, "seed": seed}
     prov = collect(lm, {"command": "heads", "model": model, **settings,
                         "code_sha256": code_sha256(["workbench.head_types", "workbench.stats", "workbench.text"])}, seed)
     write_parquet(df, path, prov)
-    df.to_csv(path.with_suffix(".csv"), index=False)
+    write_csv(df, path.with_suffix(".csv"), prov)
     res = {"model": lm.spec.name, "table": str(path), "settings": settings, "provenance": prov}
     lines = []
     for k in HEAD_TYPES:
@@ -85,7 +85,7 @@ def patch(
         raise WorkbenchError(f"unknown task {task!r}: use ioi, colored_objects or both")
     lm = load_model(model, device=device, dtype=dtype)
     d = _model_dir(out, lm.spec.name) / "circuits"
-    from ..provenance import collect, write_json, write_parquet
+    from ..provenance import collect, write_csv, write_json, write_parquet
 
     prov = collect(lm, {"command": "patch", "model": model, "task": task, "n": n, "seed": seed, "k": k, "stages": stages,
                         "overlap_k": overlap_k, "activation": activation}, seed)
@@ -99,7 +99,7 @@ def patch(
         info["example"] = t.prompts[0]
         info["example_corrupted"] = t.corrupted_prompts[0]
         circuit, tables = extract_circuit(lm, t, k=k, stages=stages)
-        circuit.to_csv(d / f"{name}_circuit.csv", index=False)
+        write_csv(circuit, d / f"{name}_circuit.csv", prov)
         for s, tab in tables.items():
             write_parquet(tab, d / f"{name}_path_stage{s}.parquet", prov)
             figs.append((f"{name}: path patching effect, stage {s}", layer_head_heatmap(tab, "effect", colorscale="RdBu")))

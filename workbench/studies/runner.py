@@ -177,13 +177,14 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict, prov: dict | None = None) -> dict:
     """Write results.csv/.parquet/.json, report.md and report.html into ``out`` (with ``prov``); returns the paths."""
-    from ..provenance import describe, write_json, write_parquet
+    from ..provenance import markdown_footer, write_csv, write_json, write_parquet
 
-    df.to_csv(out / "results.csv", index=False)
     if prov is not None:
+        write_csv(df, out / "results.csv", prov)
         write_parquet(df, out / "results.parquet", prov)
         write_json({"study": spec.name, "results": json.loads(df.to_json(orient="records"))}, out / "results.json", prov)
     else:
+        df.to_csv(out / "results.csv", index=False)
         df.to_parquet(out / "results.parquet", index=False)
     level = int(round(spec.ci * 100))
     intro = (f"Study `{spec.name}` on `{spec.model}` (spec: `{spec.path}`). Ablations: {', '.join(spec.ablations)} "
@@ -198,7 +199,7 @@ def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict,
     md = (f"# Study: {spec.name}\n\n{intro}\n\n## Head sets (layer.head)\n\n{sets}\n\n## Results\n\n"
           f"{_markdown(df.drop(columns=['heads']))}\n")
     if prov is not None:
-        md += f"\n---\nProvenance: {describe(prov)}\n"
+        md += markdown_footer(prov)
     (out / "report.md").write_text(md)
     from ..viz import markdown_page
 
@@ -259,7 +260,7 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
     from ..models import load_model
     from ..text import token_windows
 
-    from ..provenance import collect
+    from ..provenance import collect, write_json
     from ..runs import run_dir
 
     lm = lm or load_model(spec.model)
@@ -278,8 +279,7 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
     config = study_config(spec, lm, conds)
     prov = collect(lm, config, spec.seed)
     done = open_checkpoint(out / ROWS, config, prov)  # refuses rows of another spec, model, head set or code
-    (out / "spec.json").write_text(json.dumps({"digest": spec.digest, "model": lm.spec.name, "spec": spec.raw},
-                                              indent=1, default=str))
+    write_json({"digest": spec.digest, "model": lm.spec.name, "spec": spec.raw}, out / "spec.json", prov)
     finished = {r["key"] for r in done}
     todo = [c for c in conds if c.key not in finished]
     means = {}
