@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .attention import AttentionCall, attention_hooks
 from .errors import WorkbenchError
-from .hooks import decoder_layers
+from .hooks import residual_pre_hooks
 from .models import LoadedModel
 from .tracer import Tracer
 from .vlm import VLMInput, image_positions, position_map, require_vlm, text_only
@@ -189,21 +189,17 @@ class SinkDetector:
         self.phi: dict[int, torch.Tensor] = {}
         self._handles: list = []
 
-    def _hook(self, layer: int):
-        def pre(module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            phi = sink_scores(x, self.dims)
-            if layer in self.sinks and x.shape[1] == 1 and self.sinks[layer].shape[1] > 0:  # decoding: append
-                self.phi[layer] = torch.cat([self.phi[layer], phi], 1)
-            else:
-                self.phi[layer] = phi
-            self.sinks[layer] = self.phi[layer] >= self.tau
-        return pre
+    def _record(self, layer: int, x: torch.Tensor) -> None:
+        phi = sink_scores(x, self.dims)
+        if layer in self.sinks and x.shape[1] == 1 and self.sinks[layer].shape[1] > 0:  # decoding: append
+            self.phi[layer] = torch.cat([self.phi[layer], phi], 1)
+        else:
+            self.phi[layer] = phi
+        self.sinks[layer] = self.phi[layer] >= self.tau
 
     def __enter__(self) -> "SinkDetector":
         self.sinks, self.phi = {}, {}
-        for i, mod in enumerate(decoder_layers(self.lm.model)):
-            self._handles.append(mod.register_forward_pre_hook(self._hook(i), with_kwargs=True))
+        self._handles = residual_pre_hooks(self.lm.model, self._record)
         return self
 
     def __exit__(self, *exc) -> None:
