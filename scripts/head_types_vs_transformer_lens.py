@@ -11,7 +11,6 @@ Writes reports/smollm2-135m/head_types_vs_transformer_lens.json.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ from transformers import AutoModelForCausalLM
 from workbench import load_model
 from workbench.head_types import HEAD_TYPES, head_type_scores, repeated_random_tokens
 from workbench.models import cache_dir
+from workbench.runs import model_dir
 from workbench.text import prose_paragraphs
 
 TL_NAME = {"previous_token": "previous_token_head", "duplicate_token": "duplicate_token_head",
@@ -69,7 +69,7 @@ def main() -> None:
                             pat[h], det, exclude_bos=False, exclude_current_token=False, error_measure="mul") / len(rnd)
         for k in HEAD_TYPES:
             out["random_repeated"][k] = agreement(ours[f"{k}_score"].to_numpy().reshape(L, H), refs[k])
-    p = Path("reports") / lm.spec.name / "head_types_vs_transformer_lens.json"
+    p = model_dir("reports", lm.spec.name) / "head_types_vs_transformer_lens.json"
     p.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
 
