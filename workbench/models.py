@@ -138,32 +138,20 @@ def _config_int(config: Any, *names: str, default: int | None = None) -> int:
 
 
 def parse_heads(text: str, n_layers: int | None = None, n_heads: int | None = None,
-                hint: str = "LAYER.HEAD,LAYER.HEAD, e.g. 3.1,7.4") -> list[tuple[int, int]]:
-    """Parse a comma-separated head list ``"3.1,7.4"`` into [(3, 1), (7, 4)], in order.
+                hint: str | None = None) -> list[tuple[int, int]]:
+    """Parse a head set such as ``"3.1,7.4"`` into [(3, 1), (7, 4)], in order: the head-set grammar of
+    :mod:`workbench.headsets` (``L.H``, ``L.H-L.H``, ``L.*``, ``*``), without analyzer selections.
 
     With ``n_layers`` and ``n_heads`` every head is range-checked. Empty items are skipped, so an
     empty string gives [] (callers that need heads say so).
 
     Raises:
-        WorkbenchError: an item is not LAYER.HEAD (the message ends with ``hint``).
+        WorkbenchError: an item is malformed (the message ends with ``hint``, default the grammar).
         HeadIndexError: a head lies outside the model.
     """
-    from .errors import WorkbenchError
+    from .headsets import GRAMMAR, parse_head_set
 
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        pieces = part.split(".")
-        if len(pieces) != 2 or not all(p.isdigit() for p in pieces):
-            raise WorkbenchError(f"cannot read head {part!r}: use {hint}")
-        layer, h = int(pieces[0]), int(pieces[1])
-        if n_layers is not None and n_heads is not None and not (0 <= layer < n_layers and 0 <= h < n_heads):
-            raise HeadIndexError(f"head {part} is out of range: the model has layers 0..{n_layers - 1} "
-                                 f"and heads 0..{n_heads - 1}")
-        out.append((layer, h))
-    return out
+    return parse_head_set(text, n_layers, n_heads, hint=hint or GRAMMAR)
 
 
 @dataclass
