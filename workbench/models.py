@@ -470,18 +470,22 @@ def _checkpoint_dtype(config: Any) -> torch.dtype | None:
     return None
 
 
-def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-               device_map: str | dict | None = None) -> LoadedModel:
+def load_model(name_or_path: Any, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+               device_map: str | dict | None = None, tokenizer: Any = None) -> LoadedModel:
     """Load a model for tracing.
 
     Args:
         name_or_path: a preset name (see :data:`PRESETS`, e.g. ``"smollm2-135m"``), a local
-            checkpoint directory, or a Hugging Face model id (needs network or a local HF cache).
+            checkpoint directory, or a Hugging Face model id (needs network or a local HF cache); or a model
+            object a researcher already holds: a transformers model (with ``tokenizer``), an nnsight
+            ``LanguageModel`` or a TransformerLens ``TransformerBridge`` (:mod:`workbench.interop`; with
+            ``device``/``dtype`` "auto" it stays where it is).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"auto"`` (float32 on the CPU, the checkpoint's dtype on a GPU), ``"float32"``,
             ``"bfloat16"`` or ``"float16"``. Statistics are float32 whatever the model dtype.
         device_map: passed to transformers (accelerate) to spread a model larger than one GPU over several
             devices (e.g. ``"auto"``); then ``device`` is not used. Hugging Face checkpoints only.
+        tokenizer: the tokenizer of a transformers model object (other inputs bring their own).
 
     Returns:
         :class:`LoadedModel` with the model in eval mode on ``device`` in ``dtype``, using the
@@ -498,6 +502,14 @@ def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: st
     from .errors import WorkbenchError
 
     register_attention()
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        from .interop import from_object
+
+        lm = from_object(name_or_path, tokenizer)
+        if device != "auto" or dtype != "auto":
+            dev = resolve_device(device) if device != "auto" else lm.device
+            lm.model.to(device=dev, dtype=lm.dtype if dtype == "auto" else resolve_dtype(dtype, dev))
+        return lm
     load_preset_modules()
     dev = resolve_device(device) if device_map is None else None
     resolve_dtype(dtype, dev)  # a bad dtype fails here, before any weights are read
