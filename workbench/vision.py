@@ -1,6 +1,6 @@
 """Vision-aware heads, visual attention sinks and image-centric heads of a vision-language model.
 
-Definitions (../shared/REFERENCES.md):
+Definitions (docs/methods.md#vision-aware-heads-vhd-and-t-vhd, #visual-sinks, #image-centric-heads):
 
 * **Vision-aware head divergence** (He et al. 2025, "Cracking the code of hallucination in LVLMs
   with vision-aware head divergence"): for head (l, h) at a generation step, the Euclidean
@@ -11,7 +11,7 @@ Definitions (../shared/REFERENCES.md):
   being teacher-forced in both passes.
 * **T-VHD** (token-level VHD, same paper): the sum of VHD over all heads of all layers at one
   generation step; it measures how much the whole model's attention output at that token depends
-  on the image. (REFERENCES.md names T-VHD without a formula; this is our reading: the sum over
+  on the image. (The paper names T-VHD without a formula; this is our reading: the sum over
   heads. Any monotone aggregate ranks tokens the same way.)
 * **Sink tokens** (Kang et al. 2025, "See what you are told: visual attention sink in large
   multimodal models"): phi(x) = max over the backbone's sink dimensions d of |x_d / rms(x)| on the
