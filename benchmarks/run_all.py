@@ -49,7 +49,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import measure as _measure  # noqa: E402
+from common import measure as _measure, plain_forward  # noqa: E402
 
 from workbench import Tracer, load_model  # noqa: E402
 from workbench.interventions import HeadAblation  # noqa: E402
@@ -106,12 +106,7 @@ def run(lengths: list[int], long_lengths: list[int], repeats: int, threads: int,
             return _measure(fn, r, warmup=_warm)
 
         def plain():
-            model.set_attn_implementation("sdpa")
-            try:
-                with torch.no_grad():
-                    model(ids, use_cache=False)
-            finally:
-                model.set_attn_implementation("workbench")
+            plain_forward(model, ids)
 
         record(n, "plain", measure(plain, reps))
         sinks = Tracer(lm, stats=("received",))

@@ -32,6 +32,8 @@ def fmt(m: dict, k: str) -> str:
 def main() -> int:
     from workbench import load_model
     from workbench import hallucination as H
+    from workbench.intervals import cluster_ci
+    from workbench.runs import model_dir
     from workbench.vision_report import vision_analysis
 
     ap = argparse.ArgumentParser()
@@ -43,7 +45,7 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     lm = load_model("digits-vlm")
-    d = a.out / "digits-vlm"
+    d = model_dir(a.out, "digits-vlm")
     d.mkdir(parents=True, exist_ok=True)
     report: dict = {}
     md = ["# digits-vlm: image use, vision heads, object hallucination", ""]
@@ -106,8 +108,8 @@ def main() -> int:
     for method in H.METHODS:
         df = H.run_pope(lm, imgs, items, method, cache=cache)
         for split in H.SPLITS:
-            pope[(method, split)] = H.with_ci(df[df.split == split], H.pope_metrics)
-        chair[method] = H.with_ci(H.run_chair(lm, imgs, method, cache=cache), H.chair_metrics)
+            pope[(method, split)] = cluster_ci(df[df.split == split], H.pope_metrics)
+        chair[method] = cluster_ci(H.run_chair(lm, imgs, method, cache=cache), H.chair_metrics)
     report["pope"] = {f"{m}/{s}": v for (m, s), v in pope.items()}
     report["chair"] = chair
     md += [f"## POPE-style ({a.images} held-out images, 1 positive + 1 negative each; 95% bootstrap CI over images)", "",

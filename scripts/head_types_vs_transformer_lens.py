@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,7 @@ from transformers import AutoModelForCausalLM
 from workbench import load_model
 from workbench.head_types import HEAD_TYPES, head_type_scores, repeated_random_tokens
 from workbench.models import cache_dir
+from workbench.runs import model_dir
 from workbench.text import prose_paragraphs
 
 TL_NAME = {"previous_token": "previous_token_head", "duplicate_token": "duplicate_token_head",

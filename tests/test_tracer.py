@@ -18,7 +18,7 @@ def eager_maps(lm, ids, attention_mask=None):
 
 
 def stats_from_maps(A, valid=None):
-    """Reference statistics computed directly from full maps (REFERENCES.md definitions)."""
+    """Reference statistics computed directly from full maps (docs/methods.md definitions)."""
     L, B, H, N, _ = A.shape
     if valid is None:
         valid = torch.ones(B, N, dtype=torch.bool)

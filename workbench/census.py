@@ -39,6 +39,9 @@ class CensusContext:
     progress: bool = True
     options: dict = field(default_factory=dict)
     out: Path | None = None  # the model's run folder (None: the census writes nothing)
+    # mean received attention s_k of every key, (n_samples, L, H, seq_len) float32, recorded by the
+    # ``attention`` section in its pass so that later sections (``sinks``) do not run the windows again
+    received: torch.Tensor | None = None
 
 
 @dataclass
@@ -63,12 +66,14 @@ def attention_section(ctx: CensusContext) -> CensusSection:
     """First-token mass, entropy and mean distance of every head (see module docstring)."""
     spec = ctx.lm.spec
     tracer = Tracer(ctx.lm, stats=("received", "entropy", "distance"))
-    first, ent, dist = 0.0, 0.0, 0.0
+    first, ent, dist, received = 0.0, 0.0, 0.0, []
     for row in tqdm(ctx.samples, desc="census: attention", disable=not ctx.progress):
         tr = tracer.run(row[None])
+        received.append(tr["received"][:, 0])  # (L, H, N)
         first = first + tr["received"][:, 0, :, 0]
         ent = ent + tr["entropy"][:, 0].mean(-1)
         dist = dist + tr["distance"][:, 0].mean(-1)
+    ctx.received = torch.stack(received)
     n = len(ctx.samples)
     L, H = spec.n_layers, spec.n_heads
     df = pd.DataFrame({

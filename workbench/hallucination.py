@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -295,25 +295,6 @@ def chair_metrics(df: pd.DataFrame) -> dict:
             "chair_i": float(df["hallucinated"].map(len).sum() / n_mentioned) if n_mentioned else 0.0,
             "length": float(df["mentioned"].map(len).mean()),
             "recall": float(df["covered"].map(len).sum() / df["truth"].map(len).sum()), "n": int(len(df))}
-
-
-def with_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], dict], n_boot: int = 1000, seed: int = 0,
-            level: float = 0.95) -> dict:
-    """``fn(df)`` plus ``<metric>_ci`` = [lo, hi] from a percentile bootstrap over ``df.image`` clusters."""
-    point = fn(df)
-    groups = [g for _, g in df.groupby("image")]
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(groups), len(groups))
-        boots.append(fn(pd.concat([groups[i] for i in pick], ignore_index=True)))
-    a = (1 - level) / 2
-    out = dict(point)
-    for k, v in point.items():
-        if k != "n" and isinstance(v, float):
-            vals = np.array([b[k] for b in boots])
-            out[f"{k}_ci"] = [float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))]
-    return out
 
 
 @torch.no_grad()

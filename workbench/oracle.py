@@ -34,6 +34,33 @@ IMAGE_TOKEN, VISION_START, VISION_END = 290, 292, 293
 INIT_STD = 0.15  # larger than the default 0.02 so that attention is peaked and soft-capping is active
 
 
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, add: torch.Tensor, scale: float,
+                    softcap: float | None = None, sinks: torch.Tensor | None = None):
+    """float64 eager attention, the kernels' oracle: scores ``softcap(scale q.k) + add`` over all keys.
+
+    Args:
+        q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D) (grouped-query heads repeated here); add: additive mask
+            broadcastable to (B, Hq, Nq, Nk); sinks: (Hq,) learned sink logits joining each row's softmax.
+    Returns:
+        (out (B, Hq, Nq, D), lse (B, Hq, Nq), probs (B, Hq, Nq, Nk)) float64; rows that see no key give 0, 0, 0.
+    """
+    rep = q.shape[1] // k.shape[1]
+    kr, vr = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
+    s = (q.double() @ kr.transpose(-1, -2)) * scale
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    s = s + add
+    if sinks is not None:
+        col = sinks.double().view(1, -1, 1, 1).expand(s.shape[0], -1, s.shape[2], 1)
+        full = torch.cat([s, col], -1)
+    else:
+        full = s
+    lse = torch.logsumexp(full, -1)
+    seen = torch.isfinite(s).any(-1)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0) * seen[..., None]
+    return p @ vr, torch.where(seen, lse, torch.zeros(())), p
+
+
 def _common(**kw: Any) -> dict:
     base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,

@@ -183,7 +183,9 @@ def write_sinks_html(result: dict, heads: pd.DataFrame, path: str | Path) -> Non
 
 def sinks_section(ctx: CensusContext) -> CensusSection:
     """Census section ``sinks``: per-head first-token sink share and ACT hidden sinks on the census windows."""
-    rec = received_attention(ctx.lm, ctx.samples, progress=ctx.progress, desc="census: sinks")
+    rec = ctx.received  # from the attention section's pass over the same windows
+    if rec is None:
+        rec = received_attention(ctx.lm, ctx.samples, progress=ctx.progress, desc="census: sinks")
     heads = head_table(rec).drop(columns=["first_token_mass"])  # the attention section has it already
     prof = layer_profile(rec)
     summary = {"sink_rate_first_token": sink_rate(rec), "sink_eps": SINK_EPS,

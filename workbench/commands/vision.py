@@ -82,7 +82,8 @@ def hallucination(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """POPE-style yes/no (and optionally CHAIR-style listing) hallucination metrics with 95% bootstrap CIs."""
-    from ..hallucination import check_method, chair_metrics, pope_items, pope_metrics, run_chair, run_pope, heldout_images, with_ci
+    from ..hallucination import check_method, chair_metrics, pope_items, pope_metrics, run_chair, run_pope, heldout_images
+    from ..intervals import cluster_ci
     from ..models import load_model
     from ..vision_report import require_digits_model
 
@@ -101,9 +102,9 @@ def hallucination(
     from ..provenance import collect, write_json
 
     result = {"model": lm.spec.name, "method": method, "params": method_params(method), "split": split,
-              **with_ci(df, pope_metrics)}
+              **cluster_ci(df, pope_metrics)}
     if chair:
-        result["chair"] = with_ci(chair_df, chair_metrics)
+        result["chair"] = cluster_ci(chair_df, chair_metrics)
     result["file"] = str(write_json(result, cache.parent / f"hallucination_{method}_{split}_{images}.json",
                                     collect(lm, {"command": "hallucination", "model": model, "method": method,
                                                  "params": result["params"], "split": split, "images": images,

@@ -118,12 +118,11 @@ def plan_conditions(spec: StudySpec, lm: LoadedModel, reports: str | Path = "rep
 
 def bootstrap_ci(values: np.ndarray, agg, n: int, level: float, rng: np.random.Generator,
                  base: np.ndarray | None = None) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``agg(values)`` (or of ``agg(values) - agg(base)``, paired)."""
-    m = len(values)
-    idx = rng.integers(0, m, size=(n, m))
-    stats = np.array([agg(values[i]) - (agg(base[i]) if base is not None else 0.0) for i in idx])
-    a = (1 - level) / 2
-    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+    """Percentile bootstrap interval of ``agg(values)`` (or of ``agg(values) - agg(base)``, paired), ``n``
+    resamples of the examples (:func:`workbench.intervals.bootstrap_ci`)."""
+    from ..intervals import bootstrap_ci as ci
+
+    return ci(len(values), lambda i: agg(values[i]) - (agg(base[i]) if base is not None else 0.0), n, level, rng)
 
 
 def results_table(spec: StudySpec, rows: list[dict]) -> pd.DataFrame:
