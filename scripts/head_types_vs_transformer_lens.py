@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -75,7 +76,6 @@ def main() -> None:
         for k in HEAD_TYPES:
             out["random_repeated"][k] = agreement(ours[f"{k}_score"].to_numpy().reshape(L, H), refs[k])
     from workbench.provenance import code_sha256, collect, write_json
-    from workbench.runs import model_dir
 
     import transformer_lens
 
