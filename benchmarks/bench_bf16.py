@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import PeakRSS  # noqa: E402
+from common import PeakRSS, plain_forward  # noqa: E402
 
 from workbench import Tracer, load_model  # noqa: E402
 from workbench.tasks.text import token_windows  # noqa: E402
@@ -40,12 +40,7 @@ def run(lengths: list[int], repeats: int, threads: int) -> list[dict]:
         ids = token_windows(lm.tokenizer, n, 1)
 
         def plain():
-            model.set_attn_implementation("sdpa")
-            try:
-                with torch.no_grad():
-                    model(ids, use_cache=False)
-            finally:
-                model.set_attn_implementation("workbench")
+            plain_forward(model, ids)
 
         def traced():
             tracer.run(ids, allow_longer=True)

@@ -8,6 +8,7 @@ import threading
 import time
 
 import psutil
+import torch
 
 
 def _release_freed_memory() -> None:
@@ -63,3 +64,14 @@ def measure(fn, repeats: int = 3, warmup: int = 1) -> dict:
         peaks.append(m.peak)
         gc.collect()
     return {"seconds": statistics.median(times), "peak_mib": max(peaks) / 2**20}
+
+
+def plain_forward(model, ids, **kwargs) -> None:
+    """One forward pass of ``model`` over ``ids`` with transformers' stock SDPA attention instead of the workbench's
+    (the baseline of every ratio), no cache; the workbench attention is set back afterwards."""
+    model.set_attn_implementation("sdpa")
+    try:
+        with torch.no_grad():
+            model(ids, use_cache=False, **kwargs)
+    finally:
+        model.set_attn_implementation("workbench")

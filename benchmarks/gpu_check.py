@@ -8,8 +8,8 @@ Everything is built from configs with random weights (nothing is downloaded).
 
 1. **Kernel oracle** (every backend that can run on the device x float32/bfloat16 x causal / left padding /
    sliding window / finite bias / soft-cap): output and log-sum-exp of
-   :func:`workbench.core.kernels.attention_with_lse` under :func:`~workbench.core.kernels.force_backend` against a
-   float64 eager softmax written here.
+   :func:`workbench.core.kernels.attention_with_lse` under :func:`~workbench.core.kernels.force_backend` against the
+   float64 eager softmax :func:`workbench.core.oracle.eager_attention`.
 2. **Model oracle** (tiny Llama, Mistral with a window shorter than the input, Gemma-2 with soft-capping and
    windows, gpt-oss with learned sinks; float32 and bfloat16; a left-padded batch of 2): attention patterns
    (``AttentionCall.probs``) and received attention against transformers' eager ``output_attentions`` on the
@@ -33,11 +33,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import plain_forward  # noqa: E402
 from workbench.core.attention import AttentionCall, attention_hooks, register_attention  # noqa: E402
 from workbench.core.kernels import BACKENDS, Features, attention_with_lse, force_backend  # noqa: E402
 from workbench.core.models import LoadedModel, ModelSpec  # noqa: E402
+from workbench.core.oracle import eager_attention  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # tolerances against float64 eager, per model dtype (bf16: the kernels round P to bf16 before P @ V)
@@ -51,19 +54,6 @@ class _Tok:
 
     def convert_ids_to_tokens(self, ids):
         return [f"t{i}" for i in ids]
-
-
-def _eager(q, k, v, add, scale, softcap=None):
-    rep = q.shape[1] // k.shape[1]
-    kr, vr = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
-    s = (q.double() @ kr.transpose(-1, -2)) * scale
-    if softcap is not None:
-        s = softcap * torch.tanh(s / softcap)
-    s = s + add
-    lse = torch.logsumexp(s, -1)
-    seen = torch.isfinite(lse)
-    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
-    return p @ vr, torch.where(seen, lse, torch.zeros((), dtype=lse.dtype, device=lse.device))
 
 
 def kernel_oracle(device: torch.device, n: int) -> list[dict]:
@@ -90,7 +80,7 @@ def kernel_oracle(device: torch.device, n: int) -> list[dict]:
             mask = None if case in ("causal", "softcap") else add.to(dtype)
             cap = 5.0 if "softcap" in case else None
             # the kernel adds the mask in the model dtype: the reference adds the same rounded values
-            ref_out, ref_lse = _eager(q, k, v, add if mask is None else mask.double(), 0.125, cap)
+            ref_out, ref_lse, _ = eager_attention(q, k, v, add if mask is None else mask.double(), 0.125, cap)
             feats = Features(mask=mask is not None, softcap=cap is not None, causal=mask is None)
             for name, be in BACKENDS.items():
                 if not be.supports(q, k, feats):
@@ -222,12 +212,7 @@ def benchmark(device: torch.device, tiny: bool, lengths: list[int], repeats: int
         ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
 
         def plain():
-            model.set_attn_implementation("sdpa")
-            try:
-                with torch.no_grad():
-                    model(ids, use_cache=False, logits_to_keep=1)
-            finally:
-                model.set_attn_implementation("workbench")
+            plain_forward(model, ids, logits_to_keep=1)
 
         def traced():
             tracer.run(ids, allow_longer=True, logits_to_keep=1)

@@ -3,6 +3,10 @@ mutmut over the core modules (outside CI: minutes to hours).
 
     PYTHONPATH=. python benchmarks/mutation.py                 # the injected bugs of issue 16 (a few minutes)
     PYTHONPATH=. python benchmarks/mutation.py --mutmut stats  # also mutmut on one core module (needs mutmut)
+    nice python benchmarks/mutation.py --skip-injected --mutmut attention --mutmut stats --mutmut tracer \\
+        --mutmut interventions --sample 40                     # mutation scores of the core modules
+
+mutmut is outside CI and the test extra: ``pip install -e '.[mutation]'`` (mutmut 3.8.1).
 
 Each injected bug edits a copy of this checkout (never the checkout itself), runs the named test files
 with ``-x -m "not slow"``, and reports killed (a test failed) or survived. The mutmut run copies the checkout
@@ -92,6 +96,9 @@ def injected() -> int:
     return survived
 
 
+MODULES = {"stats": "workbench/core/stats.py", "attention": "workbench/core/attention.py", "tracer": "workbench/core/tracer.py",
+           "interventions": "workbench/interventions/*.py"}
+# the fast tests that cover each module (mutmut 3 runs, per mutant, only the tests that called the mutated function)
 MUTMUT_TESTS = {"stats": ["tests/test_properties.py", "tests/test_sampled_stats.py", "tests/test_tracer.py"],
                 "attention": ["tests/test_attention.py", "tests/test_properties.py"],
                 "tracer": ["tests/test_tracer.py", "tests/test_sampled_stats.py", "tests/test_silent_noops.py"],
@@ -99,40 +106,108 @@ MUTMUT_TESTS = {"stats": ["tests/test_properties.py", "tests/test_sampled_stats.
                                   "tests/test_registry.py"]}
 
 
-def run_mutmut(module: str) -> None:
-    """mutmut 3 on one core module with its fast tests, in a copy of the checkout; prints its result counts."""
+# Equivalent mutants, excluded from the score: (mutated function as mutmut names it, the mutated line as mutmut
+# writes it) -> why no test can tell it from the original. Matched on the mutant's diff, so they stay excluded
+# when mutant numbers shift.
+EQUIVALENT = {
+    ("workbench.core.attention.x_workbench_attention", "mask = mask.to(None)"):
+        "moving the mask to the query's device is a no-op when everything is on one device (CPU-only tests)",
+    ("workbench.core.attention.xǁAttentionCallǁscores", "hidx = torch.as_tensor(list(heads), dtype=torch.long, device=None)"):
+        "the head index on the default device: the same tensor on a one-device machine",
+    ("workbench.core.attention.xǁAttentionCallǁvisible", "qpos = torch.arange(q_start, q_stop, ) + self.q_offset"):
+        "the query positions on the default device: the same tensor on a one-device machine",
+    ("workbench.core.attention.xǁAttentionCallǁadditive_mask", "q_stop = None"):
+        "additive_mask's q_stop default: slicing to None and visible(q_start, None) already mean 'to the last query'",
+}
+
+
+def _equivalent(repo: Path, mutmut: list[str], env: dict, name: str) -> str | None:
+    """The stated reason if mutant ``name`` is a listed equivalent mutant, else None."""
+    diff = subprocess.run(mutmut + ["show", name], cwd=repo, env=env, capture_output=True, text=True).stdout
+    added = {ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")}
+    for (function, line), why in EQUIVALENT.items():
+        if name.rsplit("__mutmut_", 1)[0] == function and line in added:
+            return why
+    return None
+
+
+def run_mutmut(module: str, sample: int = 40, seed: int = 0) -> dict[str, int]:
+    """mutmut 3 on one core module with its fast tests, in a copy of the checkout, on one worker process.
+
+    mutmut makes about a thousand mutants of each module and a surviving one runs every covering test
+    (tens of seconds on two cores), so the score is estimated on ``sample`` mutants drawn uniformly with
+    ``seed`` (0: all of them); the Wilson 95% interval of the killed share is printed with it. Lines marked
+    ``# pragma: no mutate`` are equivalent mutants excluded by hand, each with its reason on the line.
+    Returns mutmut's counts over the mutants run (killed, survived, no tests, timeout, ...).
+    """
+    import json
+    import random
+
+    from scipy.stats import binomtest
+
     repo = _copy()
-    paths = {"stats": "workbench/core/stats.py", "attention": "workbench/core/attention.py", "tracer": "workbench/core/tracer.py",
-             "interventions": "workbench/interventions/"}[module]
-    tests = " ".join(MUTMUT_TESTS[module])
     (repo / "setup.cfg").write_text(
         "[mutmut]\n"
-        f"paths_to_mutate = {paths}\n"
-        "also_copy = workbench/ dashboards/ circuits/ probes/ tests/conftest.py\n"
-        f"pytest_add_cli_args_test_selection = {tests}\n"
-        "pytest_add_cli_args = -m 'not slow' -x -q -p no:randomly\n")
+        "source_paths = workbench/\n"
+        f"only_mutate = {MODULES[module]}\n"
+        "also_copy =\n    dashboards/\n    circuits/\n    probes/\n"
+        "pytest_add_cli_args_test_selection =\n" + "".join(f"    {t}\n" for t in MUTMUT_TESTS[module]) +
+        "pytest_add_cli_args =\n    -m\n    not slow\n    -p\n    no:cacheprovider\n"
+        # torch is not fork-safe once it has run: fork each mutant from a clean server process
+        "process_isolation = forkserver\n"
+        "use_git_change_detection = false\n")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1")
+    env.pop("PYTHONPATH", None)  # mutmut puts its mutants/ folder first; the checkout must not shadow it
+    mutmut = [sys.executable, "-m", "mutmut"]
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=repo, env=env)
-    res = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=repo, env=env,
-                         capture_output=True, text=True).stdout
-    counts: dict[str, int] = {}
+    # 1: generate the mutants and map tests to functions (a filter matching no mutant stops mutmut there)
+    subprocess.run(mutmut + ["run", "--max-children", "1", "none-such-mutant"], cwd=repo, env=env,
+                   capture_output=True, text=True)
+    names = []
+    for meta in sorted((repo / "mutants").rglob("*.py.meta")):
+        names += sorted(json.loads(meta.read_text())["exit_code_by_key"])
+    if not names:
+        raise SystemExit(f"mutmut made no mutants of {MODULES[module]} (see {repo})")
+    chosen = sorted(random.Random(seed).sample(names, sample)) if 0 < sample < len(names) else names
+    # 2: run the chosen mutants
+    subprocess.run(mutmut + ["run", "--max-children", "1", *chosen], cwd=repo, env=env, capture_output=True, text=True)
+    res = subprocess.run(mutmut + ["results", "--all", "true"], cwd=repo, env=env, capture_output=True,
+                         text=True).stdout
+    status = {}
     for line in res.splitlines():
         if ":" in line:
-            status = line.rsplit(":", 1)[1].strip()
-            counts[status] = counts.get(status, 0) + 1
-    total = sum(counts.values())
-    print(f"mutmut {module}: {counts} of {total} mutants; killed share "
-          f"{counts.get('killed', 0) / max(1, total):.2%}; {time.perf_counter() - t:.0f} s; results in {repo}")
+            name, st = (x.strip() for x in line.rsplit(":", 1))
+            status[name] = st
+    reasons = {n: _equivalent(repo, mutmut, env, n) for n in chosen if status.get(n) != "killed"}
+    for n, why in reasons.items():
+        if why:
+            status[n] = "equivalent"
+    counts: dict[str, int] = {}
+    for n in chosen:
+        counts[status.get(n, "missing")] = counts.get(status.get(n, "missing"), 0) + 1
+    killed, total = counts.get("killed", 0), len(chosen) - counts.get("equivalent", 0)
+    lo, hi = binomtest(killed, total).proportion_ci(0.95, method="wilson")
+    print(f"mutmut {module}: {killed} of {total} sampled mutants killed ({killed / total:.1%}, 95% CI "
+          f"{lo:.1%}-{hi:.1%}; {len(names)} mutants in all, equivalent ones excluded); {counts}; "
+          f"{time.perf_counter() - t:.0f} s", flush=True)
+    for n in chosen:
+        if status.get(n) != "killed":
+            why = f" ({reasons[n]})" if reasons.get(n) else ""
+            print(f"  {status.get(n, 'missing'):>10}  {n}{why}    (cd {repo} && {' '.join(mutmut)} show {n})", flush=True)
+    return counts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mutmut", choices=sorted(MUTMUT_TESTS), action="append", default=[])
+    ap.add_argument("--mutmut", choices=sorted(MUTMUT_TESTS), action="append", default=[],
+                    help="also run mutmut over this core module (repeatable; needs pip install -e '.[mutation]')")
+    ap.add_argument("--sample", type=int, default=40, help="mutants drawn per module (0: all; about 1000 each)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the mutant sample")
+    ap.add_argument("--skip-injected", action="store_true", help="run only the mutmut part")
     a = ap.parse_args()
-    survived = injected()
+    survived = 0 if a.skip_injected else injected()
     for m in a.mutmut:
-        run_mutmut(m)
+        run_mutmut(m, a.sample, a.seed)
     sys.exit(1 if survived else 0)
 
 

@@ -127,8 +127,11 @@ def main() -> None:
             cells += [f"{plain[n]:.2f}", f"{share:.0%}", f"{predicted:.2f}x", f"{floor:.2f}x"]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
+    from workbench.io.provenance import collect, markdown_footer
+
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
+    a.out.write_text(text + markdown_footer(collect(None, {"command": "benchmarks/profile_attention.py",
+                                                            **{k: v for k, v in vars(a).items() if k != "out"}})))
     print(text)
 
 

@@ -39,7 +39,6 @@ skipped and reported as such instead of crashing the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -50,7 +49,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import measure as _measure  # noqa: E402
+from common import measure as _measure, plain_forward  # noqa: E402
 
 from workbench import Tracer, load_model  # noqa: E402
 from workbench.interventions import HeadAblation  # noqa: E402
@@ -107,12 +106,7 @@ def run(lengths: list[int], long_lengths: list[int], repeats: int, threads: int,
             return _measure(fn, r, warmup=_warm)
 
         def plain():
-            model.set_attn_implementation("sdpa")
-            try:
-                with torch.no_grad():
-                    model(ids, use_cache=False)
-            finally:
-                model.set_attn_implementation("workbench")
+            plain_forward(model, ids)
 
         record(n, "plain", measure(plain, reps))
         sinks = Tracer(lm, stats=("received",))
@@ -319,9 +313,11 @@ def main() -> None:
     a = ap.parse_args()
     doc = run([int(x) for x in a.lengths.split(",") if x], [int(x) for x in a.long_lengths.split(",") if x],
               a.repeats, a.threads, a.gen_tokens)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "benchmarks.json").write_text(json.dumps(doc, indent=1))
-    (a.out / "benchmarks.md").write_text(markdown(doc))
+    from workbench.io.provenance import collect, markdown_footer, write_json
+
+    prov = collect(None, {"command": "benchmarks/run_all.py", **{k: v for k, v in vars(a).items() if k != "out"}})
+    write_json(doc, a.out / "benchmarks.json", prov)
+    (a.out / "benchmarks.md").write_text(markdown(doc) + markdown_footer(prov))
     print(markdown(doc))
 
 

@@ -261,21 +261,27 @@ def activation_patching(lm: LoadedModel, task: PatchingTask, heads: Sequence[Hea
     heads = sorted(heads) if heads is not None else _all_heads(lm)
     base = _baselines(lm, task)
     ld_sum = {hh: 0.0 for hh in heads}
-    chunks = [heads[a:a + heads_per_pass] for a in range(0, len(heads), heads_per_pass)]
-    bar = tqdm(total=len(chunks) * len(base), desc=f"activation patching ({task.name})", disable=not progress)
-    for g in base:
-        for chunk in chunks:
-            patches = [{hh: g["z_clean"][hh[0]][:, hh[1]]} for hh in chunk]
-            iv = ReplicaZPatch(len(chunk), patches)
-            first = min(layer for layer, _ in chunk)  # layers before it see no patch: start there
-            with iv.applied(), start_at(lm, first, _rep(g["resid_corr"][first], len(chunk))):
-                logits = _forward_last(lm, _rep(g["corr"], len(chunk)))
-            _add_logit_diffs(ld_sum, chunk, logits, g)
-            bar.update()
-    bar.close()
+    for g, chunk in _passes(heads, heads_per_pass, base, f"activation patching ({task.name})", progress):
+        patches = [{hh: g["z_clean"][hh[0]][:, hh[1]]} for hh in chunk]
+        iv = ReplicaZPatch(len(chunk), patches)
+        first = min(layer for layer, _ in chunk)  # layers before it see no patch: start there
+        with iv.applied(), start_at(lm, first, _rep(g["resid_corr"][first], len(chunk))):
+            logits = _forward_last(lm, _rep(g["corr"], len(chunk)))
+        _add_logit_diffs(ld_sum, chunk, logits, g)
     df = _table(heads, ld_sum, len(task), base)
     df["effect"] = df["normalised"]
     return df
+
+
+def _passes(heads: list[Head], per_pass: int, base: list[dict], desc: str, progress: bool):
+    """(batch group, chunk of at most ``per_pass`` heads) for every forward pass of a patching sweep, with
+    one progress bar over all of them."""
+    chunks = [heads[a:a + per_pass] for a in range(0, len(heads), per_pass)]
+    with tqdm(total=len(chunks) * len(base), desc=desc, disable=not progress) as bar:
+        for g in base:
+            for chunk in chunks:
+                yield g, chunk
+                bar.update()
 
 
 @torch.no_grad()
@@ -307,23 +313,18 @@ def path_patching(lm: LoadedModel, task: PatchingTask, receivers: Sequence[Head]
     senders = sorted(senders)
     base = _baselines(lm, task)
     ld_sum = {hh: 0.0 for hh in senders}
-    chunks = [senders[a:a + heads_per_pass] for a in range(0, len(senders), heads_per_pass)]
-    bar = tqdm(total=len(chunks) * len(base), desc=f"path patching ({task.name})", disable=not progress)
-    for g in base:
-        for chunk in chunks:
-            n = len(chunk)
-            step2 = _FreezeOthers(n, chunk, g["z_clean"], g["z_corr"], record=recv)
-            first = min(layer for layer, _ in chunk)  # before the sender everything is clean: start there
-            with step2.applied(), start_at(lm, first, _rep(g["resid_clean"][first], n)):
+    for g, chunk in _passes(senders, heads_per_pass, base, f"path patching ({task.name})", progress):
+        n = len(chunk)
+        step2 = _FreezeOthers(n, chunk, g["z_clean"], g["z_corr"], record=recv)
+        first = min(layer for layer, _ in chunk)  # before the sender everything is clean: start there
+        with step2.applied(), start_at(lm, first, _rep(g["resid_clean"][first], n)):
+            logits = _forward_last(lm, _rep(g["clean"], n))
+        if not to_logits:
+            step3 = ReplicaZPatch(n, step2.recorded)
+            first = recv[0][0]
+            with step3.applied(), start_at(lm, first, _rep(g["resid_clean"][first], n)):
                 logits = _forward_last(lm, _rep(g["clean"], n))
-            if not to_logits:
-                step3 = ReplicaZPatch(n, step2.recorded)
-                first = recv[0][0]
-                with step3.applied(), start_at(lm, first, _rep(g["resid_clean"][first], n)):
-                    logits = _forward_last(lm, _rep(g["clean"], n))
-            _add_logit_diffs(ld_sum, chunk, logits, g)
-            bar.update()
-    bar.close()
+        _add_logit_diffs(ld_sum, chunk, logits, g)
     df = _table(senders, ld_sum, len(task), base)
     df["effect"] = df["normalised"] - 1.0
     df.attrs["receivers"] = "logits" if to_logits else [list(r) for r in recv]

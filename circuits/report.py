@@ -39,7 +39,7 @@ def patch_circuits(lm: LoadedModel, tasks: Sequence[str] = ("ioi",), n: int = 32
     Raises:
         WorkbenchError: an unknown task name.
     """
-    from workbench.io.provenance import collect, write_json, write_parquet
+    from workbench.io.provenance import collect, write_csv, write_json, write_parquet
     from workbench.io.runs import model_dir
     from workbench.report.viz import layer_head_heatmap, write_html
 
@@ -64,7 +64,7 @@ def patch_circuits(lm: LoadedModel, tasks: Sequence[str] = ("ioi",), n: int = 32
         info["example_corrupted"] = t.corrupted_prompts[0]
         circuit, tables = extract_circuit(lm, t, k=k, stages=stages)
         if d is not None:
-            circuit.to_csv(d / f"{name}_circuit.csv", index=False)
+            write_csv(circuit, d / f"{name}_circuit.csv", prov)
         for s, tab in tables.items():
             if d is not None:
                 write_parquet(tab, d / f"{name}_path_stage{s}.parquet", prov)

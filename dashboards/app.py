@@ -117,6 +117,7 @@ def _mtime(path: str, name: str) -> float:
 st.sidebar.title("Attention-head workbench")
 from workbench.core.devices import DEVICE_CHOICES, DTYPE_CHOICES  # noqa: E402  (after set_page_config)
 from workbench.core.presets import PRESETS  # noqa: E402
+from workbench.io.runs import model_dir  # noqa: E402
 
 options = V.preset_options(PRESETS)
 labels = dict(options)
@@ -165,8 +166,8 @@ else:
 
 st.sidebar.header("Census")
 # your own run folder first, else the committed reference results (shown with their provenance either way)
-default_census = ARGS.census or next((d for d in ("runs/smollm2-135m", "reports/smollm2-135m")
-                                      if (Path(d) / "heads.parquet").exists()), "")
+default_census = ARGS.census or next((str(d) for d in (model_dir(None, "smollm2-135m"), model_dir("reports", "smollm2-135m"))
+                                      if (d / "heads.parquet").exists()), "")
 cpath = st.sidebar.text_input("Census directory", value=default_census, key="census_path",
                               help="reports/<model>/ with heads.parquet and summary.json")
 census_upload = st.sidebar.file_uploader("or upload a per-head table", key="census_upload",

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from workbench.core.errors import TraceFileError, WorkbenchError
-from workbench.core.models import parse_heads as parse_head_list
+from workbench.core.headsets import parse_head_set
 from workbench.core.trace import Trace
 
 MAX_UPLOAD_MB = 256  # per file; also passed to Streamlit as server.maxUploadSize
@@ -263,10 +263,10 @@ def parse_uploads(files: dict[str, bytes], max_mb: float = MAX_UPLOAD_MB) -> tup
 
 
 def parse_heads(spec: str) -> list[tuple[int, int]]:
-    """Parse ``"3.1, 7.4"`` (or ``3:1``) into [(3, 1), (7, 4)]; the model range-checks them when building.
+    """Parse ``"3.1, 7.4"`` (or ``3:1``; the head-set grammar of :mod:`workbench.core.headsets`) into
+    [(3, 1), (7, 4)]; the model range-checks them when building.
 
     Raises:
         WorkbenchError: malformed entry.
     """
-    normalised = ",".join(p.strip().replace(":", ".") for p in spec.replace(";", ",").split(","))
-    return parse_head_list(normalised, hint="layer.head, e.g. 3.1, 7.4")
+    return parse_head_set(spec, hint="layer.head or layer.head-layer.head, e.g. 3.1, 7.4")

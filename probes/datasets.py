@@ -18,18 +18,13 @@ import numpy as np
 import torch
 
 from workbench.core.models import LoadedModel
+from workbench.tasks.needle import NEEDLES as RETRIEVAL_NEEDLES
 from workbench.tasks.text import token_windows
 from workbench.core.tracer import Tracer
 from .probe import ProbeData
 
-NEEDLES = (
-    "The secret ingredient of the soup was a spoonful of orange marmalade.",
-    "My grandmother kept forty two goats on a small farm near the coast.",
-    "The lighthouse keeper painted the stairs bright green every spring.",
-    "A purple umbrella was left behind at the train station last Tuesday.",
-    "The best way to cross the river is the old wooden bridge by the mill.",
-    "Our neighbour taught her parrot to whistle the national anthem.",
-)
+# the retrieval sweep's needle sentences (invented facts, written for this project), the one list of needles
+NEEDLES = tuple(n.sentence for n in RETRIEVAL_NEEDLES)
 
 
 def _features(tr, site: str, li: int, head: int | None) -> torch.Tensor:

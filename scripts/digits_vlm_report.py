@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Measure the digits VLM and write reports/digits-vlm/: image use, vision heads, hallucination tables.
 
-    PYTHONPATH=. .venv/bin/python scripts/digits_vlm_report.py --images 40
+    PYTHONPATH=. .venv/bin/python scripts/digits_vlm_report.py --images 40 [--out runs]
+
+``workbench reproduce`` runs it with ``--out reports``; report.json and report.md carry their provenance.
 
 Answers are cached in <out>/digits-vlm/hallucination/answers-<configuration hash>.jsonl, so a rerun resumes.
 """
@@ -30,18 +32,20 @@ def fmt(m: dict, k: str) -> str:
 def main() -> int:
     from workbench import load_model
     from workbench.tasks import hallucination as H
+    from workbench.core.intervals import cluster_ci
+    from workbench.io.runs import model_dir
     from workbench.report.vision_report import vision_analysis
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--vision-images", type=int, default=8)
     ap.add_argument("--ablation-images", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=Path("reports"))
+    ap.add_argument("--out", type=Path, default=Path("runs"))
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     lm = load_model("digits-vlm")
-    d = a.out / "digits-vlm"
+    d = model_dir(a.out, "digits-vlm")
     d.mkdir(parents=True, exist_ok=True)
     report: dict = {}
     md = ["# digits-vlm: image use, vision heads, object hallucination", ""]
@@ -104,8 +108,8 @@ def main() -> int:
     for method in H.METHODS:
         df = H.run_pope(lm, imgs, items, method, cache=cache)
         for split in H.SPLITS:
-            pope[(method, split)] = H.with_ci(df[df.split == split], H.pope_metrics)
-        chair[method] = H.with_ci(H.run_chair(lm, imgs, method, cache=cache), H.chair_metrics)
+            pope[(method, split)] = cluster_ci(df[df.split == split], H.pope_metrics)
+        chair[method] = cluster_ci(H.run_chair(lm, imgs, method, cache=cache), H.chair_metrics)
     report["pope"] = {f"{m}/{s}": v for (m, s), v in pope.items()}
     report["chair"] = chair
     md += [f"## POPE-style ({a.images} held-out images, 1 positive + 1 negative each; 95% bootstrap CI over images)", "",
@@ -119,8 +123,13 @@ def main() -> int:
     for method in H.METHODS:
         m = chair[method]
         md.append(f"| {method} | " + " | ".join(fmt(m, k) for k in ("chair_s", "chair_i", "length", "recall")) + " |")
-    (d / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    (d / "report.md").write_text("\n".join(md) + "\n")
+    from workbench.io.provenance import code_sha256, collect, markdown_footer, write_json
+
+    settings = {k: v for k, v in vars(a).items() if k != "out"}
+    prov = collect(lm, {"command": "digits_vlm_report", "model": lm.spec.name, **settings, "methods": list(H.METHODS),
+                        "splits": list(H.SPLITS), "code_sha256": code_sha256([*H.CACHE_CODE, "workbench.report.vision_report"])})
+    write_json(json.loads(json.dumps(report, default=str)), d / "report.json", prov)
+    (d / "report.md").write_text("\n".join(md) + "\n" + markdown_footer(prov))
     print("\n".join(md))
     return 0
 

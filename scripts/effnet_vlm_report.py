@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-OUT = Path("reports/effnet-smollm2-vqa")
+from workbench.io.runs import model_dir
+
+OUT = model_dir("reports", "effnet-smollm2-vqa")
 SCENE_SEED = 2000
 VHR_GRID = [{"alpha": 1.5}, {"alpha": 2.0}, {"alpha": 3.0}]
 VAR_GRID = [{"p": 0.6, "rho": 0.5}, {"p": 0.9, "rho": 0.5}]
@@ -94,7 +96,8 @@ def _chosen() -> dict:
 
 def stage_pope(lm, a) -> dict:
     from workbench.demo import easyvqa as V
-    from workbench.tasks.vqa_hallucination import bootstrap_ci, mcnemar, paired_diff_ci, pope_metrics, run_pope
+    from workbench.core.intervals import cluster_ci, mcnemar, paired_cluster_ci
+    from workbench.tasks.vqa_hallucination import pope_metrics, run_pope
 
     _, ev = _scenes(a)
     items = V.pope_items(ev, seed=2)
@@ -105,11 +108,11 @@ def stage_pope(lm, a) -> dict:
     for split in ("random", "popular", "adversarial"):
         for m, df in runs.items():
             sub = df[df.split == split]
-            table.append({"split": split, "method": m, "params": chosen.get(m), **bootstrap_ci(sub, pope_metrics)})
+            table.append({"split": split, "method": m, "params": chosen.get(m), **cluster_ci(sub, pope_metrics)})
             if m != "none":
                 base = runs["none"][runs["none"].split == split]
                 tests.append({"split": split, "method": m, "vs": "none",
-                              "f1_diff_ci": paired_diff_ci(base, sub, pope_metrics, "f1"),
+                              "f1_diff_ci": paired_cluster_ci(base, sub, pope_metrics, "f1"),
                               "mcnemar_correct": mcnemar(sub.correct.to_numpy(), base.correct.to_numpy()),
                               "answers_changed": int((sub.pred.to_numpy() != base.pred.to_numpy()).sum())})
     res = {"n_scenes": len(ev), "n_questions_per_split": int((items.split == "random").sum()), "table": table, "paired": tests}
@@ -119,7 +122,8 @@ def stage_pope(lm, a) -> dict:
 
 
 def stage_chair(lm, a) -> dict:
-    from workbench.tasks.vqa_hallucination import bootstrap_ci, chair_metrics, mcnemar, paired_diff_ci, run_chair
+    from workbench.core.intervals import cluster_ci, mcnemar, paired_cluster_ci
+    from workbench.tasks.vqa_hallucination import chair_metrics, run_chair
 
     _, ev = _scenes(a)
     ev = ev[: a.n_chair]
@@ -128,12 +132,12 @@ def stage_chair(lm, a) -> dict:
     pd.concat(runs.values()).to_csv(OUT / "chair_captions.csv", index=False)
     table, tests = [], []
     for m, df in runs.items():
-        table.append({"method": m, "params": chosen.get(m), **bootstrap_ci(df, chair_metrics)})
+        table.append({"method": m, "params": chosen.get(m), **cluster_ci(df, chair_metrics)})
         if m != "none":
             base = runs["none"]
             tests.append({"method": m, "vs": "none",
-                          "chair_s_diff_ci": paired_diff_ci(base, df, chair_metrics, "chair_s"),
-                          "recall_diff_ci": paired_diff_ci(base, df, chair_metrics, "recall"),
+                          "chair_s_diff_ci": paired_cluster_ci(base, df, chair_metrics, "chair_s"),
+                          "recall_diff_ci": paired_cluster_ci(base, df, chair_metrics, "recall"),
                           "mcnemar_hallucinated": mcnemar((df.hallucinated.map(len) > 0).to_numpy(),
                                                           (base.hallucinated.map(len) > 0).to_numpy())})
     res = {"n_scenes": len(ev), "table": table, "paired": tests}

@@ -4,12 +4,14 @@ TransformerLens side: ``TransformerBridge.boot_transformers`` on the cached dequ
 (eager attention), then (a) ``head_detector.detect_head`` on a prose paragraph for all three
 head types (it prepends BOS), and (b) ``compute_head_attention_similarity_score`` on
 ``hook_pattern`` for repeated random tokens. Workbench side: ``head_type_scores`` on the same ids.
-Writes reports/smollm2-135m/head_types_vs_transformer_lens.json.
+Writes ROOT/smollm2-135m/head_types_vs_transformer_lens.json (``--out ROOT``, default runs/; ``workbench
+reproduce`` runs it with ``--out reports``), with its provenance.
 
-    PYTHONPATH=. python scripts/head_types_vs_transformer_lens.py
+    PYTHONPATH=. python scripts/head_types_vs_transformer_lens.py [--out runs]
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from transformers import AutoModelForCausalLM
 from workbench import load_model
 from workbench.analyzers.head_types import HEAD_TYPES, head_type_scores, repeated_random_tokens
 from workbench.core.models import cache_dir
+from workbench.io.runs import model_dir
 from workbench.tasks.text import prose_paragraphs
 
 TL_NAME = {"previous_token": "previous_token_head", "duplicate_token": "duplicate_token_head",
@@ -39,6 +42,9 @@ def agreement(ours: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("runs"))
+    a = ap.parse_args()
     torch.set_num_threads(1)
     lm = load_model("smollm2-135m")
     path = str(cache_dir() / "smollm2-135m")
@@ -69,8 +75,14 @@ def main() -> None:
                             pat[h], det, exclude_bos=False, exclude_current_token=False, error_measure="mul") / len(rnd)
         for k in HEAD_TYPES:
             out["random_repeated"][k] = agreement(ours[f"{k}_score"].to_numpy().reshape(L, H), refs[k])
-    p = Path("reports") / lm.spec.name / "head_types_vs_transformer_lens.json"
-    p.write_text(json.dumps(out, indent=1))
+    from workbench.io.provenance import code_sha256, collect, write_json
+
+    import transformer_lens
+
+    cfg = {"command": "head_types_vs_transformer_lens", "model": lm.spec.name, "prose_tokens": out["prose_tokens"],
+           "random": {"length": 64, "n": 2, "seed": 0}, "transformer_lens": getattr(transformer_lens, "__version__", None),
+           "code_sha256": code_sha256(["workbench.analyzers.head_types", "workbench.core.stats"])}
+    write_json(out, model_dir(a.out, lm.spec.name) / "head_types_vs_transformer_lens.json", collect(lm, cfg, 0))
     print(json.dumps(out, indent=1))
 
 

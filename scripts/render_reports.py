@@ -6,7 +6,7 @@
 * ``<model>/vision.html`` from ``vision.json`` + ``vhd_heads.csv`` (:func:`workbench.report.vision_report.write_vision_html`);
 * ``<model>/census.html`` from ``heads.parquet`` + ``summary.json`` (a heatmap, definition and top-10 table
   per known column: :func:`workbench.report.census.write_census_html`);
-* ``studies/*/report.html`` from ``report.md`` (:func:`workbench.report.viz.markdown_page`);
+* ``<model>/studies/*/report.html`` from ``report.md`` (:func:`workbench.report.viz.markdown_page`);
 * every other page keeps its figures; its ``<script src=...plotly.min.js>`` is pointed at the tree's one
   shared bundle ``REPORTS_DIR/plotly.min.js`` and per-folder copies are removed.
 """
@@ -53,7 +53,7 @@ def main(reports: Path) -> None:
         summary = json.loads((hp.parent / "summary.json").read_text()) if (hp.parent / "summary.json").exists() else {}
         write_census_html(pd.read_parquet(hp), summary, hp.parent / "census.html", hp.parent.name)
         done.add(hp.parent / "census.html")
-    for md in reports.glob("studies/*/report.md"):
+    for md in reports.glob("*/studies/*/report.md"):
         text = re.sub(r"\bL(\d+)H(\d+)\b", r"\1.\2", md.read_text())  # heads as the flags take them
         md.write_text(text)
         spec = json.loads((md.parent / "spec.json").read_text()) if (md.parent / "spec.json").exists() else {}

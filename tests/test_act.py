@@ -38,6 +38,16 @@ def eager_sink_set(p: torch.Tensor, threshold: float) -> torch.Tensor:
     return out
 
 
+def eager_calibrate(p: torch.Tensor, sinks: torch.Tensor, beta: float) -> torch.Tensor:
+    """ACT's map edit written out (Yu et al. 2024, eq. of the module docstring), not the project's act_reference:
+    sink columns times beta, the other columns times (1 - beta * A_S) / (1 - A_S); rows whose non-sink mass is
+    below 1e-6 unchanged. p (B, Nq, Nk) float64, sinks (B, Nk) bool."""
+    s = sinks[:, None, :].expand_as(p)
+    a_s = torch.where(s, p, torch.zeros_like(p)).sum(-1, keepdim=True)
+    factor = torch.where(s, torch.full_like(p, beta), (1 - beta * a_s) / (1 - a_s).clamp_min(1e-300))
+    return torch.where(1 - a_s > 1e-6, p * factor, p)
+
+
 class EagerACT:
     """Oracle: materialise the softmax map (own code), find ACT's sink set from it (own code), edit the map,
     multiply by V.
@@ -77,7 +87,7 @@ class EagerACT:
             if not applies:
                 assert closed is None, "ACT changed a call outside its phase"
                 continue
-            new_p = act_reference(probs[:, h: h + 1], mask[:, None], self.act.beta)[:, 0]
+            new_p = eager_calibrate(probs[:, h], mask, self.act.beta)
             v = call.value[:, h // call.n_rep].double()
             eager = torch.matmul(new_p, v)
             self.max_err = max(self.max_err, float((closed[:, h].double() - eager).abs().max()))
@@ -98,6 +108,9 @@ def test_reference_rows_sum_to_one_and_scale_sinks():
     mask = torch.zeros(2, 3, 7, dtype=torch.bool)
     mask[:, :, 2] = True
     new = act_reference(p, mask, 0.4)
+    # the project's eager reference equals the edit written out in this file
+    for h in range(3):
+        torch.testing.assert_close(new[:, h].double(), eager_calibrate(p[:, h].double(), mask[:, h], 0.4))
     torch.testing.assert_close(new.sum(-1), torch.ones(2, 3, 5))
     torch.testing.assert_close(new[..., 2], 0.4 * p[..., 2])
     # non-sink keys keep their proportions

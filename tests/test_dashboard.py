@@ -111,6 +111,16 @@ def test_app_census_tab(census_dir):
     titles = _titles(at)
     assert "attention sinks: first_token_mass" in titles
     assert "needle.parquet" in titles and "massive.csv" in titles
+    # the sinks map is the heads table's first_token_mass, layer by head; the needle chart its accuracy grid
+    charts = {t: json.loads(c.proto.spec) for t, c in zip(titles, at.get("plotly_chart"))}
+    heads = pd.read_parquet(census_dir / "heads.parquet")
+    want = heads.pivot(index="layer", columns="head", values="first_token_mass").to_numpy()
+    z = _array(charts["attention sinks: first_token_mass"]["data"][0]["z"]).astype(float)
+    assert z.shape in (want.shape, want.T.shape) and np.allclose(z if z.shape == want.shape else z.T, want)
+    needle = pd.read_parquet(census_dir / "needle.parquet")
+    zn = _array(charts["needle.parquet"]["data"][0]["z"]).astype(float)
+    grid = needle.pivot(index="depth", columns="length", values="accuracy").to_numpy()
+    assert np.allclose(zn if zn.shape == grid.shape else zn.T, grid)
 
 
 # --- sources -----------------------------------------------------------------------------------

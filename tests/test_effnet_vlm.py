@@ -107,7 +107,8 @@ def test_scenes_are_deterministic_split_pure_and_pope_negatives_follow_the_rules
 
 def test_chair_row_and_mcnemar():
     from workbench.demo import easyvqa as V
-    from workbench.tasks.vqa_hallucination import chair_metrics, chair_row, mcnemar
+    from workbench.core.intervals import mcnemar
+    from workbench.tasks.vqa_hallucination import chair_metrics, chair_row
 
     sc = V.Scene("test", [-1, -1, -1, -1], [V.CLASSES.index(("red", "circle")), -1, V.CLASSES.index(("blue", "triangle")), -1])
     r = chair_row(sc, "a red circle, a green triangle and a triangle")

@@ -23,6 +23,7 @@ from workbench.core.attention import (
 from workbench.core.errors import UnsupportedArchitectureError, WorkbenchError
 from workbench.core.kernels import BACKENDS, attention_with_lse, force_backend
 from workbench.core.reference_kernel import reference_attention
+from workbench.core.oracle import eager_attention
 
 # --- kernels on random inputs -------------------------------------------------------------------------
 
@@ -48,25 +49,6 @@ def _case_mask(case: str, b: int, nq: int, nk: int, seed: int = 0) -> torch.Tens
     return add[:, None]
 
 
-def _eager(q, k, v, add, scale, softcap=None, sinks=None):
-    """float64 eager attention: (out, lse, probs over keys); rows that see nothing give 0, 0, 0."""
-    rep = q.shape[1] // k.shape[1]
-    kr, vr = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
-    s = (q.double() @ kr.transpose(-1, -2)) * scale
-    if softcap is not None:
-        s = softcap * torch.tanh(s / softcap)
-    s = s + add
-    if sinks is not None:
-        col = sinks.double().view(1, -1, 1, 1).expand(s.shape[0], -1, s.shape[2], 1)
-        full = torch.cat([s, col], -1)
-    else:
-        full = s
-    lse = torch.logsumexp(full, -1)
-    seen = torch.isfinite(s).any(-1)
-    p = torch.exp(s - lse[..., None]).nan_to_num(0.0) * seen[..., None]
-    return p @ vr, torch.where(seen, lse, torch.zeros(())), p
-
-
 CASES = ["causal", "padding", "window", "bias"]
 
 
@@ -80,7 +62,7 @@ def test_reference_and_cpu_flash_equal_eager(case, dtype, nq, nk):
     k, v = torch.randn(b, 2, nk, 16).to(dtype), torch.randn(b, 2, nk, 16).to(dtype)
     add = _case_mask(case, b, nq, nk)
     mask = None if case == "causal" else add.to(dtype)
-    ref_out, ref_lse, _ = _eager(q, k, v, add if mask is None else mask.double(), 0.3)
+    ref_out, ref_lse, _ = eager_attention(q, k, v, add if mask is None else mask.double(), 0.3)
     tol_out, tol_lse = (2e-5, 2e-5) if dtype == torch.float32 else (2e-2, 2e-3)
     results = {}
     for name in ("reference", "cpu-flash"):
@@ -116,7 +98,7 @@ def test_reference_softcap_equals_eager(case):
     add = _case_mask(case, 2, 40, 40)
     out, lse = reference_attention(q, k, v, None if case == "causal" else add.float(), 0.25, causal=case == "causal",
                                    softcap=2.0, q_block=16, k_block=8)
-    ref_out, ref_lse, _ = _eager(q, k, v, add, 0.25, softcap=2.0)
+    ref_out, ref_lse, _ = eager_attention(q, k, v, add, 0.25, softcap=2.0)
     assert (out.double() - ref_out).abs().max() < 1e-5
     assert (lse.double() - ref_lse).abs().max() < 1e-5
 
@@ -141,7 +123,7 @@ def test_reference_skips_key_blocks_outside_a_sliding_window():
     finally:
         torch.matmul = real_matmul
     assert seen_widths and max(seen_widths) <= 8 + w  # never the full 64 keys
-    ref_out, ref_lse, _ = _eager(q, k, v, mask.double(), 0.3)
+    ref_out, ref_lse, _ = eager_attention(q, k, v, mask.double(), 0.3)
     assert (out.double() - ref_out).abs().max() < 1e-5
 
 
@@ -189,7 +171,7 @@ def test_finite_mask_values_reach_scores_and_statistics():
     with attention_hooks(Grab()):
         out, _ = workbench_attention(_Mod(), q, k, v, add.float(), scaling=0.4)
     call = seen[0]
-    ref_out, ref_lse, ref_p = _eager(q, k, v, add.float().double(), 0.4)
+    ref_out, ref_lse, ref_p = eager_attention(q, k, v, add.float().double(), 0.4)
     assert (call.lse.double() - ref_lse).abs().max() < 1e-5
     assert (call.probs().double() - ref_p).abs().max() < 1e-6
     st = S.head_statistics(call)
@@ -242,7 +224,7 @@ def _eager_from_call(call: AttentionCall, model, pad: torch.Tensor):
     softcap = getattr(cfg, "attn_logit_softcapping", None)
     sinks = getattr(model.model.layers[layer].self_attn, "sinks", None)
     scale = model.model.layers[layer].self_attn.scaling
-    return _eager(call.query, call.key, call.value, add, scale, softcap=softcap,
+    return eager_attention(call.query, call.key, call.value, add, scale, softcap=softcap,
                   sinks=None if sinks is None else sinks.detach())
 
 

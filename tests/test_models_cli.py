@@ -76,6 +76,19 @@ def test_cli_trace_json_and_html(capsys, tmp_path, smollm2):
                            "--out", str(tmp_path / "t"), "--html", str(tmp_path / "a.html"), "--json")
     doc = json.loads(out)
     assert code == 0 and doc["arrays"]["pattern"][:3] == [30, 1, 9] and (tmp_path / "a.html").exists()
+    # exact: the saved maps are transformers' eager attention of the traced tokens, queries 0-7 (clipped to the prompt)
+    from tests.test_tracer import eager_maps
+    from workbench.core.trace import Trace
+
+    tr = Trace.load(doc["trace"])
+    ids = torch.as_tensor(tr["tokens"]).reshape(1, -1).long()
+    A, _ = eager_maps(smollm2, ids)  # (L, B, H, N, N)
+    pat = tr["pattern"].float()
+    nq = min(8, ids.shape[1])
+    assert pat.shape[3] == nq and float((pat - A[:, :, :, :nq, : pat.shape[4]]).abs().max()) < 1e-4
+    assert doc["arrays"]["z"] == [30, 1, ids.shape[1], 9, 64] == list(tr["z"].shape)  # (L, B, N, H, D)
+    page = (tmp_path / "a.html").read_text()
+    assert doc["html_maps"] in page and "0.0" in doc["html_maps"]  # the page says which maps it shows
 
 
 @pytest.mark.slow

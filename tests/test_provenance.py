@@ -10,7 +10,8 @@ import torch
 from conftest import make_tiny_lm
 from workbench.io.jsonl import CheckpointMismatchError, append_jsonl, open_checkpoint, read_header, read_jsonl
 from workbench.io.provenance import (ProvenanceError, check_same_weights, collect, config_hash, footer_html,
-                                  read_provenance, weights_sha256, write_json, write_parquet)
+                                  markdown_footer, missing_provenance, read_provenance, weights_sha256, write_csv,
+                                  write_json, write_parquet)
 from workbench.io.runs import model_slug, run_dir
 
 KEYS = {"workbench_version", "git_commit", "git_dirty", "model", "weights_sha256", "config", "config_hash", "seed",
@@ -53,8 +54,23 @@ def test_provenance_in_every_file_type(tiny_lm, tmp_path):
         assert text in foot
     assert foot in page
     assert read_provenance(tmp_path) == prov  # a folder: through its files
+    write_csv(df, tmp_path / "t.csv", prov)  # CSV: a sidecar
+    assert read_provenance(tmp_path / "t.csv") == prov
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), df)
+    (tmp_path / "r.md").write_text("# report\n\n| a |\n|---|\n| 1 |\n" + markdown_footer({**prov, "note": "a --> b"}))
+    assert read_provenance(tmp_path / "r.md") == {**prov, "note": "a --> b"}
+    open_checkpoint(tmp_path / "c.jsonl", {"n": 1}, prov)  # JSON lines: the header
+    assert read_provenance(tmp_path / "c.jsonl") == prov
+    from workbench.core.trace import Trace
+
+    Trace({"x": torch.zeros(2, 3)}, {"x": ("layer", "key")}, {}).save(tmp_path / "tr", provenance=prov)
+    assert read_provenance(tmp_path / "tr" / "arrays.safetensors") == prov == read_provenance(tmp_path / "tr" / "trace.json")
+    assert missing_provenance(tmp_path) == []
     df.to_parquet(tmp_path / "plain.parquet")
+    df.to_csv(tmp_path / "plain.csv")
+    (tmp_path / "plain.md").write_text("# no footer\n")
     assert read_provenance(tmp_path / "plain.parquet") is None
+    assert [f.name for f in missing_provenance(tmp_path)] == ["plain.csv", "plain.md", "plain.parquet"]
 
 
 def test_results_of_other_weights_are_not_merged(tiny_lm):

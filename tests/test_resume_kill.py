@@ -85,3 +85,19 @@ def test_study_killed_twice_then_resumed_equals_an_uninterrupted_study(tiny, tmp
     assert res.n_resumed == n2 and res.n_run == 7 - n2
     assert sorted(map(str, read_jsonl(rows))) == sorted(map(str, read_jsonl(full.out / ROWS)))
     pd.testing.assert_frame_equal(res.table, full.table)
+
+
+def test_resume_with_another_setting_is_refused_naming_it(tiny, tmp_path):
+    """A sweep checkpoint made with max_new_tokens=3 is not continued with 4: one line naming the field."""
+    from workbench.io.jsonl import CheckpointMismatchError
+    from workbench.tasks.needle import load_needles
+    from workbench.studies.retrieval_sweep import read_results, run_sweep
+
+    kw = dict(lengths=[160], depths=[0], needles=load_needles()[:1], progress=False)
+    run_sweep(tiny, out_dir=tmp_path, max_new_tokens=3, **kw)
+    before = read_results(tmp_path)
+    with pytest.raises(CheckpointMismatchError) as e:
+        run_sweep(tiny, out_dir=tmp_path, resume=True, max_new_tokens=4, **kw)
+    msg = str(e.value)
+    assert "max_new_tokens: 3 != 4" in msg and "\n" not in msg and "lengths" not in msg
+    assert read_results(tmp_path) == before  # the refused run appended nothing

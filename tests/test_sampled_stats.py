@@ -121,12 +121,36 @@ def _random_call(nq=40, nk=40, mask=False):
     return AttentionCall(0, q, k, v, m, out, lse, 0.3)
 
 
-@pytest.mark.parametrize("mask,heads", [(False, None), (True, None), (False, [3, 0])])
+def _eager_probs(call) -> torch.Tensor:
+    """The call's softmax map in float64 from q and k, with its own masks (bottom-right causal or the call's
+    additive mask); fully hidden rows are zero. (B, Hq, Nq, Nk)."""
+    q, k = call.query.double(), call.key.double()
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * call.scale
+    nq, nk = s.shape[-2:]
+    if call.mask is not None:
+        s = s + call.mask.double()
+    else:
+        s = s.masked_fill(torch.arange(nk)[None, :] > torch.arange(nq)[:, None] + (nk - nq), float("-inf"))
+    return torch.nan_to_num(torch.softmax(s, -1), nan=0.0)
+
+
+@pytest.mark.parametrize("mask,heads", [(False, None), (True, None), (False, [3, 0]), (True, [2, 1])])
 def test_a_subset_of_row_statistics_equals_the_full_computation(mask, heads):
     from workbench.core.stats import head_statistics
 
     call = _random_call(mask=mask)
     full = head_statistics(call, heads, received=True, rows=True, chunk_elements=300)
+    # the full computation equals the eager map of the chosen heads, in every path (causal / masked, subsets)
+    p = _eager_probs(call)[:, heads if heads is not None else slice(None)]
+    seen = (p > 0).any(-1)  # rows that see some key
+    torch.testing.assert_close(full["received_sum"].double(), p.sum(2), atol=1e-5, rtol=1e-5)
+    ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+    torch.testing.assert_close(full["entropy"].double()[seen], ent[seen], atol=1e-4, rtol=1e-4)
+    dist = (p * (torch.arange(40)[:, None] - torch.arange(40)[None, :]).double()).sum(-1)
+    torch.testing.assert_close(full["distance"].double()[seen], dist[seen], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(full["top_prob"].double()[seen], p.max(-1).values[seen], atol=1e-5, rtol=1e-5)
+    assert torch.equal(full["top_key"][seen], p.argmax(-1)[seen])
     top = head_statistics(call, heads, received=False, rows=("top_key",), chunk_elements=300)
     assert set(top) == {"top_key", "top_prob"}
     assert torch.equal(top["top_key"], full["top_key"])

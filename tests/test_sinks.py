@@ -176,15 +176,27 @@ def test_prefix_cache_equals_full_forward(tiny_lm):
     assert c["baseline_ci95"][0] < 0.5 < c["baseline_ci95"][1]
 
 
-def test_pydoc_cloze_is_deterministic_and_disjoint(smollm2):
+def test_pydoc_cloze_is_deterministic_and_each_split_its_own_text(smollm2):
     from workbench.tasks.cloze import build_task
+    from workbench.tasks.text import prose_paragraphs, prose_text
 
-    a = build_task("pydoc-cloze", smollm2.tokenizer, "train", 20, seed=1)
-    b = build_task("pydoc-cloze", smollm2.tokenizer, "train", 20, seed=1)
+    tok = smollm2.tokenizer
+    a = build_task("pydoc-cloze", tok, "train", 20, seed=1)
+    b = build_task("pydoc-cloze", tok, "train", 20, seed=1)
     assert torch.equal(a.contexts, b.contexts) and torch.equal(a.choices, b.choices)
-    right = a.choices.gather(1, a.answer[:, None])[:, 0]
-    assert all(len(set(row)) == 4 for row in a.choices.tolist())
-    assert all(smollm2.tokenizer.decode([t]).startswith(" ") for t in right.tolist())
+    held = build_task("pydoc-cloze", tok, "heldout", 20, seed=1)
+    assert (a.split, held.split) == ("train", "heldout")
+    # every question's context is text of its own split, and the splits differ in what pydoc does not repeat
+    text = {"train": prose_text("train"), "heldout": prose_text("heldout")}
+    for task in (a, held):
+        assert all(tok.decode(ctx) in text[task.split] for ctx in task.contexts.tolist())
+    train, heldout = set(prose_paragraphs("train")), set(prose_paragraphs("heldout"))
+    assert len(train & heldout) == 78 and len(heldout - train) > 150  # the overlap workbench/tasks/text.py states
+    assert not set(map(tuple, a.contexts.tolist())) & set(map(tuple, held.contexts.tolist()))
+    for task in (a, held):
+        right = task.choices.gather(1, task.answer[:, None])[:, 0]
+        assert all(len(set(row)) == 4 for row in task.choices.tolist())
+        assert all(tok.decode([t]).startswith(" ") for t in right.tolist())
 
 
 class CharTok:
@@ -207,13 +219,32 @@ class CharTok:
         return [chr(i) for i in ids]
 
 
+class BosCharTok(CharTok):
+    """CharTok that puts the planted sink token (id SINK) before every text, as a start-of-text token."""
+
+    def __call__(self, text, return_tensors=None, add_special_tokens=True):
+        r = super().__call__(text, return_tensors)
+        if add_special_tokens:
+            r.input_ids = torch.cat([torch.tensor([[SINK]]), r.input_ids], 1)
+        return r
+
+
+def half_sink_lm():
+    """planted_sink_lm with a start-of-text sink token: heads 0-1 (key-value group 0) attend to it, heads 2-3
+    (group 1, keys zeroed) attend uniformly, so Sink_1^0.3 is 50% exactly."""
+    lm = planted_sink_lm()
+    with torch.no_grad():
+        lm.model.model.layers[0].self_attn.k_proj.weight[16:] = 0.0
+    lm.tokenizer = BosCharTok()
+    return lm
+
+
 def test_sinks_cli_json(tmp_path, capsys):
     from workbench.cli import main
     from workbench.core.presets import Preset, register_preset
 
     def load():
-        lm = _massive_lm()
-        lm.tokenizer = CharTok()
+        lm = half_sink_lm()
         with torch.no_grad():  # the character "c" (3% of the prose) carries a massive activation (a " ", on ~17% of
             lm.model.model.embed_tokens.weight[10 + ord("c") % 87, 3] = 5000.0  # the tokens, is an outlier feature)
         return lm
@@ -223,9 +254,18 @@ def test_sinks_cli_json(tmp_path, capsys):
                "--ppl-samples", "2", "--ppl-len", "32", "--out", str(tmp_path), "--json"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
-    assert 0.0 <= res["sink_rate_first_token"] <= 100.0
+    # exact: the planted start-of-text sink holds s_0 > 0.3 in heads 0-1 and not in heads 2-3, by eager maps
+    from tests.test_tracer import eager_maps
+    from workbench.tasks.text import token_windows
+
+    lm = load()
+    for n, k in ((64, 4), (96, 2)):
+        A, _ = eager_maps(lm, token_windows(lm.tokenizer, n, k, split="train"))
+        want = float((A[..., 0].sum(-1) / n > 0.3).float().mean() * 100)
+        assert want == 50.0 and res["sink_rate_first_token_by_length"][str(n)] == pytest.approx(want)
+    assert res["sink_rate_first_token"] == res["sink_rate_first_token_by_length"]["64"]
     assert set(res["sink_rate_first_token_by_length"]) == {"64", "96"}
-    assert len(res["profile"]) == 2 and res["massive_dims"] == [3] and "sink_onset_layer" in res
+    assert len(res["profile"]) == 1 and res["massive_dims"] == [3] and res["sink_onset_layer"] is None  # 2 of 4 heads
     m = res["massive_activations"][0]
     assert {"layer", "dim", "token", "value", "ratio_to_median"} <= set(m) and m["token"] == CharTok().decode([10 + ord("c") % 87])
     assert [r["intervention"] for r in res["perplexity"]] == ["baseline", "zero", "mean"]
@@ -261,8 +301,7 @@ def test_calibrate_cli_json(capsys):
 def test_census_gains_sinks_section():
     from workbench.report.census import run_census
 
-    lm = planted_sink_lm()
-    lm.tokenizer = CharTok()
+    lm = half_sink_lm()
     res = run_census(lm, n_samples=2, seq_len=40, out_dir=None, progress=False,
                      sections=["attention", "sinks"])  # the retrieval section needs a real tokenizer (tests/test_retrieval.py)
     assert "sinks" in res.summary and {"hidden_sink_share", "first_token_sink_share"} <= set(res.heads.columns)
@@ -274,4 +313,6 @@ def test_census_gains_sinks_section():
     ids = token_windows(lm.tokenizer, 40, 2)
     A, _ = eager_maps(lm, ids)  # (L, B, H, N, N)
     s0 = A[..., 0].sum(-1) / 40  # every query sees key 0
-    assert res.summary["sinks"]["sink_rate_first_token"] == pytest.approx(float((s0 > 0.3).float().mean() * 100))
+    want = float((s0 > 0.3).float().mean() * 100)
+    assert want == 50.0  # the planted start-of-text sink in heads 0-1, none in heads 2-3
+    assert res.summary["sinks"]["sink_rate_first_token"] == pytest.approx(want)

@@ -157,3 +157,44 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("error:") and "needs `k`" in err and len(err.strip().splitlines()) == 1
     assert main(["probe", "--task", "colour"]) == 2
     assert "unknown probe task" in capsys.readouterr().err
+
+
+def test_studies_build_conditions_from_the_intervention_registry(tmp_path):
+    """A study names any registered head intervention; its values equal that intervention applied by hand."""
+    import torch
+
+    from tests.conftest import make_tiny_lm
+    from tests.test_sinks import CharTok
+    from workbench.interventions import HeadAblation
+    from workbench.interventions.act import ACTCalibration
+    from workbench.interventions.registry import INTERVENTIONS, InterventionSpec, study_interventions
+    from workbench.tasks.text import token_windows
+
+    lm = make_tiny_lm()
+    lm.tokenizer = CharTok()
+    heads = [(0, 1), (1, 2)]
+    spec = parse_spec({"name": "registry-study", "model": "tiny", "ablations": ["zero", "act calibration"],
+                       "n_bootstrap": 50, "head_sets": {"two": {"source": "explicit", "heads": [list(h) for h in heads]}},
+                       "tasks": {"text": {"kind": "perplexity", "n": 2, "seq_len": 24}}})
+    res = run_study(spec, lm, out_root=tmp_path, progress=False)
+    rows = {r["kind"]: r["values"] for r in read_rows(res.out)}
+    ids = token_windows(lm.tokenizer, 24, 2, split="heldout")
+
+    def nll(iv):  # per-window mean next-token NLL, by hand
+        with torch.no_grad(), iv.applied():
+            logp = torch.log_softmax(lm.model(ids).logits.double(), -1)
+        return (-logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]).mean(1).tolist()
+
+    for kind, iv in (("act calibration", ACTCalibration(heads)), ("zero", HeadAblation(heads, "zero"))):
+        np.testing.assert_allclose(rows[kind], nll(iv), rtol=1e-5)
+        assert max(abs(a - b) for a, b in zip(rows[kind], rows["none"])) > 1e-4  # the intervention changed something
+    assert "act calibration: ACT (Yu et al. 2024)" in (res.out / "report.md").read_text()
+    # the registry is the source: a newly registered head intervention is a valid study ablation, an unknown one not
+    INTERVENTIONS["scale heads"] = InterventionSpec("scale heads", "test entry", lambda lm, heads: HeadAblation(heads))
+    try:
+        assert study_interventions()["scale heads"] == ("scale heads", {})
+        assert parse_spec({**spec.raw, "ablations": ["scale heads"]}).ablations == ["scale heads"]
+    finally:
+        del INTERVENTIONS["scale heads"]
+    with pytest.raises(StudySpecError, match="scale heads"):
+        parse_spec({**spec.raw, "ablations": ["scale heads"]})

@@ -18,7 +18,7 @@ def eager_maps(lm, ids, attention_mask=None):
 
 
 def stats_from_maps(A, valid=None):
-    """Reference statistics computed directly from full maps (REFERENCES.md definitions)."""
+    """Reference statistics computed directly from full maps (docs/methods.md definitions)."""
     L, B, H, N, _ = A.shape
     if valid is None:
         valid = torch.ones(B, N, dtype=torch.bool)
@@ -88,6 +88,9 @@ def test_head_and_layer_selection(tiny_lm):
     A, _ = eager_maps(tiny_lm, ids)
     tr = Tracer(tiny_lm, layers=[1], heads=[0, 3], stats=("received",), pattern_window=(5, 12), z=True).run(ids)
     assert tr.layers == [1] and tr.heads == [0, 3]
+    received, _, _ = stats_from_maps(A)  # (L, B, H, N) from the eager maps
+    assert tr["received"].shape == (1, 1, 2, 20)
+    torch.testing.assert_close(tr["received"][0], received[1][:, [0, 3]], atol=1e-5, rtol=1e-4)
     assert torch.allclose(tr["pattern"][0], A[1][:, [0, 3], 5:12, :12], atol=1e-5)
     assert tr["z"].shape == (1, 1, 20, 2, 16)
     assert torch.allclose(tr.hook("blocks.1.attn.hook_pattern"), A[1][:, [0, 3], 5:12, :12], atol=1e-5)

@@ -295,7 +295,8 @@ def test_digit_composites_and_pope_negatives():
 
 
 def test_pope_and_chair_metrics():
-    from workbench.tasks.hallucination import chair_metrics, mentioned_digits, pope_metrics, with_ci
+    from workbench.tasks.hallucination import chair_metrics, mentioned_digits, pope_metrics
+    from workbench.core.intervals import cluster_ci as with_ci
 
     df = pd.DataFrame({"image": [0, 0, 1, 1], "label": [True, False, True, False], "pred": [True, True, False, False]})
     m = pope_metrics(df)

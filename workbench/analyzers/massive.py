@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..core.hooks import decoder_layers
+from ..core.hooks import decoder_layers, residual_pre_hooks
 from ..core.models import LoadedModel
 from ..interventions.registry import InterventionSpec, Param
 
@@ -66,7 +66,7 @@ class _Recorder:
     """Forward (pre-)hooks on every decoder layer that collect massive entries of each call."""
 
     def __init__(self, lm: LoadedModel, threshold: float, ratio: float, include_final: bool):
-        self.layers = decoder_layers(lm.model)
+        self.model, self.layers = lm.model, decoder_layers(lm.model)
         self.threshold, self.ratio, self.include_final = threshold, ratio, include_final
         self.found: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.tokens = 0  # tokens (batch x positions) seen by the first layer: the denominator of token shares
@@ -79,10 +79,7 @@ class _Recorder:
         self.found.append((layer, idx, val, rel))
 
     def __enter__(self) -> "_Recorder":
-        for i, mod in enumerate(self.layers):
-            def pre(module, args, kwargs, i=i):
-                self._record(i, args[0] if args else kwargs["hidden_states"])
-            self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+        self._handles = residual_pre_hooks(self.model, self._record)
         if self.include_final:
             n = len(self.layers)
 
@@ -336,8 +333,7 @@ class MassiveActivationEdit:
         self.edited = 0  # entries overwritten so far
         self._handle = None
 
-    def _hook(self, module, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
+    def _edit(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         a = x.detach().float().abs()
         med = a.flatten(1).median(dim=1).values.clamp_min(1e-12)
         x = x.clone()
@@ -346,14 +342,10 @@ class MassiveActivationEdit:
             self.edited += int(hit.sum())
             x[..., d] = torch.where(hit, torch.as_tensor(0.0 if self.mode == "zero" else self.means[d], dtype=x.dtype),
                                     x[..., d])
-        if args:
-            return (x,) + tuple(args[1:]), kwargs
-        kwargs = dict(kwargs, hidden_states=x)
-        return args, kwargs
+        return x
 
     def __enter__(self) -> "MassiveActivationEdit":
-        mod = decoder_layers(self.lm.model)[self.layer]
-        self._handle = mod.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handle, = residual_pre_hooks(self.lm.model, self._edit, [self.layer])
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,16 +1,16 @@
 """Retrieval scores of attention heads (Wu et al. 2024, "Retrieval Head Mechanistically Explains
 Long-Context Factuality", arXiv:2404.15574; code: nightdessert/Retrieval_Head).
 
-Definition (../shared/REFERENCES.md): at every decoding step t emitting token w_t, let j_t be the
+Definition (docs/methods.md#retrieval-score-and-retrieval-heads): at every decoding step t emitting token w_t, let j_t be the
 argmax of the head's attention row at that step. The step is a *hit* if j_t lies in the needle's
 answer span and the context token at j_t equals w_t. A head's retrieval score for one test is
 ``hits / (answer span length in tokens)``; the model-level score averages over the tests answered
 correctly (ROUGE-1 recall of the answer > 0.5); failed tests are skipped, not counted as zero.
 
 How we get j_t without attention maps: :class:`TopKeyRecorder` is an attention hook that, for each
-layer call, computes the scaled scores of the *last query row only* (one row per head, O(N) work,
-from the call's q and k) and takes their argmax; the softmax is monotone, so this is the argmax of
-the attention row. The published code instead runs every decoding step with eager attention and
+layer call, computes the tracer's ``top_key`` statistic (:func:`workbench.core.stats.head_statistics`) of the
+*last query row only* (one row per head, O(N) work, from the call's q and k): the argmax of the scores,
+which is the argmax of the attention row since the softmax is monotone. The published code instead runs every decoding step with eager attention and
 ``output_attentions=True`` (L x H x N floats per step after an eager prefill); a test checks that
 both give the same top keys and scores.
 
@@ -27,6 +27,8 @@ import torch
 
 from ..core.attention import AttentionCall, attention_hooks
 from ..core.errors import WorkbenchError
+from ..core.stats import head_statistics
+from ..core.tracer import _later_queries
 
 MAX_NEW_TOKENS = 50
 ROUGE_THRESHOLD = 0.5
@@ -60,10 +62,10 @@ class TopKeyRecorder:
         if call.query.shape[0] != 1:
             raise WorkbenchError(f"retrieval scoring decodes one prompt at a time, got a batch of {call.query.shape[0]}: "
                                  "run the prompts one by one")
-        nq = call.query.shape[2]
-        s = call.scores(nq - 1, nq)  # (B, Hq, 1, Nk) float32, -inf where hidden
+        last = _later_queries(call, call.query.shape[2] - 1)  # the last query row only
+        top = head_statistics(last, received=False, rows=("top_key",))["top_key"]  # (1, Hq, 1), as the Tracer's
         # absolute input positions: on a sliding-window cache the call's key 0 is not position 0
-        self.rows[-1][call.layer] = call.key_positions[s[0, :, 0].argmax(dim=-1)]
+        self.rows[-1][call.layer] = call.key_positions[top[0, :, 0]]
         return None
 
     def top_keys(self) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Attention sinks over real text: first-token sink rate, per-layer profile, ACT's hidden sinks, sink tokens.
 
-Definitions (../shared/REFERENCES.md):
+Definitions (docs/methods.md#received-attention-and-sink-rate, #hidden-sinks-acts-sink-set):
 
 * mean received attention of key k in head (l, h) of one sample (Gu et al. 2024, "When attention sink
   emerges in language models"; ACT uses the same statistic): ``s_k = (1/(T-k)) sum_{i>=k} A[i,k]``;

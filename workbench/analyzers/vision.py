@@ -1,6 +1,6 @@
 """Vision-aware heads, visual attention sinks and image-centric heads of a vision-language model.
 
-Definitions (../shared/REFERENCES.md):
+Definitions (docs/methods.md#vision-aware-heads-vhd-and-t-vhd, #visual-sinks, #image-centric-heads):
 
 * **Vision-aware head divergence** (He et al. 2025, "Cracking the code of hallucination in LVLMs
   with vision-aware head divergence"): for head (l, h) at a generation step, the Euclidean
@@ -11,7 +11,7 @@ Definitions (../shared/REFERENCES.md):
   being teacher-forced in both passes.
 * **T-VHD** (token-level VHD, same paper): the sum of VHD over all heads of all layers at one
   generation step; it measures how much the whole model's attention output at that token depends
-  on the image. (REFERENCES.md names T-VHD without a formula; this is our reading: the sum over
+  on the image. (The paper names T-VHD without a formula; this is our reading: the sum over
   heads. Any monotone aggregate ranks tokens the same way.)
 * **Sink tokens** (Kang et al. 2025, "See what you are told: visual attention sink in large
   multimodal models"): phi(x) = max over the backbone's sink dimensions d of |x_d / rms(x)| on the
@@ -35,14 +35,21 @@ from tqdm.auto import tqdm
 
 from ..core.attention import AttentionCall, attention_hooks
 from ..core.errors import WorkbenchError
-from ..core.hooks import decoder_layers
+from ..core.hooks import residual_pre_hooks
 from ..core.models import LoadedModel
 from ..core.tracer import Tracer
 from ..core.vlm import VLMInput, image_positions, position_map, require_vlm, text_only
 
-TAU = 20.0
-SUMM = 0.2
-RHO = 0.5
+TAU = 20.0  # sink threshold on phi (Kang et al. 2025)
+SUMM = 0.2  # image attention an image-centric head needs
+RHO = 0.5  # non-sink share of that image attention (hallucination tasks)
+
+
+def image_centric(a_img: torch.Tensor, a_nonsink: torch.Tensor, summ: float = SUMM, rho: float = RHO) -> torch.Tensor:
+    """Kang et al.'s image-centric test, elementwise: A_I >= ``summ`` and A_I' >= ``rho`` * A_I, where A_I is
+    the attention on image tokens and A_I' the part of it on non-sink image tokens (any equal shapes; bool).
+    The one definition used by :func:`image_attention_table` and by VAR (:mod:`workbench.interventions.var`)."""
+    return (a_img >= summ) & (a_nonsink >= rho * a_img)
 
 
 # --- vision-aware head divergence -------------------------------------------------------------
@@ -182,21 +189,17 @@ class SinkDetector:
         self.phi: dict[int, torch.Tensor] = {}
         self._handles: list = []
 
-    def _hook(self, layer: int):
-        def pre(module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            phi = sink_scores(x, self.dims)
-            if layer in self.sinks and x.shape[1] == 1 and self.sinks[layer].shape[1] > 0:  # decoding: append
-                self.phi[layer] = torch.cat([self.phi[layer], phi], 1)
-            else:
-                self.phi[layer] = phi
-            self.sinks[layer] = self.phi[layer] >= self.tau
-        return pre
+    def _record(self, layer: int, x: torch.Tensor) -> None:
+        phi = sink_scores(x, self.dims)
+        if layer in self.sinks and x.shape[1] == 1 and self.sinks[layer].shape[1] > 0:  # decoding: append
+            self.phi[layer] = torch.cat([self.phi[layer], phi], 1)
+        else:
+            self.phi[layer] = phi
+        self.sinks[layer] = self.phi[layer] >= self.tau
 
     def __enter__(self) -> "SinkDetector":
         self.sinks, self.phi = {}, {}
-        for i, mod in enumerate(decoder_layers(self.lm.model)):
-            self._handles.append(mod.register_forward_pre_hook(self._hook(i), with_kwargs=True))
+        self._handles = residual_pre_hooks(self.lm.model, self._record)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -253,7 +256,7 @@ def visual_sink_summary(df: pd.DataFrame, min_layers: int = 2) -> pd.DataFrame:
 
 class ImageAttentionRecorder:
     """Attention hook: at the last query of each prefill call, per head, the attention on image
-    tokens A_I, on sink tokens A_S, and the visual non-sink ratio; needs an active SinkDetector."""
+    tokens A_I, on non-sink image tokens A_I' and on sink tokens A_S; needs an active SinkDetector."""
 
     def __init__(self, image_pos: torch.Tensor, detector: SinkDetector):
         self.img = image_pos
@@ -275,7 +278,7 @@ class ImageAttentionRecorder:
         a_img = p[:, is_img].sum(-1)
         a_nonsink = p[:, is_img & ~sink].sum(-1)
         a_sink = p[:, sink].sum(-1)
-        self.rows[call.layer] = (a_img, a_nonsink / a_img.clamp_min(1e-12), a_sink)
+        self.rows[call.layer] = (a_img, a_nonsink, a_sink)
         return None
 
 
@@ -294,10 +297,11 @@ def image_attention_table(lm: LoadedModel, inputs: Sequence[VLMInput], dims: Seq
         rec = ImageAttentionRecorder(image_positions(lm.model, inp.input_ids), det)
         with det, attention_hooks(rec):
             lm.model(input_ids=inp.input_ids, use_cache=False, **inp.kwargs())
-        for layer, (a_img, ratio, a_sink) in sorted(rec.rows.items()):
+        for layer, (a_img, a_nonsink, a_sink) in sorted(rec.rows.items()):
+            ratio = a_nonsink / a_img.clamp_min(1e-12)
+            centric = image_centric(a_img, a_nonsink, summ, rho)
             for h in range(a_img.shape[0]):
-                rows.append((s, layer, h, float(a_img[h]), float(a_sink[h]), float(ratio[h]),
-                             bool(a_img[h] >= summ and ratio[h] >= rho)))
+                rows.append((s, layer, h, float(a_img[h]), float(a_sink[h]), float(ratio[h]), bool(centric[h])))
     return pd.DataFrame(rows, columns=["sample", "layer", "head", "image_attention", "sink_attention",
                                        "nonsink_ratio", "image_centric"])
 

@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from ..core.errors import WorkbenchError
+from ..core.headsets import parse_indices  # noqa: F401  (the trace command's --layers/--heads; re-exported)
 from ..core.registry import Registry
 from ..io.runs import DEFAULT_ROOT, run_dir
 from ..io.files import read_text_file  # noqa: F401  (re-exported for command modules)
@@ -36,32 +37,6 @@ def emit(obj: dict, as_json: bool, human: str | None = None) -> None:
         sys.stdout.write(json.dumps(obj, default=str) + "\n")
     else:
         typer.echo(human if human is not None else json.dumps(obj, indent=1, default=str))
-
-
-def parse_indices(spec: str | None, n: int, what: str) -> list[int] | None:
-    """Parse ``"all"``, ``"3"``, ``"0,2,5-7"`` into indices below ``n`` (None for all).
-
-    Raises:
-        WorkbenchError: malformed (e.g. ``x``, ``1-``, ``-1``) or empty.
-        HeadIndexError: an index is out of range.
-    """
-    import re
-
-    from ..core.errors import HeadIndexError
-
-    if spec is None or spec.strip() == "all":
-        return None
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise WorkbenchError(f"cannot read --{what}s {spec!r}: give indices 0..{n - 1} like 0,3,5-7 (or all)")
-        out += list(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
-    bad = [i for i in out if not 0 <= i < n]
-    if bad:
-        raise HeadIndexError(f"{what} {bad[0]} is out of range: the model has {what}s 0..{n - 1}")
-    return out
 
 
 def check_prompt(text: str, what: str = "prompt") -> str:

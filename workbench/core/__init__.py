@@ -15,6 +15,9 @@ Nothing here imports from a higher layer (analyzers, interventions, tasks, repor
 * :mod:`.tiny_models` / :mod:`.oracle`: tiny random-weight models of every architecture, and the workbench
   checked against eager attention on them.
 * :mod:`.executor` / :mod:`.ray_executor`: where the cells of a grid run (this process, or Ray actors).
+* :mod:`.interop`: the model objects researchers hold (transformers, nnsight, TransformerLens) as a LoadedModel.
+* :mod:`.headsets`: the one head-set grammar (``3.1,7.*,retrieval:top-10``) of the CLI, dashboard and studies.
+* :mod:`.intervals`: confidence intervals and paired tests (scipy).
 * :mod:`.gemma3`: the ``gemma3-270m`` preset.
 * :mod:`.registry`: the one :class:`~.registry.Registry` class behind every lookup by name.
 * :mod:`.errors`: :class:`WorkbenchError` and its one-line subclasses.

@@ -196,6 +196,32 @@ class AttentionCall:
         return torch.exp2((self.scores(q_start, q_stop, keys, heads) - lse[..., None]).mul_(LOG2E))
 
 
+    def restricted(self, q_start: int = 0, q_stop: int | None = None, keys: torch.Tensor | None = None,
+                   hide: torch.Tensor | None = None, heads: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of a block of queries over a subset of the keys, renormalised over that subset, from a second
+        fused-kernel call with the call's own mask (finite biases kept) and soft-capping.
+
+        Args:
+            q_start, q_stop: query rows (indices into this call's queries).
+            keys: (K,) int64 indices of the keys kept (default all).
+            hide: (B, Nk) bool keys to hide as well (indexed over all Nk keys).
+            heads: query heads (default all; grouped-query heads then share their key/value head).
+        Returns:
+            (output (B, H', nq, D) in the model dtype, lse (B, H', nq) float32), ``lse`` the log-sum-exp over the
+            kept keys, so the subset holds ``exp(lse - self.lse)`` of each full row (VAR, ACT).
+        """
+        q, k, v = self.query[:, :, q_start:q_stop], self.key, self.value
+        if heads is not None:
+            kv = [h // self.n_rep for h in heads]
+            q, k, v = q[:, list(heads)], k[:, kv], v[:, kv]
+        mask = self.additive_mask(q_start, q_stop, keys)
+        if hide is not None:
+            mask = mask.masked_fill((hide if keys is None else hide[:, keys])[:, None, None, :], float("-inf"))
+        if keys is not None:
+            k, v = k[:, :, keys], v[:, :, keys]
+        return attention_with_lse(q, k, v, mask.to(q.dtype), self.scale, softcap=self.softcap)
+
+
 class AttentionHook(Protocol):
     """Anything with ``on_attention(call) -> Tensor | None``; a returned tensor replaces ``call.output``."""
 

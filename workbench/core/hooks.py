@@ -1,6 +1,8 @@
 """Finding a model's decoder layers and naming them with TransformerLens hook names."""
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import torch
 
 # Name of a decoder layer's self-attention child, by architecture family: Llama, Mistral, Qwen, Gemma,
@@ -62,3 +64,30 @@ def hook_name(layer: int, what: str) -> str:
     ``layers.3.attention`` and Llama's ``layers.3.self_attn`` are all ``blocks.3.attn``)."""
     return {"pattern": f"blocks.{layer}.attn.hook_pattern", "z": f"blocks.{layer}.attn.hook_z",
             "resid_pre": f"blocks.{layer}.hook_resid_pre"}[what]
+
+
+def residual_pre_hooks(model: torch.nn.Module, fn: Callable[[int, torch.Tensor], torch.Tensor | None],
+                       layers: Iterable[int] | None = None) -> list:
+    """Register ``fn(layer, x)`` as a forward pre-hook on decoder layers (all, or ``layers``), the one way the
+    workbench reads or edits the residual stream entering a layer (TransformerLens ``hook_resid_pre``).
+
+    ``x`` is the layer's hidden-state input (B, N, d_model) in the model dtype; a tensor returned by ``fn``
+    replaces it, None leaves it. Returns the hook handles: call ``.remove()`` on each to detach them.
+
+    Raises:
+        UnsupportedArchitectureError: the model has no decoder layers (:func:`decoder_layers`).
+    """
+    mods = decoder_layers(model)
+
+    def make(layer: int):
+        def pre(module, args, kwargs):
+            new = fn(layer, args[0] if args else kwargs["hidden_states"])
+            if new is None:
+                return None
+            if args:
+                return (new,) + tuple(args[1:]), kwargs
+            return args, dict(kwargs, hidden_states=new)
+        return pre
+
+    return [mods[i].register_forward_pre_hook(make(i), with_kwargs=True)
+            for i in (range(len(mods)) if layers is None else layers)]

@@ -127,32 +127,20 @@ def _config_int(config: Any, *names: str, default: int | None = None) -> int:
 
 
 def parse_heads(text: str, n_layers: int | None = None, n_heads: int | None = None,
-                hint: str = "LAYER.HEAD,LAYER.HEAD, e.g. 3.1,7.4") -> list[tuple[int, int]]:
-    """Parse a comma-separated head list ``"3.1,7.4"`` into [(3, 1), (7, 4)], in order.
+                hint: str | None = None) -> list[tuple[int, int]]:
+    """Parse a head set such as ``"3.1,7.4"`` into [(3, 1), (7, 4)], in order: the head-set grammar of
+    :mod:`workbench.core.headsets` (``L.H``, ``L.H-L.H``, ``L.*``, ``*``), without analyzer selections.
 
     With ``n_layers`` and ``n_heads`` every head is range-checked. Empty items are skipped, so an
     empty string gives [] (callers that need heads say so).
 
     Raises:
-        WorkbenchError: an item is not LAYER.HEAD (the message ends with ``hint``).
+        WorkbenchError: an item is malformed (the message ends with ``hint``, default the grammar).
         HeadIndexError: a head lies outside the model.
     """
-    from .errors import WorkbenchError
+    from .headsets import GRAMMAR, parse_head_set
 
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        pieces = part.split(".")
-        if len(pieces) != 2 or not all(p.isdigit() for p in pieces):
-            raise WorkbenchError(f"cannot read head {part!r}: use {hint}")
-        layer, h = int(pieces[0]), int(pieces[1])
-        if n_layers is not None and n_heads is not None and not (0 <= layer < n_layers and 0 <= h < n_heads):
-            raise HeadIndexError(f"head {part} is out of range: the model has layers 0..{n_layers - 1} "
-                                 f"and heads 0..{n_heads - 1}")
-        out.append((layer, h))
-    return out
+    return parse_head_set(text, n_layers, n_heads, hint=hint or GRAMMAR)
 
 
 @dataclass
@@ -240,18 +228,22 @@ def _load_hf(name_or_path: str, name: str | None = None, device: torch.device | 
     return LoadedModel(model=model, tokenizer=tokenizer, spec=ModelSpec.from_config(name or name_or_path, model.config))
 
 
-def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-               device_map: str | dict | None = None) -> LoadedModel:
+def load_model(name_or_path: Any, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+               device_map: str | dict | None = None, tokenizer: Any = None) -> LoadedModel:
     """Load a model for tracing.
 
     Args:
         name_or_path: a preset name (see :data:`workbench.core.presets.PRESETS`, e.g. ``"smollm2-135m"``), a local
-            checkpoint directory, or a Hugging Face model id (needs network or a local HF cache).
+            checkpoint directory, or a Hugging Face model id (needs network or a local HF cache); or a model
+            object a researcher already holds: a transformers model (with ``tokenizer``), an nnsight
+            ``LanguageModel`` or a TransformerLens ``TransformerBridge`` (:mod:`workbench.core.interop`; with
+            ``device``/``dtype`` "auto" it stays where it is).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"auto"`` (float32 on the CPU, the checkpoint's dtype on a GPU), ``"float32"``,
             ``"bfloat16"`` or ``"float16"``. Statistics are float32 whatever the model dtype.
         device_map: passed to transformers (accelerate) to spread a model larger than one GPU over several
             devices (e.g. ``"auto"``); then ``device`` is not used. Hugging Face checkpoints only.
+        tokenizer: the tokenizer of a transformers model object (other inputs bring their own).
 
     Returns:
         :class:`LoadedModel` with the model in eval mode on ``device`` in ``dtype``, using the
@@ -269,6 +261,14 @@ def load_model(name_or_path: str, device: str | torch.device = "auto", dtype: st
     from .presets import PRESETS
 
     register_attention()
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        from .interop import from_object
+
+        lm = from_object(name_or_path, tokenizer)
+        if device != "auto" or dtype != "auto":
+            dev = resolve_device(device) if device != "auto" else lm.device
+            lm.model.to(device=dev, dtype=lm.dtype if dtype == "auto" else resolve_dtype(dtype, dev))
+        return lm
     dev = resolve_device(device) if device_map is None else None
     resolve_dtype(dtype, dev)  # a bad dtype fails here, before any weights are read
     if name_or_path in PRESETS:

@@ -29,6 +29,34 @@ import torch
 
 from .tiny_models import layer_windows, make_inputs, save_tiny, visibility
 
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, add: torch.Tensor, scale: float,
+                    softcap: float | None = None, sinks: torch.Tensor | None = None):
+    """float64 eager attention, the kernels' oracle: scores ``softcap(scale q.k) + add`` over all keys.
+
+    Args:
+        q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D) (grouped-query heads repeated here); add: additive mask
+            broadcastable to (B, Hq, Nq, Nk); sinks: (Hq,) learned sink logits joining each row's softmax.
+    Returns:
+        (out (B, Hq, Nq, D), lse (B, Hq, Nq), probs (B, Hq, Nq, Nk)) float64; rows that see no key give 0, 0, 0.
+    """
+    rep = q.shape[1] // k.shape[1]
+    kr, vr = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
+    s = (q.double() @ kr.transpose(-1, -2)) * scale
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    s = s + add
+    if sinks is not None:
+        col = sinks.double().view(1, -1, 1, 1).expand(s.shape[0], -1, s.shape[2], 1)
+        full = torch.cat([s, col], -1)
+    else:
+        full = s
+    lse = torch.logsumexp(full, -1)
+    seen = torch.isfinite(s).any(-1)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0) * seen[..., None]
+    return p @ vr, torch.where(seen, lse, torch.zeros(())), p
+
+
 def eager_reference(maps: torch.Tensor, vis: torch.Tensor) -> dict[str, torch.Tensor]:
     """Statistics reduced from eager maps (plain torch, independent of :mod:`workbench.core.stats`).
 

@@ -7,7 +7,7 @@ and ``lse_i`` includes a learned sink logit where the layer has one, so the peak
 (B, H, chunk, N) block rather than (B, H, N, N). All arithmetic is float32 whatever the model dtype, and
 every buffer is created on the call's device.
 
-Definitions (../shared/REFERENCES.md):
+Definitions (docs/methods.md#received-attention-and-sink-rate):
 
 * mean received attention of key k (Gu et al. 2024, "When attention sink emerges";
   also used by ACT, Yu et al. 2024): ``s_k = (1/(T-k)) * sum_{i>=k} A[i,k]``. We divide by the

@@ -129,11 +129,15 @@ class Trace:
     def save(self, directory: str | Path, provenance: dict | None = None) -> Path:
         """Write ``arrays.safetensors`` and ``trace.json`` into ``directory`` (created if needed).
 
-        ``provenance`` (:func:`workbench.io.provenance.collect`) goes under the top-level key ``"provenance"``.
+        ``provenance`` (:func:`workbench.io.provenance.collect`) goes under the top-level key ``"provenance"`` of
+        ``trace.json`` and into the safetensors metadata (key ``workbench.provenance``, a JSON string).
         """
+        from ..io.provenance import PARQUET_KEY, canonical_json
+
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.arrays.items()}, str(d / "arrays.safetensors"))
+        meta = None if provenance is None else {PARQUET_KEY.decode(): canonical_json(provenance)}
+        save_file({k: v.detach().contiguous() for k, v in self.arrays.items()}, str(d / "arrays.safetensors"), metadata=meta)
         doc = {"format": FORMAT, "dims": {k: list(v) for k, v in self.dims.items()}, "meta": self.meta}
         if provenance is not None:
             doc["provenance"] = provenance

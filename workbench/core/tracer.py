@@ -23,7 +23,7 @@ import torch
 from . import stats as S
 from .attention import AttentionCall, attention_hooks
 from .errors import MemoryBudgetError, UnsupportedArchitectureError, WorkbenchError
-from .hooks import decoder_layers
+from .hooks import residual_pre_hooks
 from .models import LoadedModel
 from .trace import Trace
 
@@ -146,9 +146,7 @@ class Tracer:
         self._ctx = attention_hooks(self)
         self._ctx.__enter__()
         if self.resid_pre:
-            layers = decoder_layers(self.lm.model)
-            for layer in self.layers:
-                self._handles.append(layers[layer].register_forward_pre_hook(self._resid_hook(layer), with_kwargs=True))
+            self._handles += residual_pre_hooks(self.lm.model, self._record_resid, self.layers)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -157,11 +155,8 @@ class Tracer:
         self._handles = []
         self._ctx.__exit__(*exc)
 
-    def _resid_hook(self, layer: int):
-        def hook(module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            self._resid[layer].append(x.detach().float().clone())
-        return hook
+    def _record_resid(self, layer: int, x: torch.Tensor) -> None:
+        self._resid[layer].append(x.detach().float().clone())
 
     @torch.no_grad()
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

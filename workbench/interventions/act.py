@@ -38,7 +38,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from ..core.attention import AttentionCall, attention_with_lse
+from ..core.attention import AttentionCall
 from ..core.errors import WorkbenchError
 from ..core.stats import head_statistics
 from .base import HeadIntervention
@@ -223,16 +223,12 @@ class ACTCalibration(HeadIntervention):
     @staticmethod
     def _rest_output(call: AttentionCall, h: int, mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """Attention output of head ``h`` over its visible non-sink keys only, renormalised: (B, Nq, D)."""
-        q = call.query[:, h: h + 1]
-        k = call.key[:, h // call.n_rep: h // call.n_rep + 1]
-        v = call.value[:, h // call.n_rep: h // call.n_rep + 1]
-        nq = q.shape[2]
-        res = torch.empty(q.shape[0], nq, q.shape[-1], dtype=torch.float32, device=call.device)
+        b, _, nq, d = call.query.shape
+        res = torch.empty(b, nq, d, dtype=torch.float32, device=call.device)
         for a in range(0, nq, chunk):
             z = min(nq, a + chunk)
             # the call's own mask (finite biases kept) with the sink keys hidden; soft-capping as in the layer
-            add = call.additive_mask(a, z).masked_fill(mask[:, None, None, :], float("-inf")).to(q.dtype)
-            o, _ = attention_with_lse(q[:, :, a:z], k, v, add, call.scale, softcap=call.softcap)
+            o, _ = call.restricted(a, z, hide=mask, heads=[h])
             res[:, a:z] = o[:, 0].float()
         return res
 

@@ -26,7 +26,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -148,7 +147,7 @@ def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, 
                        .encode()).hexdigest()[:16]
     path = Path(checkpoint) if checkpoint else None
     if path is not None:
-        from ..io.provenance import code_sha256, config_hash, weights_sha256
+        from ..io.provenance import code_sha256, collect, config_hash, weights_sha256
 
         config = {"analysis": "act-search", "model": lm.spec.name, "weights_sha256": weights_sha256(lm), "task": key,
                   "beta": beta, "candidates": [list(c) for c in candidates],
@@ -156,7 +155,8 @@ def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, 
                                               "workbench.core.attention"])}
         if path.suffix != ".jsonl":  # a folder: one checkpoint file per configuration
             path = path / f"search-{config_hash(config)[:16]}.jsonl"
-        done = {(r["layer"], r["head"]): r for r in open_checkpoint(path, config) if r.get("key") == key}
+        done = {(r["layer"], r["head"]): r for r in open_checkpoint(path, config, collect(lm, config))
+                if r.get("key") == key}
     todo = [c for c in candidates if c not in done]
     with tqdm(total=len(candidates), initial=len(candidates) - len(todo), desc="ACT search: heads",
               disable=not progress) as bar:
@@ -171,34 +171,23 @@ def search_heads(lm: LoadedModel, task: ChoiceTask, candidates: list[tuple[int, 
     return df
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """Wilson score 95% interval of a binomial proportion k/n (scipy)."""
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def compare(base_correct: torch.Tensor, new_correct: torch.Tensor, n_boot: int = 2000, seed: int = 0) -> dict:
     """Paired comparison of two per-question correctness vectors (n,) bool.
 
     Returns: dict with baseline/calibrated accuracy and Wilson 95% CIs, ``difference`` (calibrated - baseline),
     its paired bootstrap 95% CI, and McNemar's exact two-sided p-value on the discordant questions.
     """
-    from scipy.stats import binomtest
+    from ..core.intervals import bootstrap_ci, mcnemar, wilson
 
     b = base_correct.numpy().astype(float)
     c = new_correct.numpy().astype(float)
     n = len(b)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    diffs = (c[idx] - b[idx]).mean(1)
-    gained, lost = int(((c == 1) & (b == 0)).sum()), int(((c == 0) & (b == 1)).sum())
-    p = binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
+    test = mcnemar(c.astype(bool), b.astype(bool))
+    gained, lost, p = test["a_only"], test["b_only"], test["p_value"]
     return {"n": n, "baseline_accuracy": b.mean(), "baseline_ci95": wilson(int(b.sum()), n),
             "calibrated_accuracy": c.mean(), "calibrated_ci95": wilson(int(c.sum()), n),
             "difference": c.mean() - b.mean(),
-            "difference_ci95": (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))),
+            "difference_ci95": bootstrap_ci(n, lambda i: c[i].mean() - b[i].mean(), n_boot, 0.95, seed),
             "gained": gained, "lost": lost, "mcnemar_p": float(p)}
 
 

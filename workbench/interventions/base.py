@@ -1,4 +1,5 @@
-"""Base class of head interventions: head selection, phase selection, validation."""
+"""Base classes of interventions: head interventions (head and phase selection, validation) and layer
+interventions (VAR, VHR: layer selection, validation)."""
 from __future__ import annotations
 
 import contextlib
@@ -112,3 +113,32 @@ class HeadIntervention:
         with attention_hooks(self):
             yield self
         self.check_changed()
+
+
+class LayerIntervention:
+    """Base of the attention hooks that choose layers rather than heads (VAR, VHR): subclasses set
+    ``self.layers`` (decoder-layer indices) and implement ``on_attention``; :meth:`_contexts` names what
+    :meth:`applied` activates (default: the attention hook alone)."""
+
+    layers: set[int]
+
+    def validate(self, spec: ModelSpec) -> "LayerIntervention":
+        """Check the layers against the model. Returns self.
+
+        Raises:
+            HeadIndexError: a layer is out of range.
+        """
+        for layer in sorted(self.layers):
+            spec.check_head(layer)
+        return self
+
+    def _contexts(self) -> list:
+        return [attention_hooks(self)]
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator["LayerIntervention"]:
+        """Context manager: the intervention is active for every forward pass inside the block."""
+        with contextlib.ExitStack() as stack:
+            for ctx in self._contexts():
+                stack.enter_context(ctx)
+            yield self

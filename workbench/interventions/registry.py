@@ -7,7 +7,8 @@ manager). Scopes: ``"heads"`` (head ablation, ACT: change chosen heads on any te
 ``"residual"`` (the massive-activation edit: no heads, edits the residual stream) and ``"vlm-input"``
 (VHR, VAR: built for one image+text input, ``build(lm, heads, inp=VLMInput, ...)``). Every intervention
 of the workbench is here; the dashboard lists the text ones, ``workbench hallucination`` builds its
-VHR/VAR from here, studies check their ablation kinds against the ``head ablation`` entry. An
+VHR/VAR from here, and studies build every condition from here (:func:`study_interventions`: the head
+ablation's kinds by kind name and every other ``heads``-scope entry, e.g. ``act calibration``). An
 intervention defined in its own module (``INTERVENTION = InterventionSpec(...)`` there) is listed in
 :data:`INTERVENTIONS` below by where it lives, and imported when first used::
 
@@ -117,9 +118,25 @@ def build_intervention(name: str, lm, heads: Sequence[tuple[int, int]] = (), inp
     return spec.build(lm, list(heads), **kwargs).validate(lm.spec)
 
 
-def _build_ablation(lm, heads, kind: str = "zero", phase: str = "all", mean_samples: int = 4) -> HeadAblation:
-    means = None
-    if kind == "mean":
+def study_interventions() -> dict[str, tuple[str, dict]]:
+    """What a study's ``ablations`` list may name: name -> (registered intervention, parameters it fixes).
+
+    Each kind of the ``head ablation`` entry by its kind (``zero``, ``mean``, ``uniform``, fixing ``kind``),
+    then every other ``heads``-scope intervention by its registered name (its defaults; a study sets the
+    ``phase`` of those that take one). A newly registered heads-scope intervention is available to studies
+    without further code.
+    """
+    specs = available_interventions()
+    kinds = next(p.choices for p in specs["head ablation"].params if p.name == "kind")
+    out = {k: ("head ablation", {"kind": k}) for k in kinds}
+    out.update({n: (n, {}) for n, s in specs.items() if s.scope == "heads" and n != "head ablation"})
+    return out
+
+
+def _build_ablation(lm, heads, kind: str = "zero", phase: str = "all", mean_samples: int = 4,
+                    means: dict | None = None) -> HeadAblation:
+    """The ``head ablation`` entry; ``means`` (fitted elsewhere, e.g. once per study) skips fitting them here."""
+    if kind == "mean" and means is None:
         from ..tasks.text import token_windows
 
         means = HeadAblation.fit_means(lm, heads, token_windows(lm.tokenizer, 128, int(mean_samples), "train"))

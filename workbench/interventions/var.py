@@ -23,18 +23,17 @@ this against an eager reference that edits the materialised attention map.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
-from ..core.attention import AttentionCall, attention_hooks, attention_with_lse
+from ..core.attention import AttentionCall, attention_hooks
 from ..core.errors import WorkbenchError
+from ..analyzers.vision import RHO, SUMM, TAU, SinkDetector, image_centric
+from .base import LayerIntervention
 from .registry import InterventionSpec, Param
 
 P = 0.6
-SUMM = 0.2
-RHO = 0.5
 
 
 def var_output(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p: float = P, summ: float = SUMM,
@@ -62,12 +61,10 @@ def var_output(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p:
     a_img_sink = a_s_cols[..., image[s_idx]].sum(-1)
     vis = call.visible(0, nq, keys=ip_idx)  # (B|1, 1, Nq, |I'|)
     any_vis = vis.any(-1)  # (B|1, 1, Nq)
-    mask = call.additive_mask(0, nq, keys=ip_idx).to(call.query.dtype)  # finite biases kept, as in the layer
-    o_ip, lse_ip = attention_with_lse(call.query, call.key[:, :, ip_idx], call.value[:, :, ip_idx], mask, call.scale,
-                                      softcap=call.softcap)
+    o_ip, lse_ip = call.restricted(keys=ip_idx)  # second kernel call over I' (finite biases kept, as in the layer)
     a_ip = torch.where(any_vis, torch.exp(lse_ip - call.lse), 0.0)
     a_img = a_ip + a_img_sink
-    selected = any_vis & (a_img >= summ) & (a_ip >= rho * a_img)
+    selected = any_vis & image_centric(a_img, a_ip, summ, rho)
     if heads is not None:
         allowed = torch.zeros(out.shape[1], dtype=torch.bool, device=call.device)
         allowed[heads] = True
@@ -86,18 +83,32 @@ def var_eager(call: AttentionCall, sinks: torch.Tensor, image: torch.Tensor, p: 
 
     Returns (output (B, Hq, Nq, D) float32, selected (B, Hq, Nq) bool).
     """
-    a = torch.softmax(call.scores(), dim=-1)
-    ip = image & ~sinks
-    a_i, a_ip, a_s = a[..., image].sum(-1), a[..., ip].sum(-1), a[..., sinks].sum(-1)
-    sel = (a_i >= summ) & (a_ip >= rho * a_i) & (a_ip > 0)
-    new = a.clone()
-    new[..., sinks] = a[..., sinks] * (1 - p)
-    new[..., ip] = a[..., ip] + p * a_s[..., None] * a[..., ip] / a_ip.clamp_min(1e-30)[..., None]
-    a2 = torch.where(sel[..., None], new, a)
+    a2, sel = redistribute(torch.softmax(call.scores(), dim=-1), sinks, image, p, summ, rho)
     return torch.matmul(a2, call.value.repeat_interleave(call.n_rep, dim=1).float()), sel
 
 
-class VisualAttentionRedistribution:
+def redistribute(rows: torch.Tensor, sinks: torch.Tensor, image: torch.Tensor, p: float = P, summ: float = SUMM,
+                 rho: float = RHO) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAR on materialised attention rows, as Kang et al. edit the map (the eager form of :func:`var_output`).
+
+    Args:
+        rows: (..., Nq, Nk) attention probabilities.
+        sinks, image: (Nk,) bool sink and image tokens.
+    Returns:
+        (rows', selected): (..., Nq, Nk) rows where the image-centric ones (A_I >= summ and A_I' >= rho A_I,
+        A_I' > 0) have (1-p) A on the sinks and A + p A_S A / A_I' on the non-sink image keys, the others
+        unchanged; (..., Nq) bool, the image-centric rows.
+    """
+    ip = image & ~sinks
+    a_i, a_ip, a_s = rows[..., image].sum(-1), rows[..., ip].sum(-1), rows[..., sinks].sum(-1)
+    sel = image_centric(a_i, a_ip, summ, rho) & (a_ip > 0)
+    new = rows.clone()
+    new[..., sinks] = rows[..., sinks] * (1 - p)
+    new[..., ip] = rows[..., ip] + p * a_s[..., None] * rows[..., ip] / a_ip.clamp_min(1e-30)[..., None]
+    return torch.where(sel[..., None], new, rows), sel
+
+
+class VisualAttentionRedistribution(LayerIntervention):
     """VAR as an attention hook for one input (see module docstring).
 
     Args:
@@ -112,9 +123,7 @@ class VisualAttentionRedistribution:
     """
 
     def __init__(self, lm, image_positions: torch.Tensor, dims: Iterable[int], p: float = P, summ: float = SUMM,
-                 rho: float = RHO, tau: float = 20.0, layers: Iterable[int] | None = None):
-        from ..analyzers.vision import SinkDetector
-
+                 rho: float = RHO, tau: float = TAU, layers: Iterable[int] | None = None):
         n = lm.spec.n_layers
         self.layers = set(range(2, n - 1)) if layers is None else set(layers) - {n - 1}
         self.image = torch.as_tensor(image_positions, dtype=torch.long)
@@ -137,20 +146,12 @@ class VisualAttentionRedistribution:
         self.n_selected[call.layer] = self.n_selected.get(call.layer, 0) + int(sel.sum())
         return out
 
-    def validate(self, spec) -> "VisualAttentionRedistribution":
-        """Check the layers against the model (HeadIndexError). Returns self."""
-        for layer in self.layers:
-            spec.check_head(layer)
-        return self
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator["VisualAttentionRedistribution"]:
-        """Sink detection pre-hooks and the attention hook, active inside the block."""
-        with self.detector, attention_hooks(self):
-            yield self
+    def _contexts(self) -> list:
+        """Sink detection pre-hooks and the attention hook, active inside :meth:`applied`."""
+        return [self.detector, attention_hooks(self)]
 
 
-def _build(lm, heads, inp, p: float = P, summ: float = SUMM, rho: float = RHO, tau: float = 20.0):
+def _build(lm, heads, inp, p: float = P, summ: float = SUMM, rho: float = RHO, tau: float = TAU):
     from ..tasks.hallucination import _sink_dims
     from ..core.vlm import image_positions
 
@@ -166,5 +167,5 @@ INTERVENTION = InterventionSpec(
     (Param("p", "float", P, low=0.0, high=1.0, help="share of sink attention moved"),
      Param("summ", "float", SUMM, low=0.0, high=1.0, help="image attention a head needs"),
      Param("rho", "float", RHO, low=0.0, high=1.0, help="non-sink share of the image attention"),
-     Param("tau", "float", 20.0, low=0.0, help="sink threshold on phi")),
+     Param("tau", "float", TAU, low=0.0, help="sink threshold on phi")),
     scope="vlm-input")

@@ -20,13 +20,13 @@ keeps layer 1 plus the same share (14/32) of the last layers of any depth.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
-from ..core.attention import AttentionCall, attention_hooks
+from ..core.attention import AttentionCall
 from ..core.errors import WorkbenchError
+from .base import LayerIntervention
 from .registry import InterventionSpec, Param
 
 ALPHA = 2.0
@@ -53,7 +53,7 @@ def select_heads(vhd: torch.Tensor, text_norm: torch.Tensor) -> torch.Tensor:
     return v > v.median()
 
 
-class VisionAwareHeadReinforcement:
+class VisionAwareHeadReinforcement(LayerIntervention):
     """VHR as an attention hook (see module docstring).
 
     Args:
@@ -109,17 +109,6 @@ class VisionAwareHeadReinforcement:
             out[:, sel] = out[:, sel] * self.alpha
         return out
 
-    def validate(self, spec) -> "VisionAwareHeadReinforcement":
-        """Check the layers against the model (HeadIndexError). Returns self."""
-        for layer in self.layers:
-            spec.check_head(layer)
-        return self
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator["VisionAwareHeadReinforcement"]:
-        """Active for every forward pass inside the block (prefill selects, decoding reuses)."""
-        with attention_hooks(self):
-            yield self
 
 
 # VHR in the intervention registry (built per image+text input).

@@ -15,7 +15,15 @@ Where it is stored:
   :func:`write_parquet` / :func:`read_provenance`;
 * HTML pages: a footer from :func:`footer_html` (readable text, the configuration in a
   ``<details>``, and the same dict as an embedded ``application/json`` script so
-  :func:`read_provenance` can read a page back).
+  :func:`read_provenance` can read a page back);
+* CSV tables (kept beside Parquet for spreadsheets): a sidecar ``<name>.csv.provenance.json``,
+  :func:`write_csv`;
+* Markdown reports: a last line ``<!-- workbench-provenance: {...} -->``, :func:`markdown_footer`;
+* JSON-lines checkpoints and caches: the header line's ``"provenance"`` (:func:`workbench.io.jsonl.open_checkpoint`);
+* safetensors files: the metadata key ``workbench.provenance`` (a JSON string).
+
+:func:`missing_provenance` lists the files of a results tree that carry none (the check ``workbench
+reproduce`` and its test apply to every file it writes).
 
 ``weights_sha256`` is the SHA-256 of the model's state dict: every tensor's name, dtype, shape and
 raw bytes, in sorted name order. It is computed once per loaded model (kept in ``lm.extras``),
@@ -198,8 +206,33 @@ def write_parquet(df, path: str | Path, prov: dict) -> Path:
     return p
 
 
+def write_csv(df, path: str | Path, prov: dict) -> Path:
+    """Write DataFrame ``df`` (no index) as CSV and ``prov`` into the sidecar ``<name>.csv.provenance.json``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(p, index=False)
+    write_json({"file": p.name}, sidecar(p), prov)
+    return p
+
+
+def sidecar(path: str | Path) -> Path:
+    """The provenance sidecar of a CSV file: ``<name>.csv.provenance.json`` beside it."""
+    p = Path(path)
+    return p.with_name(p.name + ".provenance.json")
+
+
+MD_MARK = "<!-- workbench-provenance: "
+
+
+def markdown_footer(prov: dict) -> str:
+    """The last lines of a Markdown report: :func:`describe` for readers and ``prov`` in an HTML comment."""
+    data = canonical_json(prov).replace("-->", "--\\u003e")  # '-->' occurs only inside JSON strings
+    return f"\n---\nProvenance: {describe(prov)}\n{MD_MARK}{data} -->\n"
+
+
 def read_provenance(path: str | Path) -> dict | None:
-    """The provenance saved in a result file (.parquet, .json, .html), or None when it carries none.
+    """The provenance saved in a result file (.parquet, .json, .html, .csv via its sidecar, .md, .jsonl header,
+    .safetensors metadata), or None when it carries none.
 
     A directory is read through its first file that has provenance among ``summary.json``, ``*.json``,
     ``*.parquet`` (sorted).
@@ -227,6 +260,23 @@ def read_provenance(path: str | Path) -> dict | None:
         if suffix == ".json":
             obj = json.loads(p.read_text())
             return obj.get(JSON_KEY) if isinstance(obj, dict) else None
+        if suffix == ".csv":
+            sc = sidecar(p)
+            return read_provenance(sc) if sc.exists() else None
+        if suffix == ".md":
+            text = p.read_text()
+            i = text.rfind(MD_MARK)
+            return json.loads(text[i + len(MD_MARK):text.index(" -->", i)]) if i >= 0 else None
+        if suffix == ".jsonl":
+            with open(p) as fh:
+                head = json.loads(fh.readline() or "null")
+            return head.get(JSON_KEY) if isinstance(head, dict) else None
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), "pt") as fh:
+                meta = fh.metadata() or {}
+            return json.loads(meta[PARQUET_KEY.decode()]) if PARQUET_KEY.decode() in meta else None
         if suffix in (".html", ".htm"):
             import re
 
@@ -235,6 +285,24 @@ def read_provenance(path: str | Path) -> dict | None:
     except (ValueError, OSError):
         return None
     return None
+
+
+#: files a results tree may hold that are not results: the shared offline plotly bundle of the report pages
+NOT_RESULTS = ("plotly.min.js",)
+
+
+def missing_provenance(root: str | Path) -> list[Path]:
+    """Files under ``root`` that carry no provenance (:func:`read_provenance` is None), sorted.
+
+    CSV sidecars count as part of their CSV; :data:`NOT_RESULTS` are skipped.
+    """
+    out = []
+    for f in sorted(Path(root).rglob("*")):
+        if not f.is_file() or f.name in NOT_RESULTS or f.name.endswith(".csv.provenance.json"):
+            continue
+        if read_provenance(f) is None:
+            out.append(f)
+    return out
 
 
 def _short(h: str | None, n: int = 12) -> str:

@@ -40,6 +40,9 @@ class CensusContext:
     progress: bool = True
     options: dict = field(default_factory=dict)
     out: Path | None = None  # the model's run folder (None: the census writes nothing)
+    # mean received attention s_k of every key, (n_samples, L, H, seq_len) float32, recorded by the
+    # ``attention`` section in its pass so that later sections (``sinks``) do not run the windows again
+    received: torch.Tensor | None = None
 
 
 @dataclass
@@ -56,12 +59,14 @@ def attention_section(ctx: CensusContext) -> CensusSection:
     """First-token mass, entropy and mean distance of every head (see module docstring)."""
     spec = ctx.lm.spec
     tracer = Tracer(ctx.lm, stats=("received", "entropy", "distance"))
-    first, ent, dist = 0.0, 0.0, 0.0
+    first, ent, dist, received = 0.0, 0.0, 0.0, []
     for row in tqdm(ctx.samples, desc="census: attention", disable=not ctx.progress):
         tr = tracer.run(row[None])
+        received.append(tr["received"][:, 0])  # (L, H, N)
         first = first + tr["received"][:, 0, :, 0]
         ent = ent + tr["entropy"][:, 0].mean(-1)
         dist = dist + tr["distance"][:, 0].mean(-1)
+    ctx.received = torch.stack(received)
     n = len(ctx.samples)
     L, H = spec.n_layers, spec.n_heads
     df = pd.DataFrame({
@@ -208,7 +213,7 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
             heads = sec.heads if heads is None else heads.merge(sec.heads, on=["layer", "head"], how="left")
         summary[name] = sec.summary
         figures += [(f"{name}: {t}", f) for t, f in sec.figures]
-    from ..io.provenance import collect, write_json, write_parquet
+    from ..io.provenance import collect, write_csv, write_json, write_parquet
 
     prov = collect(lm, census_config(lm, n_samples, seq_len, names, ctx.options))
     summary = {"model": lm.spec.name, **summary, "provenance": prov}
@@ -217,7 +222,7 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
         d = model_dir(out_dir, lm.spec.name)
         d.mkdir(parents=True, exist_ok=True)
         write_parquet(heads, d / "heads.parquet", prov)
-        heads.to_csv(d / "heads.csv", index=False)
+        write_csv(heads, d / "heads.csv", prov)
         write_json({"model": lm.spec.name, "heads": json.loads(heads.to_json(orient="records"))}, d / "heads.json", prov)
         (d / "summary.json").write_text(json.dumps(summary, indent=1))
         write_census_html(heads, summary, d / "census.html", lm.spec.name, figures)

@@ -137,13 +137,9 @@ def var_rows(rows: torch.Tensor, sinks: torch.Tensor, image: torch.Tensor, p: fl
         (..., Nq, Nk): image-centric rows (A_I >= summ and A_I' >= rho A_I) with (1-p) A on sinks and
         A + p A_S A / A_I' on the non-sink image keys; other rows unchanged.
     """
-    ip = image & ~sinks
-    a_i, a_ip, a_s = rows[..., image].sum(-1), rows[..., ip].sum(-1), rows[..., sinks].sum(-1)
-    sel = (a_i >= summ) & (a_ip >= rho * a_i) & (a_ip > 0)
-    new = rows.clone()
-    new[..., sinks] = rows[..., sinks] * (1 - p)
-    new[..., ip] = rows[..., ip] + p * a_s[..., None] * rows[..., ip] / a_ip.clamp_min(1e-30)[..., None]
-    return torch.where(sel[..., None], new, rows)
+    from ..interventions.var import redistribute
+
+    return redistribute(rows, sinks, image, p, summ, rho)[0]
 
 
 def used_attention(intervention, layer: int, head: int, rows: torch.Tensor, q_start: int) -> tuple[torch.Tensor, str]:

@@ -27,7 +27,7 @@ def head_types_report(lm: LoadedModel, samples: int = 4, seq_len: int = 256, n_r
         DataFrame: layer, head, ``<type>_score``) and, per type, ``top_<type>``: the ``top`` best heads as
         ``{"layer", "head", "score"}``.
     """
-    from ..io.provenance import code_sha256, collect, write_parquet
+    from ..io.provenance import code_sha256, collect, write_csv, write_parquet
     from ..io.runs import model_dir
     from ..tasks.text import token_windows
 
@@ -41,7 +41,7 @@ def head_types_report(lm: LoadedModel, samples: int = 4, seq_len: int = 256, n_r
     if out is not None:
         path = model_dir(out, lm.spec.name) / "head_types.parquet"
         write_parquet(df, path, prov)
-        df.to_csv(path.with_suffix(".csv"), index=False)
+        write_csv(df, path.with_suffix(".csv"), prov)
     res = {"model": lm.spec.name, "table": None if path is None else str(path), "settings": settings,
            "provenance": prov, "scores": df}
     for k in HEAD_TYPES:

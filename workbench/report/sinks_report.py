@@ -103,7 +103,7 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         "sink_tokens": an.tokens.head(30).to_dict(orient="records"),
         "hidden_sink_heads": hidden_heads.to_dict(orient="records"),
     }
-    from ..io.provenance import code_sha256, collect
+    from ..io.provenance import code_sha256, collect, write_csv
 
     result["provenance"] = collect(lm, {
         "command": "sinks", "model": lm.spec.name, "n_short": n_short, "short_len": short_len, "n_long": n_long,
@@ -116,7 +116,7 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         d = model_dir(out_dir, lm.spec.name)
         d.mkdir(parents=True, exist_ok=True)
         (d / "sinks.json").write_text(json.dumps(result, indent=1, default=str))
-        an.heads.to_csv(d / "sinks_heads.csv", index=False)
+        write_csv(an.heads, d / "sinks_heads.csv", result["provenance"])
         write_sinks_html(result, an.heads, d / "sinks.html")
         result["files"] = {"json": str(d / "sinks.json"), "html": str(d / "sinks.html"), "heads_csv": str(d / "sinks_heads.csv")}
     return result
@@ -183,7 +183,9 @@ def write_sinks_html(result: dict, heads: pd.DataFrame, path: str | Path) -> Non
 
 def sinks_section(ctx: CensusContext) -> CensusSection:
     """Census section ``sinks``: per-head first-token sink share and ACT hidden sinks on the census windows."""
-    rec = received_attention(ctx.lm, ctx.samples, progress=ctx.progress, desc="census: sinks")
+    rec = ctx.received  # from the attention section's pass over the same windows
+    if rec is None:
+        rec = received_attention(ctx.lm, ctx.samples, progress=ctx.progress, desc="census: sinks")
     heads = head_table(rec).drop(columns=["first_token_mass"])  # the attention section has it already
     prof = layer_profile(rec)
     summary = {"sink_rate_first_token": sink_rate(rec), "sink_eps": SINK_EPS,

@@ -610,6 +610,9 @@ def markdown_page(md: str, path, title: str, provenance: dict | None = None) -> 
 
     from markdown_it import MarkdownIt
 
+    from ..io.provenance import MD_MARK
+
+    md = "\n".join(ln for ln in md.splitlines() if not ln.startswith(MD_MARK))  # the machine-readable copy: the footer shows it
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
     Path(path).write_text("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
                           "content='width=device-width, initial-scale=1'><title>" + title + "</title>"

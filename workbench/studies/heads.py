@@ -78,7 +78,12 @@ def resolve_head_set(hs: HeadSetSpec, lm: LoadedModel, resolved: dict[str, list[
             df = classic_head_scores(lm, token_windows(lm.tokenizer, 256, 4), progress=False)
         heads = _top(df, f"{o['type']}_score", o["k"], f"{o['type']} score", path)
     elif hs.source == "explicit":
-        heads = [(int(a), int(b)) for a, b in o["heads"]]
+        if isinstance(o["heads"], str):  # the head-set grammar (workbench.core.headsets)
+            from ..core.headsets import parse_head_set
+
+            heads = parse_head_set(o["heads"], spec.n_layers, spec.n_heads, seed=0 if seed is None else seed)
+        else:
+            heads = [(int(a), int(b)) for a, b in o["heads"]]
     else:
         excluded = {h for name in o.get("exclude", []) for h in resolved.get(name, [])}
         pool = [(a, b) for a in range(spec.n_layers) for b in range(spec.n_heads) if (a, b) not in excluded]

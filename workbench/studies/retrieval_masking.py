@@ -15,8 +15,6 @@ computed once without masking and reused by every condition), ``all`` (prefill t
 """
 from __future__ import annotations
 
-import random
-import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -25,7 +23,6 @@ from tqdm.auto import tqdm
 
 from ..core.errors import WorkbenchError
 from ..interventions import HeadAblation
-from ..core.models import parse_heads
 from ..tasks.needle import Needle, build_prompt, load_needles
 from ..analyzers.retrieval import MAX_NEW_TOKENS, ROUGE_THRESHOLD, greedy_decode, prefill, rouge1_recall
 from .retrieval_sweep import RETRIEVAL_THRESHOLD
@@ -33,35 +30,31 @@ from .retrieval_sweep import RETRIEVAL_THRESHOLD
 
 def select_heads(spec_str: str, n_layers: int, n_heads: int, scores: pd.DataFrame | None = None,
                  seed: int = 0) -> list[tuple[int, int]]:
-    """Parse a head selection.
+    """Parse a head set in the grammar of :mod:`workbench.core.headsets`, with the retrieval scores as its source.
 
     ``retrieval:top-K``: the K heads with the highest retrieval score; ``random:K``: K heads drawn
-    (with ``seed``) from the non-retrieval heads (score <= 0.1); ``L.H,L.H,...``: explicit heads.
+    (with ``seed``) from the non-retrieval heads (score <= 0.1); ``L.H,L.H,...`` (and ``L.*``,
+    ``L.H-L.H``): explicit heads, returned sorted.
 
     Raises:
         WorkbenchError: malformed selection, scores missing, or too few heads to draw from.
         HeadIndexError: an explicit head is out of range.
     """
+    from ..core.headsets import is_selection, parse_head_set
+
     s = spec_str.strip()
-    m = re.fullmatch(r"retrieval:top-?(\d+)", s)
-    r = re.fullmatch(r"random:(\d+)", s)
-    if m or r:
+    hint = "retrieval:top-K, random:K or LAYER.HEAD,LAYER.HEAD (L.*, L.H-L.H)"
+    if is_selection(s):
         if scores is None:
             raise WorkbenchError(f"--heads {s} needs saved retrieval scores: run `workbench retrieval` first or pass --scores")
-        k = int((m or r).group(1))
-        if m:
-            top = scores.sort_values(["score", "layer", "head"], ascending=[False, True, True]).head(k)
-            return [(int(a), int(b)) for a, b in zip(top["layer"], top["head"])]
         pool = scores[scores.score <= RETRIEVAL_THRESHOLD]
-        pool = sorted((int(a), int(b)) for a, b in zip(pool["layer"], pool["head"]))
-        if k > len(pool):
-            raise WorkbenchError(f"random:{k} asks for more than the {len(pool)} non-retrieval heads")
-        return sorted(random.Random(seed).sample(pool, k))
-    hint = "retrieval:top-K, random:K or LAYER.HEAD,LAYER.HEAD"
+        return parse_head_set(s, n_layers, n_heads, scores={"retrieval": scores}, seed=seed, hint=hint,
+                              pool=[(int(a), int(b)) for a, b in zip(pool["layer"], pool["head"])],
+                              pool_name="non-retrieval heads")
     empty = [p for p in s.split(",") if not p.strip()]
     if empty:
         raise WorkbenchError(f"cannot read head {empty[0]!r}: use {hint}")
-    return sorted(set(parse_heads(s, n_layers, n_heads, hint=hint)))
+    return sorted(set(parse_head_set(s, n_layers, n_heads, hint=hint)))
 
 
 @dataclass

@@ -237,6 +237,13 @@ def accuracy_heatmap(tests: pd.DataFrame, title: str):
     return fig
 
 
+def _csv(df: pd.DataFrame, path: Path, prov: dict | None, write_csv) -> None:
+    if prov is not None:
+        write_csv(df, path, prov)
+    else:
+        df.to_csv(path, index=False)
+
+
 def save(res: SweepResult, out_dir: str | Path, model: str, prov: dict | None = None) -> dict:
     """Write retrieval_heads.parquet/.csv/.json, tests.csv, summary.json and retrieval.html into ``out_dir``.
 
@@ -244,7 +251,7 @@ def save(res: SweepResult, out_dir: str | Path, model: str, prov: dict | None = 
     Parquet metadata, the JSON files and the page footer.
     """
     from ..io.jsonl import read_header
-    from ..io.provenance import write_json, write_parquet
+    from ..io.provenance import write_csv, write_json, write_parquet
     from ..report.viz import write_html
 
     out = Path(out_dir)
@@ -255,10 +262,10 @@ def save(res: SweepResult, out_dir: str | Path, model: str, prov: dict | None = 
         write_parquet(res.heads, out / "retrieval_heads.parquet", prov)
     else:
         res.heads.to_parquet(out / "retrieval_heads.parquet", index=False)
-    res.heads.to_csv(out / "retrieval_heads.csv", index=False)
+    _csv(res.heads, out / "retrieval_heads.csv", prov, write_csv)
     write_json({"model": model, **res.to_json()}, out / "retrieval_heads.json", prov)
     if len(res.tests):
-        res.tests.to_csv(out / "tests.csv", index=False)
+        _csv(res.tests, out / "tests.csv", prov, write_csv)
     write_json({"model": model, **res.summary}, out / "summary.json", prov)
     s = res.summary
     write_html(figures(res), out / "retrieval.html", f"Retrieval heads: {model}",

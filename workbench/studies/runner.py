@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..core.errors import WorkbenchError
 from ..io.jsonl import append_jsonl, open_checkpoint, read_jsonl
 from ..interventions import HeadAblation
+from ..interventions.registry import available_interventions, study_interventions
 from ..core.models import LoadedModel
 from .heads import resolve_head_set
 from .spec import StudySpec
@@ -66,12 +67,25 @@ class StudyJob:
         if c.kind == "none":
             ctx = contextlib.nullcontext
         else:
-            iv = HeadAblation(c.heads, c.kind, self.spec.phase, self.means if c.kind == "mean" else None).validate(lm.spec)
-            ctx = iv.applied
+            ctx = build_condition(lm, c.kind, c.heads, self.spec.phase, self.means).applied
         task = self.tasks[c.task]
         values = task.evaluate(ctx)
         return {"key": c.key, "task": c.task, "metric": task.metric, "head_set": c.head_set, "seed": c.seed,
                 "kind": c.kind, "heads": [list(h) for h in c.heads], "n_heads": len(c.heads), "values": values}
+
+
+def build_condition(lm: LoadedModel, name: str, heads: list[tuple[int, int]], phase: str, means: dict | None = None):
+    """The intervention of one condition, from the registry (:func:`~workbench.interventions.registry.study_interventions`):
+    its defaults, the parameters the study name fixes, the study's ``phase`` and, for the mean ablation, the means
+    fitted once for the study. Raises HeadIndexError for heads outside ``lm``."""
+    entry, fixed = study_interventions()[name]
+    spec = available_interventions()[entry]
+    kw = {**spec.defaults(), **fixed}
+    if "phase" in kw:
+        kw["phase"] = phase
+    if entry == "head ablation" and kw["kind"] == "mean":
+        kw["means"] = means
+    return spec.build(lm, list(heads), **kw).validate(lm.spec)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -104,12 +118,11 @@ def plan_conditions(spec: StudySpec, lm: LoadedModel, reports: str | Path = "rep
 
 def bootstrap_ci(values: np.ndarray, agg, n: int, level: float, rng: np.random.Generator,
                  base: np.ndarray | None = None) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``agg(values)`` (or of ``agg(values) - agg(base)``, paired)."""
-    m = len(values)
-    idx = rng.integers(0, m, size=(n, m))
-    stats = np.array([agg(values[i]) - (agg(base[i]) if base is not None else 0.0) for i in idx])
-    a = (1 - level) / 2
-    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+    """Percentile bootstrap interval of ``agg(values)`` (or of ``agg(values) - agg(base)``, paired), ``n``
+    resamples of the examples (:func:`workbench.core.intervals.bootstrap_ci`)."""
+    from ..core.intervals import bootstrap_ci as ci
+
+    return ci(len(values), lambda i: agg(values[i]) - (agg(base[i]) if base is not None else 0.0), n, level, rng)
 
 
 def results_table(spec: StudySpec, rows: list[dict]) -> pd.DataFrame:
@@ -163,25 +176,29 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def write_report(spec: StudySpec, df: pd.DataFrame, out: Path, heads_used: dict, prov: dict | None = None) -> dict:
     """Write results.csv/.parquet/.json, report.md and report.html into ``out`` (with ``prov``); returns the paths."""
-    from ..io.provenance import describe, write_json, write_parquet
+    from ..io.provenance import markdown_footer, write_csv, write_json, write_parquet
 
-    df.to_csv(out / "results.csv", index=False)
     if prov is not None:
+        write_csv(df, out / "results.csv", prov)
         write_parquet(df, out / "results.parquet", prov)
         write_json({"study": spec.name, "results": json.loads(df.to_json(orient="records"))}, out / "results.json", prov)
     else:
+        df.to_csv(out / "results.csv", index=False)
         df.to_parquet(out / "results.parquet", index=False)
     level = int(round(spec.ci * 100))
     intro = (f"Study `{spec.name}` on `{spec.model}` (spec: `{spec.path}`). Ablations: {', '.join(spec.ablations)} "
              f"(zero: z = 0; mean: z = mean head output over {spec.mean_samples} train-split windows of "
-             f"{spec.mean_seq_len} tokens; uniform: uniform attention over visible keys), phase `{spec.phase}`. "
+             f"{spec.mean_seq_len} tokens; uniform: uniform attention over visible keys"
+             + "".join(f"; {a}: {available_interventions()[a].description}" for a in spec.ablations
+                       if study_interventions()[a][0] != "head ablation")
+             + f"), phase `{spec.phase}`. "
              f"Intervals: {level}% percentile bootstrap over examples ({spec.n_bootstrap} resamples); delta intervals "
              "are paired with the baseline.")
     sets = "\n".join(f"- `{k}`: {', '.join(f'{a}.{b}' for a, b in v)}" for k, v in heads_used.items())
     md = (f"# Study: {spec.name}\n\n{intro}\n\n## Head sets (layer.head)\n\n{sets}\n\n## Results\n\n"
           f"{_markdown(df.drop(columns=['heads']))}\n")
     if prov is not None:
-        md += f"\n---\nProvenance: {describe(prov)}\n"
+        md += markdown_footer(prov)
     (out / "report.md").write_text(md)
     from ..report.viz import markdown_page
 
@@ -213,6 +230,7 @@ def study_config(spec: StudySpec, lm: LoadedModel, conds: list[Condition]) -> di
             "conditions": {c.key: [list(h) for h in c.heads] for c in conds},
             "code_sha256": code_sha256(["workbench.studies.runner", "workbench.studies.study_tasks", "workbench.studies.heads",
                                         "workbench.studies.spec", "workbench.interventions.ablation",
+                                        "workbench.interventions.registry",
                                         "workbench.core.attention", "workbench.tasks.text"])}
 
 
@@ -241,7 +259,7 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
     from ..core.models import load_model
     from ..tasks.text import token_windows
 
-    from ..io.provenance import collect
+    from ..io.provenance import collect, write_json
     from ..io.runs import run_dir
 
     lm = lm or load_model(spec.model)
@@ -260,8 +278,7 @@ def run_study(spec: StudySpec, lm: LoadedModel | None = None, out_root: str | Pa
     config = study_config(spec, lm, conds)
     prov = collect(lm, config, spec.seed)
     done = open_checkpoint(out / ROWS, config, prov)  # refuses rows of another spec, model, head set or code
-    (out / "spec.json").write_text(json.dumps({"digest": spec.digest, "model": lm.spec.name, "spec": spec.raw},
-                                              indent=1, default=str))
+    write_json({"digest": spec.digest, "model": lm.spec.name, "spec": spec.raw}, out / "spec.json", prov)
     finished = {r["key"] for r in done}
     todo = [c for c in conds if c.key not in finished]
     means = {}

@@ -33,11 +33,14 @@ Example (``studies/sinks_vs_induction.toml``)::
 Head-set sources: ``sinks`` (``first_token_mass`` of ``reports/<model>/heads.parquet``),
 ``retrieval`` (``score`` of a retrieval-head table, ``path`` or the default locations),
 ``classic`` (``type`` one of previous_token / duplicate_token / induction; read from
-``reports/<model>/head_types.parquet`` or computed), ``explicit`` (``heads = [[layer, head], ...]``),
+``reports/<model>/head_types.parquet`` or computed), ``explicit`` (``heads = [[layer, head], ...]`` or a
+head set in the grammar of :mod:`workbench.core.headsets`, e.g. ``heads = "23.3,29.*"``),
 ``random`` (``k``, ``seeds``, optional ``exclude``). Optional keys everywhere: ``path`` (a table),
 ``column``. Task kinds: ``ioi`` (logit difference), ``colored_objects`` (logit difference),
 ``perplexity`` (held-out real text), ``needle`` (needle-in-a-haystack accuracy; needs the
-retrieval module). Top-level options: ``seed``, ``n_bootstrap`` (1000), ``ci`` (0.95), ``phase``
+retrieval module). ``ablations`` name registered interventions
+(:func:`workbench.interventions.registry.study_interventions`): the ablation kinds ``zero``, ``mean``,
+``uniform`` and any other head intervention by its registered name, e.g. ``"act calibration"``. Top-level options: ``seed``, ``n_bootstrap`` (1000), ``ci`` (0.95), ``phase``
 (all / prefill / decode), ``mean_samples`` and ``mean_seq_len`` (text the mean ablation averages over,
 train split).
 """
@@ -53,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import WorkbenchError
-from ..interventions.ablation import KINDS
+from ..interventions.registry import study_interventions
 
 SOURCES = ("sinks", "retrieval", "classic", "explicit", "random")
 TASK_KINDS = ("ioi", "colored_objects", "perplexity", "needle")
@@ -110,7 +113,7 @@ def _need(d: dict, key: str, where: str):
 # every key a spec may hold, with its type: an unknown key (a typo) or a wrong type is an error, not ignored
 TOP_KEYS = {"name": str, "model": str, "description": str, "head_sets": dict, "ablations": list, "tasks": dict,
             "seed": int, "n_bootstrap": int, "ci": float, "phase": str, "mean_samples": int, "mean_seq_len": int}
-HEAD_SET_KEYS = {"source": str, "k": int, "type": str, "heads": list, "exclude": list, "seeds": list,
+HEAD_SET_KEYS = {"source": str, "k": int, "type": str, "heads": (list, str), "exclude": list, "seeds": list,
                  "path": str, "column": str}
 TASK_KEYS = {"kind": str, "n": int, "seed": int, "seq_len": int, "split": str, "batch_size": int,
              "lengths": list, "depths": list, "n_needles": int, "max_new_tokens": int}
@@ -128,7 +131,8 @@ def _check_keys(d: dict, schema: dict, where: str) -> None:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) if typ is float else \
             isinstance(v, typ) and not (typ is int and isinstance(v, bool))
         if not ok:
-            raise StudySpecError(f"{where}.{key} = {v!r} must be {'a number' if typ is float else 'an integer' if typ is int else 'a ' + typ.__name__ if typ is not dict else 'a table'}")
+            names = " or ".join("a table" if t is dict else "a " + t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+            raise StudySpecError(f"{where}.{key} = {v!r} must be {'a number' if typ is float else 'an integer' if typ is int else names}")
 
 
 def parse_spec(doc: dict, path: str = "<spec>") -> StudySpec:
@@ -159,7 +163,7 @@ def parse_spec(doc: dict, path: str = "<spec>") -> StudySpec:
         if src == "classic" and "type" not in opts:
             raise StudySpecError(f"head_sets.{sname} (classic) needs `type`: previous_token, duplicate_token or induction")
         if src == "explicit" and not opts.get("heads"):
-            raise StudySpecError(f"head_sets.{sname} (explicit) needs `heads = [[layer, head], ...]`")
+            raise StudySpecError(f"head_sets.{sname} (explicit) needs `heads = [[layer, head], ...]` or `heads = \"L.H,...\"`")
         if src == "random":
             for other in opts.get("exclude", []):
                 if other not in doc["head_sets"] or other == sname:
@@ -168,9 +172,10 @@ def parse_spec(doc: dict, path: str = "<spec>") -> StudySpec:
     if not sets:
         raise StudySpecError(f"{path} names no head sets")
     ablations = list(doc.get("ablations", ["zero"]))
-    bad = [a for a in ablations if a not in KINDS]
+    known = study_interventions()  # the intervention registry: ablation kinds and the other head interventions
+    bad = [a for a in ablations if a not in known]
     if bad:
-        raise StudySpecError(f"unknown ablation kinds {bad}: use {KINDS}")
+        raise StudySpecError(f"unknown ablations {bad}: use registered ones {list(known)}")
     tasks = []
     for tname, opts in dict(_need(doc, "tasks", path)).items():
         if not isinstance(opts, dict):

@@ -8,8 +8,8 @@ question's own context window (so a distractor is always a word the model has ju
 copying the context no help); only when the window has too few such words is the rest drawn from the
 whole-word tokens that occur at least twice in the same split. The model answers with the choice whose token has the highest
 next-token log-probability (one forward pass per question; no generation). Questions of the ``train``
-split calibrate, those of the ``heldout`` split evaluate (:mod:`workbench.tasks.text` splits by paragraph, so
-the two never share text). Chance accuracy is 1 / n_choices.
+split calibrate, those of the ``heldout`` split evaluate (:mod:`workbench.tasks.text` splits by paragraph; the
+paragraphs pydoc repeats across topics fall in both, see there). Chance accuracy is 1 / n_choices.
 """
 from __future__ import annotations
 

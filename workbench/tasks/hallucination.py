@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -179,13 +179,14 @@ def cache_file(cache_dir: Path, config: dict) -> Path:
     return Path(cache_dir) / f"answers-{config_hash(config)[:16]}.jsonl"
 
 
-def _resume(cache_dir: Path | None, config: dict) -> tuple[dict, Path | None]:
+def _resume(cache_dir: Path | None, config: dict, lm=None) -> tuple[dict, Path | None]:
     if cache_dir is None:
         return {}, None
     from ..io.jsonl import open_checkpoint
+    from ..io.provenance import collect
 
     path = cache_file(cache_dir, config)
-    return {r["key"]: r for r in open_checkpoint(path, config)}, path
+    return {r["key"]: r for r in open_checkpoint(path, config, collect(lm, config))}, path
 
 
 def _append(path: Path | None, row: dict) -> None:
@@ -240,7 +241,7 @@ def run_pope(lm: LoadedModel, images: Sequence[D.Composite], items: pd.DataFrame
     for s in splits:
         check_method(method, s)
     sub = items[items.split.isin(splits)].copy()
-    done, cache = _resume(cache, cache_config(lm, "pope", method, params, images, 1))
+    done, cache = _resume(cache, cache_config(lm, "pope", method, params, images, 1), lm)
     todo = sorted({(int(r.image), int(r.digit)) for r in sub.itertuples()})
     keys = [f"pope/{method}/{img}/{digit}" for img, digit in todo]
     _answer_all(lm, AnswerJob(list(images), method, params, 1), todo, keys, done, cache, f"POPE {method}", progress,
@@ -261,7 +262,7 @@ def run_chair(lm: LoadedModel, images: Sequence[D.Composite], method: str = "non
     Returns DataFrame (image, method, answer, truth, mentioned, hallucinated, covered).
     """
     check_method(method)
-    done, cache = _resume(cache, cache_config(lm, "chair", method, params, images, max_new_tokens))
+    done, cache = _resume(cache, cache_config(lm, "chair", method, params, images, max_new_tokens), lm)
     keys = [f"chair/{method}/{i}" for i in range(len(images))]
     _answer_all(lm, AnswerJob(list(images), method, params, max_new_tokens), [(i, None) for i in range(len(images))],
                 keys, done, cache, f"CHAIR {method}", progress, executor)
@@ -294,25 +295,6 @@ def chair_metrics(df: pd.DataFrame) -> dict:
             "chair_i": float(df["hallucinated"].map(len).sum() / n_mentioned) if n_mentioned else 0.0,
             "length": float(df["mentioned"].map(len).mean()),
             "recall": float(df["covered"].map(len).sum() / df["truth"].map(len).sum()), "n": int(len(df))}
-
-
-def with_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], dict], n_boot: int = 1000, seed: int = 0,
-            level: float = 0.95) -> dict:
-    """``fn(df)`` plus ``<metric>_ci`` = [lo, hi] from a percentile bootstrap over ``df.image`` clusters."""
-    point = fn(df)
-    groups = [g for _, g in df.groupby("image")]
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(groups), len(groups))
-        boots.append(fn(pd.concat([groups[i] for i in pick], ignore_index=True)))
-    a = (1 - level) / 2
-    out = dict(point)
-    for k, v in point.items():
-        if k != "n" and isinstance(v, float):
-            vals = np.array([b[k] for b in boots])
-            out[f"{k}_ci"] = [float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))]
-    return out
 
 
 @torch.no_grad()

@@ -137,19 +137,17 @@ def _no_image_logits(lm: LoadedModel, questions: Sequence[str]) -> torch.Tensor:
 
 
 def summary(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Accuracy per condition and kind with 95% bootstrap intervals (scipy.stats.bootstrap, percentile,
+    """Accuracy per condition and kind with 95% bootstrap intervals (:func:`workbench.core.intervals.bootstrap_ci`,
     resampling images), yes-ratio of the yes/no questions. DataFrame (condition, kind, n, accuracy,
     ci_low, ci_high, yes_ratio)."""
-    from scipy.stats import bootstrap
+    from ..core.intervals import bootstrap_ci
 
     rows = []
     for (cond, kind), g in df.groupby(["condition", "kind"], sort=False):
         per = g.groupby("image")["correct"].agg(["sum", "count"])
         s, c = per["sum"].to_numpy(float), per["count"].to_numpy(float)
         if len(per) > 1:
-            ci = bootstrap((s, c), lambda a, b: a.sum() / b.sum(), paired=True, vectorized=False, n_resamples=n_boot,
-                           method="percentile", random_state=seed).confidence_interval
-            lo, hi = float(ci.low), float(ci.high)
+            lo, hi = bootstrap_ci(len(per), lambda i: s[i].sum() / c[i].sum(), n_boot, 0.95, seed)
         else:
             lo = hi = float("nan")
         yes = float((g.pred == V.YES).mean()) if kind == "yesno" else float("nan")

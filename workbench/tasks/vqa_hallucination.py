@@ -19,16 +19,15 @@
 Removing keys S from attention, closed form on the kernel output: with A_k = exp(s_k - lse) for
 k in S and A_S their sum, out' = (out - sum_{k in S} A_k v_k) / (1 - A_S).
 
-Statistics: 95% percentile bootstrap intervals (``scipy.stats.bootstrap``, resampling scenes);
-paired tests between methods on the same questions: McNemar's exact test
-(``scipy.stats.binomtest`` on the discordant pairs) for POPE correctness and for CHAIR_S.
+Statistics (:mod:`workbench.core.intervals`): 95% percentile bootstrap intervals resampling scenes
+(``cluster_ci``, ``paired_cluster_ci``); paired tests between methods on the same questions:
+McNemar's exact test (``mcnemar``) for POPE correctness and for CHAIR_S.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -179,56 +178,5 @@ def chair_metrics(df: pd.DataFrame) -> dict:
             "recall": float(df["covered"].map(len).sum() / df["truth"].map(len).sum()), "n": int(len(df))}
 
 
-def bootstrap_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """``fn(df)`` plus ``<metric>_ci`` [lo, hi]: 95% percentile bootstrap over ``df.image`` (scipy.stats.bootstrap)."""
-    from scipy.stats import bootstrap
-
-    point = fn(df)
-    groups = {k: g for k, g in df.groupby("image")}
-    keys = np.array(sorted(groups))
-    out = dict(point)
-    for name, v in point.items():
-        if name == "n" or not isinstance(v, float):
-            continue
-
-        def stat(idx, name=name):
-            return fn(pd.concat([groups[keys[int(i)]] for i in idx], ignore_index=True))[name]
-
-        res = bootstrap((np.arange(len(keys)),), stat, vectorized=False, n_resamples=n_boot, method="percentile",
-                        random_state=seed)
-        out[f"{name}_ci"] = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
-    return out
-
-
-def mcnemar(a: np.ndarray, b: np.ndarray) -> dict:
-    """Exact McNemar test of paired booleans (e.g. correct under two methods): binomial test on the
-    discordant pairs. Returns n_a_only, n_b_only, p_value (two-sided)."""
-    from scipy.stats import binomtest
-
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    n01, n10 = int((a & ~b).sum()), int((~a & b).sum())
-    p = binomtest(n01, n01 + n10, 0.5).pvalue if n01 + n10 else 1.0
-    return {"a_only": n01, "b_only": n10, "p_value": float(p)}
-
-
-def paired_diff_ci(da: pd.DataFrame, db: pd.DataFrame, fn: Callable[[pd.DataFrame], dict], metric: str,
-                   n_boot: int = 1000, seed: int = 0) -> list[float]:
-    """95% paired bootstrap interval of fn(db)[metric] - fn(da)[metric], resampling scenes jointly."""
-    from scipy.stats import bootstrap
-
-    ga = {k: g for k, g in da.groupby("image")}
-    gb = {k: g for k, g in db.groupby("image")}
-    keys = np.array(sorted(set(ga) & set(gb)))
-
-    def stat(idx):
-        pick = [keys[int(i)] for i in idx]
-        return (fn(pd.concat([gb[k] for k in pick], ignore_index=True))[metric]
-                - fn(pd.concat([ga[k] for k in pick], ignore_index=True))[metric])
-
-    res = bootstrap((np.arange(len(keys)),), stat, vectorized=False, n_resamples=n_boot, method="percentile",
-                    random_state=seed)
-    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
-
-
-__all__ = ["METHODS", "VisualSinkRemoval", "run_pope", "run_chair", "chair_metrics", "pope_metrics", "bootstrap_ci",
-           "mcnemar", "paired_diff_ci", "yes_margin", "caption", "method_context"]
+__all__ = ["METHODS", "VisualSinkRemoval", "run_pope", "run_chair", "chair_metrics", "pope_metrics",
+           "yes_margin", "caption", "method_context"]

@@ -262,13 +262,13 @@ def masking_test(
     d = default_out(lm.spec.name, out)
     d.mkdir(parents=True, exist_ok=True)
     tag = f"masking_{phase}"
-    from ...io.provenance import collect, write_json, write_parquet
+    from ...io.provenance import collect, write_csv, write_json, write_parquet
 
     prov = collect(lm, {"command": "masking-test", "model": model, "ks": ks, "seeds": seeds, "kinds": kind_list,
                         "phase": phase, "lengths": lengths, "depths": depths, "needles": needles,
                         "scores_config_hash": (sc.attrs.get("provenance") or {}).get("config_hash")})
-    df.to_csv(d / f"{tag}_tests.csv", index=False)
-    table.to_csv(d / f"{tag}.csv", index=False)
+    write_csv(df, d / f"{tag}_tests.csv", prov)
+    write_csv(table, d / f"{tag}.csv", prov)
     write_parquet(table, d / f"{tag}.parquet", prov)
     write_json({"model": lm.spec.name, "phase": phase, "table": table.to_dict(orient="records")}, d / f"{tag}.json", prov)
     write_html(masking_figures(df), d / f"{tag}.html", f"Retrieval-head masking test ({phase}): {lm.spec.name}",

@@ -14,14 +14,14 @@ from .retrieval import address_option, executor_option, gpus_option, threads_opt
 
 
 def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
-    """Parse ``--heads 3.1,7.4`` into [(3, 1), (7, 4)] (see :func:`workbench.core.models.parse_heads`).
+    """Parse ``--heads 3.1,7.4`` (the head-set grammar of :mod:`workbench.core.headsets`) into [(3, 1), (7, 4)].
 
     Raises:
         WorkbenchError: malformed or empty. HeadIndexError: out of range.
     """
-    from ...core.models import parse_heads as parse_head_list
+    from ...core.headsets import parse_head_set
 
-    out = parse_head_list(spec, n_layers, n_heads, hint="LAYER.HEAD, e.g. --heads 3.1,7.4")
+    out = parse_head_set(spec, n_layers, n_heads, hint="L.H, L.H-L.H or L.*, e.g. --heads 3.1,7.4")
     if not out:
         raise WorkbenchError("--heads is empty: give heads as LAYER.HEAD,... or use --search")
     return out

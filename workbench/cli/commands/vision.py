@@ -39,21 +39,21 @@ def vision(
     lm = load_model(model, device=device, dtype=dtype)
     res = vision_analysis(lm, n_images=images, tau=tau, rho=rho, progress=not as_json)
     d = _out_dir(out, lm.spec.name)
-    from ...io.provenance import code_sha256, collect, write_json
+    from ...io.provenance import code_sha256, collect, write_csv, write_json
 
     prov = collect(lm, {"command": "vision", "model": model, "images": images, "tau": tau, "rho": rho, "top": top,
                         "code_sha256": code_sha256(["workbench.analyzers.vision", "workbench.report.vision_report", "workbench.core.vlm"])})
-    res.per_head.to_csv(d / "vhd_heads.csv", index=False)
-    res.t_vhd.to_csv(d / "t_vhd.csv", index=False)
-    res.visual_sinks.to_csv(d / "visual_sinks.csv", index=False)
-    res.image_centric.to_csv(d / "image_centric_heads.csv", index=False)
+    write_csv(res.per_head, d / "vhd_heads.csv", prov)
+    write_csv(res.t_vhd, d / "t_vhd.csv", prov)
+    write_csv(res.visual_sinks, d / "visual_sinks.csv", prov)
+    write_csv(res.image_centric, d / "image_centric_heads.csv", prov)
     result = {"model": lm.spec.name, "n_images": images, **res.to_json(top)}
     write_json(result, d / "vision.json", prov)
     share = res.image_attention.groupby(["layer", "head"], as_index=False).agg(
         image_centric_share=("image_centric", "mean"), image_attention=("image_attention", "mean"))
     result["provenance"] = prov
     write_vision_html(result, res.per_head, d / "vision.html", share)
-    share.to_csv(d / "image_attention_heads.csv", index=False)
+    write_csv(share, d / "image_attention_heads.csv", prov)
     result["files"] = {"json": str(d / "vision.json"), "html": str(d / "vision.html")}
     va = res.vision_aware.head(8)
     human = (f"sink dims {res.sink_dims}; visual sink image positions: "
@@ -82,7 +82,8 @@ def hallucination(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """POPE-style yes/no (and optionally CHAIR-style listing) hallucination metrics with 95% bootstrap CIs."""
-    from ...tasks.hallucination import check_method, chair_metrics, pope_items, pope_metrics, run_chair, run_pope, heldout_images, with_ci
+    from ...tasks.hallucination import check_method, chair_metrics, pope_items, pope_metrics, run_chair, run_pope, heldout_images
+    from ...core.intervals import cluster_ci
     from ...core.models import load_model
     from ...report.vision_report import require_digits_model
 
@@ -101,9 +102,9 @@ def hallucination(
     from ...io.provenance import collect, write_json
 
     result = {"model": lm.spec.name, "method": method, "params": method_params(method), "split": split,
-              **with_ci(df, pope_metrics)}
+              **cluster_ci(df, pope_metrics)}
     if chair:
-        result["chair"] = with_ci(chair_df, chair_metrics)
+        result["chair"] = cluster_ci(chair_df, chair_metrics)
     result["file"] = str(write_json(result, cache.parent / f"hallucination_{method}_{split}_{images}.json",
                                     collect(lm, {"command": "hallucination", "model": model, "method": method,
                                                  "params": result["params"], "split": split, "images": images,
