@@ -2,7 +2,8 @@
 
 ``workbench heads`` is :func:`workbench.report.head_types_report.head_types_report`, ``workbench patch`` is
 :func:`circuits.report.patch_circuits`, and ``workbench trace --html`` writes its page with
-:func:`workbench.report.trace_page.write_trace_html` (the number of maps is a parameter, ``--max-maps``).
+:func:`workbench.report.trace_page.write_trace_html` (the number of maps is a parameter, ``--max-maps``), and
+``workbench probe`` is :func:`probes.run.run_probe`.
 Tiny random-weight models with the SmolLM2 tokenizer (the IOI prompts need real names).
 """
 from __future__ import annotations
@@ -112,3 +113,15 @@ def test_trace_command_takes_max_maps(preset, tmp_path, capsys):
                "--html", str(page), "--max-maps", "2", "--out", str(tmp_path))
     assert page.read_text().count('class="plotly-graph-div"') == 2
     assert re.match(r"2 attention maps \(heads 0\.0, 0\.1;", doc["html_maps"])
+
+
+def test_probe_command_prints_what_run_probe_returns(preset, tiny_tok_lm, tmp_path, capsys):
+    from probes import run_probe
+
+    res = run_probe(tiny_tok_lm, "sink", layer=1, n=6, seq_len=32, seed=2, out=tmp_path / "py")
+    cli = _cli(capsys, "probe", "--model", preset, "--task", "sink", "--layer", "1", "--n", "6", "--seq-len", "32",
+               "--seed", "2", "--out", str(tmp_path / "cli"))
+    keys = ("task_accuracy", "control_accuracy", "selectivity", "majority_accuracy", "description")
+    assert {k: cli[k] for k in keys} == {k: res[k] for k in keys}
+    assert json.loads(Path(res["file"]).read_text())["selectivity"] == res["selectivity"]
+    assert "file" not in run_probe(tiny_tok_lm, "sink", layer=1, n=6, seq_len=32, seed=2, out=None)

@@ -26,34 +26,24 @@ def probe(
     dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Train a linear probe and its Hewitt-Liang control probe; report accuracy and selectivity."""
-    from ...core.errors import WorkbenchError
+    """Train a linear probe and its Hewitt-Liang control probe; report accuracy and selectivity
+    (:func:`probes.run.run_probe`)."""
     from ...core.models import load_model
-    from probes import needle_dataset, sink_dataset, train_probe
+    from probes.run import SITES, TASKS, run_probe
+    from ...core.errors import WorkbenchError
 
-    if task not in ("needle", "sink"):
+    if task not in TASKS:
         raise WorkbenchError(f"unknown probe task {task!r}: use needle or sink")
-    if site not in ("resid_pre", "z"):
+    if site not in SITES:
         raise WorkbenchError(f"unknown site {site!r}: use resid_pre or z")
     if site == "z" and head is None:
         raise WorkbenchError("--site z needs --head")
     lm = load_model(model, device=device, dtype=dtype)
-    lm.spec.check_head(layer, head)
-    if task == "needle":
-        data = needle_dataset(lm, layer, n_seqs=n, seq_len=seq_len, site=site, head=head, seed=seed)
-    else:
-        data = sink_dataset(lm, layer, n_seqs=n, seq_len=seq_len, site=site, head=head, threshold=threshold)
-    res = train_probe(data, seed=seed).to_dict()
-    res.update(model=lm.spec.name, task=task, layer=layer, site=site, head=head, n_sequences=n, seq_len=seq_len)
-    from ...io.provenance import collect, write_json
-    from ...io.runs import run_dir
-
-    path = run_dir(out, lm.spec.name, "probes") / f"{task}_L{layer}_{site}{'' if head is None else f'_H{head}'}.json"
-    write_json(res, path, collect(lm, {"command": "probe", "model": model, "task": task, "layer": layer, "site": site,
-                                       "head": head, "n": n, "seq_len": seq_len, "threshold": threshold}, seed))
-    res["file"] = str(path)
+    res = run_probe(lm, task, layer, site, head, n=n, seq_len=seq_len, threshold=threshold, seed=seed, out=out,
+                    config={"command": "probe", "model": model, "task": task, "layer": layer, "site": site,
+                            "head": head, "n": n, "seq_len": seq_len, "threshold": threshold})
     human = (f"{res['description']}\n  task accuracy {res['task_accuracy']:.3f} (balanced {res['task_balanced_accuracy']:.3f}), "
              f"control {res['control_accuracy']:.3f} (balanced {res['control_balanced_accuracy']:.3f}), "
              f"selectivity {res['selectivity']:+.3f} (balanced {res['balanced_selectivity']:+.3f}); majority {res['majority_accuracy']:.3f}"
-             f"\nwrote {path}")
+             f"\nwrote {res['file']}")
     emit(res, as_json, human)
