@@ -3,7 +3,8 @@
 ``workbench heads`` is :func:`workbench.report.head_types_report.head_types_report`, ``workbench patch`` is
 :func:`circuits.report.patch_circuits`, and ``workbench trace --html`` writes its page with
 :func:`workbench.report.trace_page.write_trace_html` (the number of maps is a parameter, ``--max-maps``), and
-``workbench probe`` is :func:`probes.run.run_probe`.
+``workbench probe`` is :func:`probes.run.run_probe`, ``workbench calibrate`` is
+:func:`workbench.interventions.act_search.calibrate`.
 Tiny random-weight models with the SmolLM2 tokenizer (the IOI prompts need real names).
 """
 from __future__ import annotations
@@ -125,3 +126,17 @@ def test_probe_command_prints_what_run_probe_returns(preset, tiny_tok_lm, tmp_pa
     assert {k: cli[k] for k in keys} == {k: res[k] for k in keys}
     assert json.loads(Path(res["file"]).read_text())["selectivity"] == res["selectivity"]
     assert "file" not in run_probe(tiny_tok_lm, "sink", layer=1, n=6, seq_len=32, seed=2, out=None)
+
+
+def test_calibrate_command_prints_what_calibrate_returns(preset, tiny_tok_lm, tmp_path, capsys):
+    from workbench.core.errors import WorkbenchError
+    from workbench.interventions.act_search import calibrate
+
+    res = calibrate(tiny_tok_lm, heads=[(0, 1), (1, 3)], n_eval=6, context_tokens=16, out=tmp_path / "py")
+    cli = _cli(capsys, "calibrate", "--model", preset, "--heads", "0.1,1.3", "--n-eval", "6", "--context-tokens",
+               "16", "--out", str(tmp_path / "cli"))
+    evaluation = json.loads(json.dumps(res["evaluation"]))  # as printed: tuples become lists
+    assert cli["heads"] == res["heads"] == ["0.1", "1.3"] and cli["evaluation"] == evaluation
+    assert json.loads(Path(res["file"]).read_text())["evaluation"] == evaluation
+    with pytest.raises(WorkbenchError, match="exactly one of"):
+        calibrate(tiny_tok_lm, heads=[(0, 1)], search=True, out=None)

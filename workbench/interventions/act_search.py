@@ -25,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..core.errors import WorkbenchError
 from ..core.hooks import decoder_layers
 from ..io.jsonl import append_jsonl, open_checkpoint
 from .act import DEFAULT_BETA, ACTCalibration
@@ -231,3 +233,65 @@ def act_search(lm: LoadedModel, task_name: str = "pydoc-cloze", n_cal: int = 64,
         "heads": [f"{a}.{b}" for a, b in chosen],
         "evaluation": evaluate_heads(lm, ev, chosen, beta),
     }
+
+
+def calibrate(lm: LoadedModel, task: str = "pydoc-cloze", beta: float = DEFAULT_BETA,
+              heads: Sequence[tuple[int, int]] | None = None, n_eval: int = 200, context_tokens: int = 32,
+              search: bool = False, n_cal: int = 64, max_heads: int = 30, checkpoint: str | Path | None = None,
+              executor=None, out: str | Path | None = "runs", config: dict | None = None) -> dict:
+    """ACT on chosen ``heads``, or (``search=True``) on the heads :func:`act_search` selects: held-out accuracy
+    without and with calibration (:func:`evaluate_heads`: Wilson intervals, paired bootstrap interval of the
+    difference, McNemar's test), the run behind ``workbench calibrate``.
+
+    Writes, unless ``out`` is None, ``out/<model>/act/calibrate.json`` (or ``search.json``) with provenance
+    (``config`` recorded in it, by default the arguments); the search's resumable checkpoint is ``checkpoint``,
+    by default in that folder.
+
+    Returns:
+        ``task``, ``beta``, ``n_eval``, ``context_tokens``, ``heads`` ("L.H" list), ``evaluation``, ``model``
+        (with ``search``: also the screened ``candidates`` and the per-head ``search`` rows) and, when written,
+        ``file``.
+
+    Raises:
+        UnknownTaskError: unknown task. WorkbenchError: both or neither of ``heads`` and ``search``, or
+            ``beta`` outside [0, 1].
+    """
+    from ..io.provenance import collect, write_json
+    from ..io.runs import run_dir
+    from ..tasks.cloze import build_task
+
+    check_calibration(task, heads is not None, search, beta)
+    d = None if out is None else run_dir(out, lm.spec.name, "act")
+    if search:
+        res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint or d, context_tokens=context_tokens,
+                         executor=executor)
+    else:
+        ev = build_task(task, lm.tokenizer, "heldout", n_eval, context_tokens=context_tokens)
+        chosen = [(int(a), int(b)) for a, b in heads]
+        res = {"task": task, "beta": beta, "n_eval": n_eval, "context_tokens": context_tokens,
+               "heads": [f"{a}.{b}" for a, b in chosen], "evaluation": evaluate_heads(lm, ev, chosen, beta)}
+    res["model"] = lm.spec.name
+    if d is not None:
+        cfg = config if config is not None else {
+            "command": "calibrate", "model": lm.spec.name, "task": task, "beta": beta,
+            "heads": None if heads is None else ",".join(f"{a}.{b}" for a, b in heads), "search": search,
+            "n_cal": n_cal, "n_eval": n_eval, "max_heads": max_heads, "context_tokens": context_tokens}
+        res["file"] = str(write_json(res, d / ("search.json" if search else "calibrate.json"), collect(lm, cfg)))
+    return res
+
+
+def check_calibration(task: str, heads_given: bool, search: bool, beta: float) -> None:
+    """The arguments :func:`calibrate` refuses, checked before any model loads.
+
+    Raises:
+        UnknownTaskError: unknown task. WorkbenchError: both or neither of heads and search, or ``beta``
+            outside [0, 1].
+    """
+    from ..tasks.cloze import TASKS, UnknownTaskError
+
+    if task not in TASKS:
+        raise UnknownTaskError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    if heads_given == search:
+        raise WorkbenchError("give exactly one of --heads LAYER.HEAD,... or --search")
+    if not 0.0 <= beta <= 1.0:
+        raise WorkbenchError(f"--beta {beta} must lie in [0, 1] (ACT uses 0.4)")

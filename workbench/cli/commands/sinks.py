@@ -9,7 +9,7 @@ import typer
 
 from .. import DEVICE_OPTION, DTYPE_OPTION, app, emit
 from ...core.errors import WorkbenchError
-from ...io.runs import DEFAULT_ROOT, run_dir
+from ...io.runs import DEFAULT_ROOT
 from .retrieval import address_option, executor_option, gpus_option, threads_option, workers_option
 
 
@@ -101,39 +101,24 @@ def calibrate(
 ) -> None:
     """ACT attention calibration (Yu et al. 2024) on chosen heads or an automated head search; accuracy with
     95% confidence intervals, baseline vs calibrated, on held-out questions."""
-    from ...interventions.act_search import act_search, evaluate_heads
+    from ...interventions.act_search import calibrate as run_calibration, check_calibration
     from ...core.models import load_model
-    from ...tasks.cloze import TASKS, UnknownTaskError, build_task
 
-    if task not in TASKS:
-        raise UnknownTaskError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
-    if (heads is None) == (not search):
-        raise WorkbenchError("give exactly one of --heads LAYER.HEAD,... or --search")
-    if not 0.0 <= beta <= 1.0:
-        raise WorkbenchError(f"--beta {beta} must lie in [0, 1] (ACT uses 0.4)")
+    check_calibration(task, heads is not None, search, beta)
     from ...core.executor import make_executor
 
     ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     if checkpoint is not None and checkpoint.exists():
         _check_checkpoint(checkpoint)
     lm = load_model(model, device=device, dtype=dtype)
-    d = run_dir(out, lm.spec.name, "act")
-    if search:
-        with ex:
-            res = act_search(lm, task, n_cal, n_eval, beta, max_heads, checkpoint or d,
-                             context_tokens=context_tokens, executor=ex)
-    else:
-        chosen = parse_heads(heads, lm.spec.n_layers, lm.spec.n_heads)
-        ev = build_task(task, lm.tokenizer, "heldout", n_eval, context_tokens=context_tokens)
-        res = {"task": task, "beta": beta, "n_eval": n_eval, "context_tokens": context_tokens,
-               "heads": [f"{a}.{b}" for a, b in chosen], "evaluation": evaluate_heads(lm, ev, chosen, beta)}
-    res["model"] = lm.spec.name
-    from ...io.provenance import collect, write_json
-
+    chosen = None if heads is None else parse_heads(heads, lm.spec.n_layers, lm.spec.n_heads)
     cfg = {"command": "calibrate", "model": model, "task": task, "beta": beta, "heads": heads, "search": search,
            "n_cal": n_cal, "n_eval": n_eval, "max_heads": max_heads, "context_tokens": context_tokens}
-    path = write_json(res, d / ("search.json" if search else "calibrate.json"), collect(lm, cfg))
-    res["file"] = str(path)
+    import contextlib
+
+    with ex if search else contextlib.nullcontext():  # only the search runs cells on the executor
+        res = run_calibration(lm, task, beta, chosen, n_eval=n_eval, context_tokens=context_tokens, search=search,
+                              n_cal=n_cal, max_heads=max_heads, checkpoint=checkpoint, executor=ex, out=out, config=cfg)
     e = res["evaluation"]
     human = (f"{task} ({e['n']} held-out questions), beta {beta}, heads {res['heads'] or 'none'}:\n"
              f"baseline   {e['baseline_accuracy']:.3f} (95% CI {e['baseline_ci95'][0]:.3f}-{e['baseline_ci95'][1]:.3f})\n"
