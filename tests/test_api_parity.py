@@ -4,7 +4,8 @@
 :func:`circuits.report.patch_circuits`, and ``workbench trace --html`` writes its page with
 :func:`workbench.report.trace_page.write_trace_html` (the number of maps is a parameter, ``--max-maps``), and
 ``workbench probe`` is :func:`probes.run.run_probe`, ``workbench calibrate`` is
-:func:`workbench.interventions.act_search.calibrate`.
+:func:`workbench.interventions.act_search.calibrate`, ``workbench ablate`` and ``workbench masking-test`` are
+:func:`workbench.studies.retrieval_runs.ablate_needles` and :func:`~workbench.studies.retrieval_runs.masking_test`.
 Tiny random-weight models with the SmolLM2 tokenizer (the IOI prompts need real names).
 """
 from __future__ import annotations
@@ -140,3 +141,28 @@ def test_calibrate_command_prints_what_calibrate_returns(preset, tiny_tok_lm, tm
     assert json.loads(Path(res["file"]).read_text())["evaluation"] == evaluation
     with pytest.raises(WorkbenchError, match="exactly one of"):
         calibrate(tiny_tok_lm, heads=[(0, 1)], search=True, out=None)
+
+
+def test_ablate_and_masking_test_commands_print_what_their_calls_return(preset, tiny_tok_lm, tmp_path, capsys):
+    import pandas as pd
+
+    from workbench.studies.retrieval_runs import ablate_needles, masking_test
+    from workbench.studies.retrieval_sweep import default_out, load_scores, run_sweep, save
+    from workbench.tasks.needle import load_needles
+
+    needles = load_needles()[:1]
+    sweep = default_out(tiny_tok_lm.spec.name, tmp_path / "cli")
+    save(run_sweep(tiny_tok_lm, [160], [50], needles, sweep, progress=False, max_new_tokens=3), sweep,
+         tiny_tok_lm.spec.name)
+    common = ["--model", preset, "--lengths", "160", "--depths", "50", "--needles", "1", "--out", str(tmp_path / "cli")]
+    res = ablate_needles(tiny_tok_lm, "0.1,1.2", needles, [160], [50], kind="zero", out=tmp_path / "py")
+    cli = _cli(capsys, "ablate", "--heads", "0.1,1.2", "--kind", "zero", *common)
+    assert {k: cli[k] for k in ("heads", "accuracy", "baseline_accuracy", "grid", "n_tests")} == \
+        {k: res[k] for k in ("heads", "accuracy", "baseline_accuracy", "grid", "n_tests")}
+    assert res["heads"] == [[0, 1], [1, 2]] and Path(res["file"]).exists()
+    scores = load_scores(sweep, tiny_tok_lm)
+    res = masking_test(tiny_tok_lm, scores, needles, [160], [50], ks=[1], seeds=1, kinds=["zero"], out=tmp_path / "py")
+    cli = _cli(capsys, "masking-test", "--ks", "1", "--seeds", "1", "--kinds", "zero", *common)
+    assert cli["table"] == json.loads(pd.DataFrame(res["table"]).to_json(orient="records"))
+    assert cli["accuracy"] == res["accuracy"] and set(cli["files"]) == {"table", "tests", "html"}
+    assert len(res["tests"]) == 3  # baseline, top-1 and one random-1 condition on one needle

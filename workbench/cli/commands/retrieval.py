@@ -161,12 +161,14 @@ def ablate(
     threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Needle accuracy with chosen heads ablated (and the unablated baseline)."""
-    from ...interventions import HeadAblation
-    from ...interventions.base import PHASES
+    """Needle accuracy with chosen heads ablated (and the unablated baseline)
+    (:func:`workbench.studies.retrieval_runs.ablate_needles`)."""
+    import pandas as pd
+
     from ...core.models import load_model
-    from ...studies.retrieval_masking import Condition, accuracy_grids, check_kinds, fit_all_means, run_niah, select_heads
-    from ...studies.retrieval_sweep import default_out
+    from ...interventions.base import PHASES
+    from ...studies.retrieval_masking import check_kinds
+    from ...studies.retrieval_runs import SCORED_SELECTION, ablate_needles
 
     if task != "niah":
         raise WorkbenchError(f"unknown task {task!r}: only niah is available")
@@ -179,38 +181,16 @@ def ablate(
     ex = make_executor(executor, model, workers, threads, gpus_per_worker, address, device=device, dtype=dtype)
     lm = load_model(model, device=device, dtype=dtype)
     _check_lengths(lm, lens)
-    import re
-
-    needs_scores = re.fullmatch(r"\s*(retrieval:top-?\d+|random:\d+)\s*", heads) is not None
-    sc = _scores(scores, lm, True, out) if needs_scores else None
-    sel = select_heads(heads, lm.spec.n_layers, lm.spec.n_heads, sc, seed)
-    means = fit_all_means(lm) if kind == "mean" else None
-    if means is not None:
-        means = {h: means[h] for h in sel}
-    abl = HeadAblation(sel, kind, phase, means).validate(lm.spec)
-    conds = ([Condition("baseline", "none", 0, None, None, None)] if baseline else []) + \
-        [Condition(f"{kind}/{heads}", "ablated", len(sel), seed, kind, abl)]
+    sc = _scores(scores, lm, True, out) if SCORED_SELECTION.fullmatch(heads) else None
+    cfg = {"command": "ablate", "model": model, "heads": heads, "kind": kind, "phase": phase, "seed": seed,
+           "lengths": lengths, "depths": depths, "needles": needles, "baseline": baseline}
     with ex:
-        df = run_niah(lm, conds, lens, deps, ndl, executor=ex)
-    ab = df[df.selection == "ablated"]
-    grid = accuracy_grids(ab)
-    g = next(iter(grid.values()))
-    result = {"model": lm.spec.name, "heads": [list(h) for h in sel], "kind": kind, "phase": phase, "task": task,
-              "accuracy": float(ab.correct.mean()), "n_tests": int(len(ab)),
-              "grid": {"depths": [float(d) for d in g.index], "lengths": [int(c) for c in g.columns],
-                       "accuracy": g.values.tolist()}}
-    if baseline:
-        result["baseline_accuracy"] = float(df[df.selection == "none"].correct.mean())
-    from ...io.provenance import collect, write_json
-
-    cfg = {"command": "ablate", "model": model, "heads": heads, "selected": result["heads"], "kind": kind,
-           "phase": phase, "seed": seed, "lengths": lengths, "depths": depths, "needles": needles, "baseline": baseline,
-           "scores_config_hash": (sc.attrs.get("provenance") or {}).get("config_hash") if sc is not None else None}
-    d = default_out(lm.spec.name, out)
-    name = f"ablate_{kind}_{phase}_" + "".join(c if c.isalnum() else "-" for c in heads) + ".json"
-    result["file"] = str(write_json(result, d / name, collect(lm, cfg, seed)))
-    human = (f"{kind} ablation of {len(sel)} heads ({phase}): accuracy {result['accuracy']:.3f}"
-             + (f" (baseline {result['baseline_accuracy']:.3f})" if baseline else "") + f"\n{g.to_string()}")
+        result = ablate_needles(lm, heads, ndl, lens, deps, kind, phase, seed, sc, baseline, executor=ex, out=out,
+                                config=cfg)
+    g = result["grid"]
+    grid = pd.DataFrame(g["accuracy"], index=pd.Index(g["depths"], name="depth"), columns=pd.Index(g["lengths"], name="length"))
+    human = (f"{kind} ablation of {len(result['heads'])} heads ({phase}): accuracy {result['accuracy']:.3f}"
+             + (f" (baseline {result['baseline_accuracy']:.3f})" if baseline else "") + f"\n{grid.to_string()}")
     emit(result, as_json, human)
 
 
@@ -235,14 +215,14 @@ def masking_test(
     threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Causal test: needle accuracy with the top-K retrieval heads vs K random non-retrieval heads masked."""
-    import json
+    """Causal test: needle accuracy with the top-K retrieval heads vs K random non-retrieval heads masked
+    (:func:`workbench.studies.retrieval_runs.masking_test`)."""
+    import pandas as pd
 
-    from ...interventions.base import PHASES
     from ...core.models import load_model
-    from ...studies.retrieval_masking import build_conditions, check_kinds, fit_all_means, masking_figures, masking_table, run_niah
-    from ...studies.retrieval_sweep import default_out
-    from ...report.viz import write_html
+    from ...interventions.base import PHASES
+    from ...studies.retrieval_masking import check_kinds
+    from ...studies.retrieval_runs import masking_test as run_masking_test
 
     if phase not in PHASES:
         raise WorkbenchError(f"unknown phase {phase!r}: use decode, all or prefill")
@@ -254,28 +234,10 @@ def masking_test(
     lm = load_model(model, device=device, dtype=dtype)
     _check_lengths(lm, lens)
     sc = _scores(scores, lm, True, out)
-    means = fit_all_means(lm) if "mean" in kind_list else None
-    conds = build_conditions(lm, sc, k_list, list(range(seeds)), kind_list, phase, means)
+    cfg = {"command": "masking-test", "model": model, "ks": ks, "seeds": seeds, "kinds": kind_list, "phase": phase,
+           "lengths": lengths, "depths": depths, "needles": needles}
     with ex:
-        df = run_niah(lm, conds, lens, deps, ndl, executor=ex)
-    table = masking_table(df)
-    d = default_out(lm.spec.name, out)
-    d.mkdir(parents=True, exist_ok=True)
-    tag = f"masking_{phase}"
-    from ...io.provenance import collect, write_csv, write_json, write_parquet
-
-    prov = collect(lm, {"command": "masking-test", "model": model, "ks": ks, "seeds": seeds, "kinds": kind_list,
-                        "phase": phase, "lengths": lengths, "depths": depths, "needles": needles,
-                        "scores_config_hash": (sc.attrs.get("provenance") or {}).get("config_hash")})
-    write_csv(df, d / f"{tag}_tests.csv", prov)
-    write_csv(table, d / f"{tag}.csv", prov)
-    write_parquet(table, d / f"{tag}.parquet", prov)
-    write_json({"model": lm.spec.name, "phase": phase, "table": table.to_dict(orient="records")}, d / f"{tag}.json", prov)
-    write_html(masking_figures(df), d / f"{tag}.html", f"Retrieval-head masking test ({phase}): {lm.spec.name}",
-               "Needle accuracy (ROUGE-1 recall > 0.5) with the top-K retrieval heads or K random non-retrieval "
-               "heads ablated; random-K grids average over seeds.", provenance=prov)
-    result = {"model": lm.spec.name, "phase": phase, "table": table.to_dict(orient="records"),
-              "accuracy": {c: float(g.correct.mean()) for c, g in df.groupby("condition")},
-              "files": {"table": str(d / f"{tag}.csv"), "tests": str(d / f"{tag}_tests.csv"),
-                        "html": str(d / f"{tag}.html")}}
-    emit(result, as_json, table.to_string(index=False))
+        result = run_masking_test(lm, sc, ndl, lens, deps, k_list, seeds, kind_list, phase, executor=ex, out=out,
+                                  config=cfg)
+    result.pop("tests")
+    emit(result, as_json, pd.DataFrame(result["table"]).to_string(index=False))
