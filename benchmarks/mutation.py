@@ -118,6 +118,8 @@ EQUIVALENT = {
         "the query positions on the default device: the same tensor on a one-device machine",
     ("workbench.attention.xǁAttentionCallǁadditive_mask", "q_stop = None"):
         "additive_mask's q_stop default: slicing to None and visible(q_start, None) already mean 'to the last query'",
+    ("workbench.stats.x_sampled_received", "step_all = max(1, chunk_elements // max(1, bm / nk))"):
+        "the chunk size (a memory knob; results do not depend on it, as head_statistics documents)",
 }
 
 
