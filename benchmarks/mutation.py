@@ -119,7 +119,8 @@ EQUIVALENT = {
     ("workbench.attention.xǁAttentionCallǁadditive_mask", "q_stop = None"):
         "additive_mask's q_stop default: slicing to None and visible(q_start, None) already mean 'to the last query'",
     ("workbench.stats.x_sampled_received", "step_all = max(1, chunk_elements // max(1, bm / nk))"):
-        "the chunk size (a memory knob; results do not depend on it, as head_statistics documents)",
+        "changes only the chunk size (a memory knob: results do not depend on it) while the batch is smaller "
+        "than the number of keys, where bm / nk < 1 and the division stays an integer",
 }
 
 
