@@ -164,6 +164,8 @@ def run_mutmut(module: str, sample: int = 40, seed: int = 0) -> dict[str, int]:
         "pytest_add_cli_args =\n    -m\n    not slow\n    -p\n    no:cacheprovider\n"
         # torch is not fork-safe once it has run: fork each mutant from a clean server process
         "process_isolation = forkserver\n"
+        # a worker starts pytest anew (collection, fixtures): mutmut's 1 s constant times out sub-second tests
+        "timeout_constant = 60\n"
         "use_git_change_detection = false\n")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1")
     env.pop("PYTHONPATH", None)  # mutmut puts its mutants/ folder first; the checkout must not shadow it
