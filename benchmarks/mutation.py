@@ -99,7 +99,8 @@ def injected() -> int:
 MODULES = {"stats": "workbench/core/stats.py", "attention": "workbench/core/attention.py", "tracer": "workbench/core/tracer.py",
            "interventions": "workbench/interventions/*.py"}
 # the fast tests that cover each module (mutmut 3 runs, per mutant, only the tests that called the mutated function)
-MUTMUT_TESTS = {"stats": ["tests/test_properties.py", "tests/test_sampled_stats.py", "tests/test_tracer.py"],
+MUTMUT_TESTS = {"stats": ["tests/test_properties.py", "tests/test_sampled_stats.py", "tests/test_tracer.py",
+                          "tests/test_kernels.py::test_softcap_and_sinks_statistics_equal_eager"],
                 "attention": ["tests/test_attention.py", "tests/test_properties.py"],
                 "tracer": ["tests/test_tracer.py", "tests/test_sampled_stats.py", "tests/test_silent_noops.py"],
                 "interventions": ["tests/test_act.py", "tests/test_ablation_exact.py", "tests/test_silent_noops.py",
@@ -118,6 +119,19 @@ EQUIVALENT = {
         "the query positions on the default device: the same tensor on a one-device machine",
     ("workbench.core.attention.xǁAttentionCallǁadditive_mask", "q_stop = None"):
         "additive_mask's q_stop default: slicing to None and visible(q_start, None) already mean 'to the last query'",
+    ("workbench.attention.x_workbench_mask",
+     'rec[(int(q_len), int(kv_len))] = (kwargs.get("q_offset", 0), kwargs.get("kv_offset", None))'):
+        "a missing kv_offset recorded as None instead of 0: _key_start then falls back to key start 0, the same",
+    ("workbench.stats.x__causal_statistics", "rsum = torch.zeros(b * hkv, rep, nk, device=None)"):
+        "the buffer on the default device: the same tensor on a one-device machine",
+    ("workbench.stats.x_sampled_received", "step_all = max(1, chunk_elements // max(1, bm / nk))"):
+        "changes only the chunk size (a memory knob: results do not depend on it) while the batch is smaller "
+        "than the number of keys, where bm / nk < 1 and the division stays an integer",
+    ("workbench.stats.x_sampled_received", "rcount[..., :kmax] += vis.sum(dim=2, dtype=None)"):
+        "a count of booleans summed as int64 instead of float32, then added into the float32 counts: the same "
+        "integers (exact below 2**24 rows)",
+    ("workbench.stats.x__masked_statistics", "kmax = None"):
+        "drops the causal key cut-off, an optimisation: keys after a chunk's last query have probability 0 anyway",
 }
 
 
@@ -131,7 +145,7 @@ def _equivalent(repo: Path, mutmut: list[str], env: dict, name: str) -> str | No
     return None
 
 
-def run_mutmut(module: str, sample: int = 40, seed: int = 0) -> dict[str, int]:
+def run_mutmut(module: str, sample: int = 40, seed: int = 0, only: list[str] | None = None) -> dict[str, int]:
     """mutmut 3 on one core module with its fast tests, in a copy of the checkout, on one worker process.
 
     mutmut makes about a thousand mutants of each module and a surviving one runs every covering test
@@ -155,6 +169,8 @@ def run_mutmut(module: str, sample: int = 40, seed: int = 0) -> dict[str, int]:
         "pytest_add_cli_args =\n    -m\n    not slow\n    -p\n    no:cacheprovider\n"
         # torch is not fork-safe once it has run: fork each mutant from a clean server process
         "process_isolation = forkserver\n"
+        # a worker starts pytest anew (collection, fixtures): mutmut's 1 s constant times out sub-second tests
+        "timeout_constant = 60\n"
         "use_git_change_detection = false\n")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1")
     env.pop("PYTHONPATH", None)  # mutmut puts its mutants/ folder first; the checkout must not shadow it
@@ -169,6 +185,8 @@ def run_mutmut(module: str, sample: int = 40, seed: int = 0) -> dict[str, int]:
     if not names:
         raise SystemExit(f"mutmut made no mutants of {MODULES[module]} (see {repo})")
     chosen = sorted(random.Random(seed).sample(names, sample)) if 0 < sample < len(names) else names
+    if only:  # rerun named mutants (e.g. the survivors of an earlier run, after adding tests)
+        chosen = [n for n in only if n in names]
     # 2: run the chosen mutants
     subprocess.run(mutmut + ["run", "--max-children", "1", *chosen], cwd=repo, env=env, capture_output=True, text=True)
     res = subprocess.run(mutmut + ["results", "--all", "true"], cwd=repo, env=env, capture_output=True,
@@ -203,11 +221,12 @@ def main() -> None:
                     help="also run mutmut over this core module (repeatable; needs pip install -e '.[mutation]')")
     ap.add_argument("--sample", type=int, default=40, help="mutants drawn per module (0: all; about 1000 each)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the mutant sample")
+    ap.add_argument("--mutants", default="", help="comma-separated mutant names to run instead of a sample")
     ap.add_argument("--skip-injected", action="store_true", help="run only the mutmut part")
     a = ap.parse_args()
     survived = 0 if a.skip_injected else injected()
     for m in a.mutmut:
-        run_mutmut(m, a.sample, a.seed)
+        run_mutmut(m, a.sample, a.seed, [x for x in a.mutants.split(",") if x])
     sys.exit(1 if survived else 0)
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 SKIP_KEYS = {"provenance", "date", "wall_s", "wall_s_steps", "elapsed_s", "seconds", "time_s", "files", "file"}
-ID_COLUMNS = ("task", "metric", "condition", "head_set", "seed", "ablation", "kind", "selection", "k", "split",
+ID_COLUMNS = ("task", "metric", "intervention", "condition", "head_set", "seed", "ablation", "kind", "selection", "k", "split",
               "method", "length", "depth", "needle", "layer", "head", "dim", "position", "image_index", "token_index",
-              "variant", "tokens", "key", "stage")
+              "variant", "tokens", "key", "stage", "sample", "step", "token", "kind", "pos")
 
 
 def _numbers(obj, prefix: str, out: dict) -> None:
@@ -32,12 +32,12 @@ def _numbers(obj, prefix: str, out: dict) -> None:
             if k not in SKIP_KEYS:
                 _numbers(v, f"{prefix}.{k}" if prefix else str(k), out)
     elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            name = None
-            if isinstance(v, dict):
-                ids = [f"{c}={v[c]}" for c in ID_COLUMNS if c in v and not isinstance(v[c], float)]
-                name = ",".join(ids) or None
-            _numbers(v, f"{prefix}[{name if name else i}]", out)
+        names = [",".join(f"{c}={v[c]}" for c in ID_COLUMNS if c in v and not isinstance(v[c], (float, list, dict)))
+                 if isinstance(v, dict) else "" for v in obj]
+        if not all(names) or len(set(names)) < len(names):  # records not identified by their columns: by position
+            names = [str(i) for i in range(len(obj))]
+        for name, v in zip(names, obj):
+            _numbers(v, f"{prefix}[{name}]", out)
     elif isinstance(obj, bool) or obj is None:
         return
     elif isinstance(obj, (int, float)):

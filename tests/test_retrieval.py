@@ -338,7 +338,7 @@ def test_real_model_needle_and_retrieval_scores(smollm2, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_retrieval_and_ablate_json(tmp_path):
+def test_cli_retrieval_and_ablate_json(tmp_path, smollm2):
     import subprocess
     import sys
 
@@ -351,6 +351,7 @@ def test_cli_retrieval_and_ablate_json(tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     js = json.loads(r.stdout)
+    sweep = js
     assert len(js["heads"]) == 270 and {"layer", "head", "score"} <= set(js["heads"][0])
     assert isinstance(js["retrieval_heads"], list)
     assert (out / "smollm2-135m" / "retrieval" / "retrieval_heads.parquet").exists()  # ROOT/<model>/retrieval
@@ -360,7 +361,36 @@ def test_cli_retrieval_and_ablate_json(tmp_path):
                         "--out", str(out), "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     js = json.loads(r.stdout)
-    assert 0.0 <= js["accuracy"] <= 1.0 and len(js["heads"]) == 3
+    ranked = sorted(sweep["heads"], key=lambda h: -h["score"])
+    assert ranked[2]["score"] > ranked[3]["score"]  # no tie at the cut
+    top3 = [(h["layer"], h["head"]) for h in ranked[:3]]
+    assert [tuple(h) for h in js["heads"]] == top3 and js["n_tests"] == 1
+    assert js["grid"]["accuracy"] == [[js["accuracy"]]]
+    # exact: the one test recomputed here with its own greedy loop (the prompt but its last token cached without
+    # hooks, then decoding steps under the ablation, stopping at a newline or end of turn) and rouge-score
+    from rouge_score import rouge_scorer
+
+
+    tok = smollm2.tokenizer
+    p = build_prompt(tok, NEEDLES[0], 160, 50)
+
+    def answer(hooks):
+        with torch.no_grad():
+            cache = smollm2.model(p.ids[:, :-1], use_cache=True).past_key_values
+            inp, toks = p.ids[:, -1:], []
+            with attention_hooks(*hooks):
+                for _ in range(50):
+                    w = int(smollm2.model(input_ids=inp, past_key_values=cache, use_cache=True).logits[0, -1].argmax())
+                    toks.append(w)
+                    if w == tok.eos_token_id or "\n" in tok.decode([w]):
+                        break
+                    inp = torch.tensor([[w]])
+        return tok.decode(toks, skip_special_tokens=True)
+
+    rouge = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    correct = [rouge.score(NEEDLES[0].answer, answer(h))["rouge1"].recall > 0.5
+               for h in ((), (HeadAblation(top3, "uniform", "decode"),))]
+    assert (js["baseline_accuracy"], js["accuracy"]) == (float(correct[0]), float(correct[1]))
 
 
 def test_census_section_runs_its_own_sweep_or_reads_one_of_the_same_weights(tiny_with_tok, tmp_path, monkeypatch):

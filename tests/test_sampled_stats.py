@@ -250,3 +250,19 @@ def test_real_model_bound_covers_over_seeds_with_and_without_generation(smollm2)
         print(f"smollm2 100 tokens, 20 rows, {new_tokens} new tokens, 4 seeds: {cov:.5f} of entries inside the "
               f"bound, first token {cov0:.4f}, largest error / bound {worst:.3f}")
         assert cov >= 0.95 and cov0 >= 0.95
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_key_mass_and_pattern_rows_equal_the_eager_map(mask):
+    from workbench.stats import key_mass, pattern_rows
+
+    call = _random_call(mask=mask)
+    p = _eager_probs(call)  # (B, Hq, Nq, Nk)
+    keys = torch.tensor([0, 5, 39, 40, -1])  # the last two are outside the call's keys: dropped
+    torch.testing.assert_close(key_mass(call, keys).double(), p[..., [0, 5, 39]].sum(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(key_mass(call, keys, heads=[3, 1]).double(), p[:, [3, 1]][..., [0, 5, 39]].sum(-1),
+                               atol=1e-5, rtol=1e-5)
+    none = key_mass(call, torch.tensor([40, 41]), heads=[2])
+    assert none.shape == (2, 1, 40) and not none.any()
+    rows = pattern_rows(call, 3, 9, 50, heads=[0, 2])  # k_stop past the keys: clipped to 40
+    torch.testing.assert_close(rows.double(), p[:, [0, 2], 3:9], atol=1e-5, rtol=1e-5)

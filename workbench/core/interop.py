@@ -29,11 +29,6 @@ from .errors import WorkbenchError
 _WRAPPER = "._original_component"
 
 
-def is_model_object(obj: Any) -> bool:
-    """Whether ``obj`` is a model object (not a name or a path) that :func:`from_object` can take."""
-    return isinstance(obj, torch.nn.Module) or hasattr(obj, "_module") and hasattr(obj, "tokenizer")
-
-
 def _unbridge(bridge: Any) -> torch.nn.Module:
     """A plain transformers model sharing the TransformerBridge's weights (module docstring)."""
     hf = bridge.original_model
