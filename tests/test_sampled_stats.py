@@ -254,7 +254,7 @@ def test_real_model_bound_covers_over_seeds_with_and_without_generation(smollm2)
 
 @pytest.mark.parametrize("mask", [False, True])
 def test_key_mass_and_pattern_rows_equal_the_eager_map(mask):
-    from workbench.stats import key_mass, pattern_rows
+    from workbench.core.stats import key_mass, pattern_rows
 
     call = _random_call(mask=mask)
     p = _eager_probs(call)  # (B, Hq, Nq, Nk)
