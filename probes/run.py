@@ -37,12 +37,7 @@ def run_probe(lm: LoadedModel, task: str = "needle", layer: int = 10, site: str 
     from workbench.io.provenance import collect, write_json
     from workbench.io.runs import run_dir
 
-    if task not in TASKS:
-        raise WorkbenchError(f"unknown probe task {task!r}: use needle or sink")
-    if site not in SITES:
-        raise WorkbenchError(f"unknown site {site!r}: use resid_pre or z")
-    if site == "z" and head is None:
-        raise WorkbenchError("--site z needs --head")
+    check_probe(task, site, head)
     lm.spec.check_head(layer, head)
     if task == "needle":
         data = needle_dataset(lm, layer, n_seqs=n, seq_len=seq_len, site=site, head=head, seed=seed)
@@ -58,3 +53,17 @@ def run_probe(lm: LoadedModel, task: str = "needle", layer: int = 10, site: str 
         write_json(res, path, collect(lm, cfg, seed))
         res["file"] = str(path)
     return res
+
+
+def check_probe(task: str, site: str, head: int | None) -> None:
+    """The arguments :func:`run_probe` refuses, checked before any model loads.
+
+    Raises:
+        WorkbenchError: an unknown task or site, or ``site="z"`` without ``head``.
+    """
+    if task not in TASKS:
+        raise WorkbenchError(f"unknown probe task {task!r}: use needle or sink")
+    if site not in SITES:
+        raise WorkbenchError(f"unknown site {site!r}: use resid_pre or z")
+    if site == "z" and head is None:
+        raise WorkbenchError("--site z needs --head")

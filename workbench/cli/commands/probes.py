@@ -29,15 +29,9 @@ def probe(
     """Train a linear probe and its Hewitt-Liang control probe; report accuracy and selectivity
     (:func:`probes.run.run_probe`)."""
     from ...core.models import load_model
-    from probes.run import SITES, TASKS, run_probe
-    from ...core.errors import WorkbenchError
+    from probes.run import check_probe, run_probe
 
-    if task not in TASKS:
-        raise WorkbenchError(f"unknown probe task {task!r}: use needle or sink")
-    if site not in SITES:
-        raise WorkbenchError(f"unknown site {site!r}: use resid_pre or z")
-    if site == "z" and head is None:
-        raise WorkbenchError("--site z needs --head")
+    check_probe(task, site, head)
     lm = load_model(model, device=device, dtype=dtype)
     res = run_probe(lm, task, layer, site, head, n=n, seq_len=seq_len, threshold=threshold, seed=seed, out=out,
                     config={"command": "probe", "model": model, "task": task, "layer": layer, "site": site,
