@@ -54,8 +54,8 @@ def patch(
     dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Activation and path patching of head outputs z on clean/corrupted prompt pairs; circuit per task
-    (:func:`circuits.report.patch_circuits`)."""
+    """Activation and path patching of head outputs z on clean/corrupted prompt pairs; circuit per task."""
+    # one Python call does the work: circuits.report.patch_circuits
     from circuits.report import TASK_NAMES, patch_circuits
     from ...core.errors import WorkbenchError
     from ...core.models import load_model

@@ -26,8 +26,8 @@ def probe(
     dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Train a linear probe and its Hewitt-Liang control probe; report accuracy and selectivity
-    (:func:`probes.run.run_probe`)."""
+    """Train a linear probe and its Hewitt-Liang control probe; report accuracy and selectivity."""
+    # one Python call does the work: probes.run.run_probe
     from ...core.models import load_model
     from probes.run import check_probe, run_probe
 

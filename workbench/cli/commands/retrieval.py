@@ -161,8 +161,8 @@ def ablate(
     threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Needle accuracy with chosen heads ablated (and the unablated baseline)
-    (:func:`workbench.studies.retrieval_runs.ablate_needles`)."""
+    """Needle accuracy with chosen heads ablated (and the unablated baseline)."""
+    # one Python call does the work: workbench.studies.retrieval_runs.ablate_needles
     import pandas as pd
 
     from ...core.models import load_model
@@ -215,8 +215,8 @@ def masking_test(
     threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Causal test: needle accuracy with the top-K retrieval heads vs K random non-retrieval heads masked
-    (:func:`workbench.studies.retrieval_runs.masking_test`)."""
+    """Causal test: needle accuracy with the top-K retrieval heads vs K random non-retrieval heads masked."""
+    # one Python call does the work: workbench.studies.retrieval_runs.masking_test
     import pandas as pd
 
     from ...core.models import load_model
