@@ -43,8 +43,9 @@ class Registry(Generic[T]):
         error: the :class:`UnknownNameError` subclass raised for an unknown name (callers that already
             catch a specific error type, e.g. ``UnknownModelError``, keep catching it).
 
-    ``registry[name]`` is ``registry.get(name)``; ``name in registry``, ``len``, iteration over names,
-    ``keys()``, ``values()`` and ``items()`` work as on a dict.
+    ``registry[name]`` is ``registry.get(name)``; ``registry[name] = entry`` registers (replacing), ``del
+    registry[name]`` unregisters; ``name in registry``, ``len``, iteration over names, ``keys()``, ``values()``
+    and ``items()`` work as on a dict.
     """
 
     def __init__(self, kind: str, error: type[WorkbenchError] = UnknownNameError):
@@ -119,6 +120,12 @@ class Registry(Generic[T]):
         self._lazy.pop(name, None)
 
     __getitem__ = get
+
+    def __setitem__(self, name: str, entry: T) -> None:  # dict style, for callers that hold a dict before
+        self.register(name, entry, replace=True)
+
+    def __delitem__(self, name: str) -> None:
+        self.unregister(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
