@@ -28,9 +28,18 @@ VHR_GRID = [{"alpha": 1.5}, {"alpha": 2.0}, {"alpha": 3.0}]
 VAR_GRID = [{"p": 0.6, "rho": 0.5}, {"p": 0.9, "rho": 0.5}]
 
 
+LM = None  # the loaded model, for provenance
+ARGS: dict = {}
+
+
 def _json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, default=str))
+    """Write ``obj`` with its provenance (workbench.provenance: code, weights hash, the command's options)."""
+    from workbench.io.provenance import code_sha256, collect, write_json
+
+    cfg = {"script": "scripts/effnet_vlm_report.py", "file": path.name, **ARGS,
+           "code_sha256": code_sha256(["workbench.demo.effnet_vlm", "workbench.demo.easyvqa", "workbench.tasks.vqa_eval",
+                                       "workbench.tasks.vqa_hallucination", "workbench.analyzers.vision"])}
+    write_json(json.loads(json.dumps(obj, default=str)), path, collect(LM, cfg, seed=SCENE_SEED))
 
 
 def stage_tower(a) -> dict:
@@ -172,7 +181,7 @@ def stage_heads(lm, a) -> dict:
 
 
 def main() -> int:
-    global OUT
+    global OUT, LM
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default="tower,accuracy,calibrate,pope,chair,heads")
     ap.add_argument("--n-images", type=int, default=None, help="easy-VQA test images (default all 1000)")
@@ -186,6 +195,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     OUT = a.out
+    ARGS.update({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()})
     torch.set_num_threads(a.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     stages = a.stages.split(",")
@@ -198,7 +208,7 @@ def main() -> int:
             if lm is None:
                 from workbench import load_model
 
-                lm = load_model("effnet-smollm2-vqa")
+                lm = LM = load_model("effnet-smollm2-vqa")
             res = globals()[f"stage_{st}"](lm, a)
         print(json.dumps({"stage": st, "seconds": round(time.time() - t), **res}, default=str)[:4000], flush=True)
     return 0

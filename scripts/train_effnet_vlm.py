@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the effnet-smollm2-vqa projector (seeded; see workbench/demo/effnet_vlm.py).
+"""Train the effnet-smollm2-vqa projector and LoRA adapter (seeded; see workbench/demo/effnet_vlm.py).
 
     PYTHONPATH=. .venv/bin/python scripts/train_effnet_vlm.py        # writes workbench/data/effnet_smollm2_vqa_projector.safetensors
     PYTHONPATH=. .venv/bin/python scripts/train_effnet_vlm.py --steps 5 --out /tmp/p.safetensors
@@ -29,11 +29,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=d["seed"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=V.WEIGHTS)
-    ap.add_argument("--init", type=Path, default=None, help="start from this projector (with --steps-align 0: resume after alignment)")
+    ap.add_argument("--lora-from", type=int, default=d["lora_from"], help="first language-model layer with a LoRA adapter")
+    ap.add_argument("--lora-rank", type=int, default=d["lora_rank"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     info = V.train(n_images=a.n_images, n_scenes=a.n_scenes, steps_align=a.steps_align, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                   turns=a.turns, out=a.out, init=a.init, log=lambda m: print(m, file=sys.stderr, flush=True))
+                   turns=a.turns, lora_from=a.lora_from, lora_rank=a.lora_rank, out=a.out, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(info))
     return 0
 

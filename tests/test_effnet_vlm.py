@@ -41,19 +41,59 @@ def test_tower_loads_offline_and_is_imagenet_pretrained():
     assert rnd.classify(torch.stack(px)).argmax(-1).tolist() != [442, 985]
 
 
-def test_shipped_projector_is_small_and_has_the_llava_shapes():
+def test_shipped_weights_are_small_and_have_the_llava_projector_and_lora_shapes():
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from workbench.demo.effnet_vlm import WEIGHTS
+    from workbench.demo.effnet_vlm import LORA_MODULES, LORA_PREFIX, WEIGHTS
 
-    assert WEIGHTS.stat().st_size < 5 * 2**20
+    assert WEIGHTS.stat().st_size < 10 * 2**20
     sd = load_file(str(WEIGHTS))
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    assert shapes == {"model.multi_modal_projector.linear_1.weight": (576, 1280),
-                      "model.multi_modal_projector.linear_1.bias": (576,),
-                      "model.multi_modal_projector.linear_2.weight": (576, 576),
-                      "model.multi_modal_projector.linear_2.bias": (576,)}
+    with safe_open(str(WEIGHTS), "pt") as f:
+        meta = f.metadata()
+    first, rank = int(meta["lora_from"]), int(meta["lora_rank"])
+    proj = {k: tuple(v.shape) for k, v in sd.items() if not k.startswith(LORA_PREFIX)}
+    assert proj == {"model.multi_modal_projector.linear_1.weight": (576, 1280),
+                    "model.multi_modal_projector.linear_1.bias": (576,),
+                    "model.multi_modal_projector.linear_2.weight": (576, 576),
+                    "model.multi_modal_projector.linear_2.bias": (576,)}
+    dims = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192), "o_proj": (576, 576),
+            "gate_proj": (576, 1536), "up_proj": (576, 1536), "down_proj": (1536, 576)}  # (in, out)
+    lora = {k for k in sd if k.startswith(LORA_PREFIX)}
+    assert lora == {f"{LORA_PREFIX}layers.{i}.{m}.{p}" for i in range(first, 30) for m in LORA_MODULES
+                    for p in ("A", "B", "scale")}
+    for i in range(first, 30):
+        for m in LORA_MODULES:
+            k = f"{LORA_PREFIX}layers.{i}.{m}"
+            din, dout = dims[m.split(".")[1]]
+            assert sd[k + ".A"].shape == (rank, din) and sd[k + ".B"].shape == (dout, rank)
     assert all(bool(torch.isfinite(v).all()) for v in sd.values())
+
+
+def test_merged_lora_equals_the_adapter_forward():
+    """Merging ``scale * B @ A`` into the weights (what the shipped model does) gives the logits of the
+    un-merged adapter (LoRALinear) on a random-weight Llama, and B = 0 leaves the model unchanged."""
+    from tests.conftest import make_tiny_lm
+    from workbench.demo.effnet_vlm import add_lora, lora_state, merge_lora
+
+    lm = make_tiny_lm(n_layers=3)
+    ids = torch.randint(3, 97, (2, 12))
+    with torch.no_grad():
+        base = lm.model(ids).logits
+    torch.manual_seed(1)
+    wrappers = add_lora(lm.model.model, 1, rank=4)
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids).logits, base)  # B starts at zero
+        for w in wrappers.values():
+            w.B.normal_(0, 0.05)
+        adapted = lm.model(ids).logits
+    state = lora_state(wrappers)
+    ref = make_tiny_lm(n_layers=3)
+    assert merge_lora(ref.model.model, state) == 2 * 7
+    with torch.no_grad():
+        merged = ref.model(ids).logits
+    assert float((adapted - base).abs().max()) > 1e-2
+    assert float((merged - adapted).abs().max()) < 1e-5
 
 
 # --- easy-VQA data and scenes ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_sinks_page_from_the_committed_result(tmp_path):
     assert html.count("class='side'") == 2 and "<th>head</th>" in html  # top-k tables beside the heatmaps
     top = res["hidden_sink_heads"][0]
     assert f"{top['layer']}.{top['head']}" in html and not re.search(r"L\d+H\d+", html)
-    assert "max-width: 1400px" in html and "provenance not recorded" in html
+    assert "max-width: 1400px" in html and res["provenance"]["weights_sha256"][:12] in html  # the provenance footer
     # one bundle at the tree's root, referenced relatively, written once
     assert "src='../plotly.min.js'" in html and (tmp_path / "reports" / "plotly.min.js").exists()
     assert not (page.parent / "plotly.min.js").exists()

@@ -1,13 +1,51 @@
-"""``workbench reproduce``: every file it writes carries its provenance."""
+"""``workbench reproduce``: the committed reports/ are what its steps write, and every file it writes carries
+its provenance."""
 from __future__ import annotations
 
 import fnmatch
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from workbench.io.provenance import missing_provenance, read_provenance
-from workbench.cli.reproduce import reproduce, steps, unexplained
+from workbench.cli.reproduce import NOT_REPRODUCED, SHARED, reproduce, steps, unexplained
+
+ROOT = Path(__file__).resolve().parents[1]
+#: committed results of an older layout that a reader still needs until their step is rerun (each with why)
+NOT_YET_REGENERATED = {
+    "smollm2-135m/retrieval/masking_uniform/*": "notebook 02 reads it; the masking-test step (masking_decode.*) "
+                                                "did not run in the last regeneration",
+    "smollm2-135m/retrieval/masking_zero_mean/*": "the zero/mean half of the same masking test",
+}
+
+
+def _committed() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "reports"], cwd=ROOT, capture_output=True, text=True).stdout
+    return [f[len("reports/"):] for f in out.split()]
+
+
+def test_committed_reports_are_what_the_reproduce_steps_write():
+    """No committed report file is left over from an older run that no step writes; every step recorded as
+    finished in reports/reproduce.json left all the files it declares, each with its provenance."""
+    files = _committed()
+    if not files:
+        pytest.skip("not a git checkout")
+    plan = {s.name: s for s in steps(False, ROOT / "reports")}
+    left = [f for f in unexplained(files, list(plan.values()))
+            if not any(fnmatch.fnmatchcase(f, p) for p in NOT_YET_REGENERATED)]
+    assert left == []
+    record = json.loads((ROOT / "reports" / "reproduce.json").read_text())
+    finished = [d["name"] for d in record["steps"] if d["rc"] == 0]
+    assert finished and set(finished) <= set(plan)
+    for name in finished:
+        for pat in plan[name].writes:
+            mine = [f for f in files if fnmatch.fnmatchcase(f, pat)]
+            assert mine, (name, pat)
+            for f in mine:
+                if f not in SHARED and not any(fnmatch.fnmatchcase(f, p) for p in NOT_REPRODUCED):
+                    assert read_provenance(ROOT / "reports" / f) is not None, f
 
 
 @pytest.mark.slow

@@ -8,10 +8,12 @@ Parts:
   CLIP encoder: it was never trained with text. Input (3, 224, 224) normalised as (x - 0.5) / 0.5; its
   last feature map (1280 x 7 x 7, after the head convolution) gives 49 visual tokens in reading
   order. Frozen (eval mode: batch-norm statistics are the pretrained ones).
-* projector: LLaVA-1.5's two-layer GELU MLP (1280 -> 576 -> 576), the only trained part (no adapter,
-  no LoRA: the language model is untouched).
-* language model: the frozen SmolLM2-135M-Instruct (``load_model("smollm2-135m")``) with one added
-  token, ``<image>``.
+* projector: LLaVA-1.5's two-layer GELU MLP (1280 -> 576 -> 576), trained.
+* language model: SmolLM2-135M-Instruct (``load_model("smollm2-135m")``) with one added token,
+  ``<image>``, and a trained rank-8 LoRA adapter (:class:`LoRALinear`, Hu et al. 2021) on the seven
+  linear maps of layers 20-29, merged into those weights at assembly (:func:`merge_lora`), so the
+  model is a plain ``LlavaForConditionalGeneration``. The projector alone (LM frozen) left the model
+  answering "no" to almost every yes/no question.
 
 The model is a genuine Hugging Face ``LlavaForConditionalGeneration``: the tower is registered with
 transformers' Auto classes as model type ``efficientnet_lite`` (:class:`EffNetLiteVisionModel`,
@@ -20,8 +22,8 @@ returning its 49 tokens as ``hidden_states[-1]``, ``vision_feature_select_strate
 heads, VAR, VHR) treat it like llava-hf checkpoints and ``digits-vlm``.
 
 The prompt is ``Image: <image>*49\\nQuestion: ...\\nAnswer:`` (as digits-vlm); answers end with a
-newline. Training: ``scripts/train_effnet_vlm.py`` (:func:`train`); only the projector ships
-(``workbench/data/effnet_smollm2_vqa_projector.safetensors``); the first :func:`load` assembles the
+newline. Training: ``scripts/train_effnet_vlm.py`` (:func:`train`); the projector and the adapter
+factors ship (``workbench/data/effnet_smollm2_vqa_projector.safetensors``); the first :func:`load` assembles the
 full checkpoint from the SmolLM2 cache and the tower package into ``cache_dir()/effnet-smollm2-vqa-<hash>``.
 """
 from __future__ import annotations
@@ -179,8 +181,9 @@ def assemble(base: LoadedModel, projector_state: dict[str, torch.Tensor] | None 
 
     Args:
         base: ``load_model("smollm2-135m")``.
-        projector_state: trained projector weights (keys ``model.multi_modal_projector.*``); None keeps
-            the seeded random initialisation.
+        projector_state: the shipped weights: projector (keys ``model.multi_modal_projector.*``) and
+            LoRA factors (``lora.*``, merged into the language model by :func:`merge_lora`); None keeps
+            the seeded random projector and the plain SmolLM2.
     Returns:
         (LlavaForConditionalGeneration in eval mode, workbench attention in the language model; tokenizer with ``<image>``)
     """
@@ -202,7 +205,8 @@ def assemble(base: LoadedModel, projector_state: dict[str, torch.Tensor] | None 
     if bad or unexpected:
         raise RuntimeError(f"{NAME} assembly failed: missing {bad[:3]}, unexpected {unexpected[:3]}")
     if projector_state is not None:
-        model.load_state_dict(projector_state, strict=False)
+        model.load_state_dict({k: v for k, v in projector_state.items() if k.startswith(PROJECTOR_PREFIX)}, strict=False)
+        merge_lora(model.model.language_model, projector_state)
     model.tie_weights()
     model.model.vision_tower.eval()
     model.set_attn_implementation({"text_config": "workbench", "vision_config": "sdpa"})
@@ -233,8 +237,8 @@ def _is_cached() -> bool:
 
 
 # registered in workbench.core.presets.PRESETS by the package root (lazily: imported when the preset is used)
-PRESET = Preset(name=NAME, description="SmolLM2-135M + frozen ImageNet EfficientNet-Lite0 (CNN) + MLP projector "
-                                       "trained on easy-VQA (LLaVA, 49 image tokens)",
+PRESET = Preset(name=NAME, description="SmolLM2-135M + frozen ImageNet EfficientNet-Lite0 (CNN, not CLIP) + MLP "
+                                       "projector and LoRA (layers 20-29) trained on easy-VQA (LLaVA, 49 image tokens)",
                 load=load, is_cached=_is_cached)
 
 
@@ -344,8 +348,70 @@ def align_projector(proj, feats: torch.Tensor, labels: torch.Tensor, targets: to
     return float(loss.detach())
 
 
-TRAIN_DEFAULTS = dict(n_images=400, n_scenes=200, steps_align=400, steps=20, batch=8, lr=5e-4, seed=0, turns=5)
+TRAIN_DEFAULTS = dict(n_images=400, n_scenes=200, steps_align=300, steps=20, batch=8, lr=3e-3, seed=0, turns=10,
+                      lora_from=20, lora_rank=8)
 SCENE_SEED = 100  # train scenes: scenes("train", n, SCENE_SEED)
+LORA_PREFIX = "lora."
+LORA_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+class LoRALinear(torch.nn.Module):
+    """``base(x) + (alpha / r) * x A^T B^T`` (Hu et al. 2021, LoRA eq. 3): A (r, in) seeded Gaussian
+    / sqrt(in), B (out, r) zeros, so the wrapped layer starts equal to ``base``; ``base`` stays frozen."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        self.A = torch.nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.B = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.A.T @ self.B.T) * self.scale
+
+
+def add_lora(lm_model, first_layer: int, rank: int, alpha: float | None = None) -> dict[str, LoRALinear]:
+    """Wrap :data:`LORA_MODULES` of the language model's layers ``first_layer..`` in :class:`LoRALinear`
+    (alpha defaults to 2 * rank). Returns {"layers.<i>.<module>": wrapper}."""
+    out = {}
+    for i, layer in enumerate(lm_model.layers):
+        if i < first_layer:
+            continue
+        for name in LORA_MODULES:
+            parent_name, attr = name.split(".")
+            parent = getattr(layer, parent_name)
+            w = LoRALinear(getattr(parent, attr), rank, float(alpha or 2 * rank))
+            setattr(parent, attr, w)
+            out[f"layers.{i}.{name}"] = w
+    return out
+
+
+def lora_state(wrappers: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
+    """The trained low-rank factors: ``lora.<layers.i.module>.A`` / ``.B`` and their scale ``.scale`` (0-d)."""
+    out = {}
+    for k, w in wrappers.items():
+        out[f"{LORA_PREFIX}{k}.A"] = w.A.detach().clone().contiguous()
+        out[f"{LORA_PREFIX}{k}.B"] = w.B.detach().clone().contiguous()
+        out[f"{LORA_PREFIX}{k}.scale"] = torch.tensor(w.scale)
+    return out
+
+
+@torch.no_grad()
+def merge_lora(lm_model, state: dict[str, torch.Tensor]) -> int:
+    """Add ``scale * B @ A`` of every ``lora.*`` entry of ``state`` to the language model's weight
+    (in place), so the model stays a plain ``LlavaForConditionalGeneration``. Returns the number of
+    merged matrices."""
+    n = 0
+    for k in state:
+        if not (k.startswith(LORA_PREFIX) and k.endswith(".A")):
+            continue
+        name = k[len(LORA_PREFIX):-2]
+        _, i, parent_name, attr = name.split(".")
+        lin = getattr(getattr(lm_model.layers[int(i)], parent_name), attr)
+        a, b, sc = state[k], state[f"{LORA_PREFIX}{name}.B"], float(state[f"{LORA_PREFIX}{name}.scale"])
+        lin.weight += sc * (b.to(lin.weight) @ a.to(lin.weight))
+        n += 1
+    return n
 
 
 def _sequence(tok, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
@@ -383,23 +449,29 @@ def training_examples(n_images: int, n_scenes: int, turns: int, seed: int) -> li
     return out
 
 
-def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 400, steps: int = 20, batch: int = 8,
-          lr: float = 5e-4, seed: int = 0, turns: int = 5, out: Path | None = WEIGHTS, init: Path | None = None,
-          log=print) -> dict:
-    """Train the projector (only; tower and language model frozen) on easy-VQA train; save it to ``out``.
+def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, steps: int = 20, batch: int = 8,
+          lr: float = 3e-3, seed: int = 0, turns: int = 10, lora_from: int = 20, lora_rank: int = 8,
+          out: Path | None = WEIGHTS, log=print) -> dict:
+    """Train the projector and a LoRA adapter on easy-VQA train; save both to ``out`` (seeded).
 
     1. Tower features of the first ``n_images`` train images and of ``n_scenes`` train scenes are
-       computed once and cached (:func:`cached_features`).
-    2. Feature alignment without the language model (:func:`align_projector`, ``steps_align`` steps).
-    3. ``steps`` end-to-end steps through the frozen SmolLM2 (LLaVA's instruction stage): each step
-       takes ``batch`` sequences, half single-image (up to ``turns`` of the image's easy-VQA questions
-       as a multi-turn conversation) and half scene sequences (caption plus two yes/no questions);
-       loss = cross-entropy on the answer tokens; AdamW, cosine schedule with 5% warm-up. This is the
-       slow stage (each step is a forward and backward pass of the 135M model over ~8 x 110 tokens).
+       computed once and cached as safetensors (:func:`cached_features`): the tower never runs again.
+    2. Feature alignment of the projector without the language model (:func:`align_projector`,
+       ``steps_align`` steps): each object token goes to the mean input embedding of its colour and
+       shape words, so the image tokens arrive at the norm and in the region of word embeddings.
+       The projector is then frozen and its outputs computed once.
+    3. ``steps`` end-to-end steps that train only a rank-``lora_rank`` LoRA adapter (:class:`LoRALinear`,
+       alpha = 2 r) on all seven linear maps of the language model's layers ``lora_from``..29 (the
+       frozen projector alone leaves the frozen SmolLM2 answering "no" to nearly every yes/no
+       question; with the lower layers frozen and no trainable part below them, the backward pass runs
+       through the top layers only). Each step takes ``batch`` sequences, 3/4 single-image
+       (up to ``turns`` of the image's easy-VQA questions as one multi-turn conversation) and 1/4
+       scene sequences (caption plus two yes/no questions, random order); loss = cross-entropy on
+       the answer tokens only (prompt and image positions masked); AdamW, linear warm-up over 5% of
+       the steps then cosine decay to 0.
 
-    ``init``: start from a saved projector (e.g. the ``.align.safetensors`` file that stage 2 writes
-    next to ``out``) instead of the seeded initialisation; with ``steps_align=0`` this resumes a run
-    after its alignment stage.
+    The shipped file holds the projector (``model.multi_modal_projector.*``) and the adapter
+    (``lora.*``); :func:`assemble` merges the adapter into the language model's weights.
 
     Returns timings (s) and losses.
     """
@@ -427,32 +499,33 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 400, step
     for p in proj.parameters():
         p.requires_grad_(True)
     emb = model.get_input_embeddings()
-    if init is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(init)), strict=False)
     align_loss = align_projector(proj, torch.cat([f_img, f_sc]), labels, alignment_targets(tok, emb.weight.detach()),
-                                 steps_align, seed, log=log)
+                                 steps_align, seed, batch=16, log=log)
+    for p in proj.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        z_img, z_sc = proj(f_img.float()), proj(f_sc.float())
     t_align = time.time()
-    if out is not None and steps_align:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        save_file(projector_state_dict(model), str(Path(out).with_suffix(".align.safetensors")))
     lm = model.model.language_model
+    torch.manual_seed(seed)
+    wrappers = add_lora(lm, lora_from, lora_rank)
+    params = [p for w in wrappers.values() for p in (w.A, w.B)]
     ex = training_examples(n_images, n_scenes, turns, seed)
     rng = np.random.default_rng(seed + 1)
     pools = {s: [e for e in ex if e[0] == s] for s in ("image", "scene")}
     orders = {s: list(rng.permutation(len(v))) for s, v in pools.items()}
-    opt = torch.optim.AdamW(proj.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
     img_tok = model.config.image_token_id
     losses = []
+    n_image = (3 * batch) // 4
     t1 = time.time()
     for step in range(steps):
         items = []
         for k in range(batch):
-            s = "image" if k < batch // 2 else "scene"
+            s = "image" if k < n_image else "scene"
             if not orders[s]:
                 orders[s] = list(rng.permutation(len(pools[s])))
             items.append(pools[s][orders[s].pop()])
@@ -463,9 +536,10 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 400, step
         for r, (a, m) in enumerate(seqs):
             ids[r, : len(a)] = torch.tensor(a)
             lab[r, : len(m)] = torch.tensor(m, dtype=torch.bool)
-        feats = torch.stack([(f_img if s == "image" else f_sc)[j] for s, j, _ in items]).float()
-        x = emb(ids)
-        x = x.masked_scatter((ids == img_tok)[..., None].expand_as(x), proj(feats).reshape(-1, x.shape[-1]))
+        z = torch.stack([(z_img if s == "image" else z_sc)[j] for s, j, _ in items])
+        with torch.no_grad():
+            x = emb(ids)
+            x = x.masked_scatter((ids == img_tok)[..., None].expand_as(x), z.reshape(-1, x.shape[-1]))
         h = lm(inputs_embeds=x, use_cache=False).last_hidden_state  # right padding: causal, no mask needed
         pred = lab[:, 1:]
         loss = torch.nn.functional.cross_entropy(model.lm_head(h[:, :-1][pred]), ids[:, 1:][pred])
@@ -476,17 +550,16 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 400, step
         losses.append(float(loss.detach()))
         log(f"step {step}: loss {losses[-1]:.3f} ({time.time() - t1:.0f} s)")
     t2 = time.time()
-    state = projector_state_dict(model)
+    state = {**projector_state_dict(model), **lora_state(wrappers)}
+    meta = {"seed": seed, "steps_align": steps_align, "steps": steps, "batch": batch, "lr": lr, "n_images": n_images,
+            "n_scenes": n_scenes, "turns": turns, "lora_from": lora_from, "lora_rank": lora_rank}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(out), metadata={"seed": str(seed), "steps_align": str(steps_align), "steps": str(steps),
-                                             "batch": str(batch), "lr": str(lr), "n_images": str(n_images),
-                                             "n_scenes": str(n_scenes), "turns": str(turns)})
-    return {"features_s": t_feat - t0, "align_s": t_align - t_feat, "train_s": t2 - t1, "total_s": t2 - t0,
-            "steps_align": steps_align, "steps": steps, "batch": batch, "align_loss": align_loss,
-            "n_params": sum(v.numel() for v in state.values()),
+        save_file(state, str(out), metadata={k: str(v) for k, v in meta.items()})
+    return {**meta, "features_s": t_feat - t0, "align_s": t_align - t_feat, "train_s": t2 - t1, "total_s": t2 - t0,
+            "align_loss": align_loss, "n_params": sum(v.numel() for v in state.values()),
             "loss_first5": float(np.mean(losses[:5])) if losses else None,
-            "loss_last5": float(np.mean(losses[-5:])) if losses else None}
+            "loss_last5": float(np.mean(losses[-5:])) if losses else None, "losses": losses}
 
 
 def class_index(label: tuple[str | None, str | None]) -> int:

@@ -1,7 +1,8 @@
-"""The vision analysis of a digits-driven VLM in one call, for the CLI, the census and the reports.
+"""The vision analysis of a preset VLM in one call, for the CLI, the census and the reports.
 
-:func:`vision_analysis` runs, on held-out digit composites and the question "What digits are in
-the image?": the massive-activation analyzer on real text (sink dimensions), VHD per head at
+:func:`vision_analysis` runs, on held-out images of the preset's own kind (``effnet-smollm2-vqa``:
+easy-VQA test scenes and "Describe the image."; ``digits-vlm``, the fast test fixture: digit
+composites and "What digits are in the image?"): the massive-activation analyzer on real text (sink dimensions), VHD per head at
 the first generated token and T-VHD over the greedy answer, visual sink tokens, and image-centric
 heads (see :mod:`workbench.analyzers.vision` for the definitions).
 """
@@ -23,13 +24,32 @@ class NoImageSourceError(WorkbenchError):
 
 
 def require_digits_model(lm: LoadedModel) -> None:
-    """Raise unless ``lm`` is a VLM that takes the 32 x 32 digit composites (the digits-vlm preset)."""
+    """Raise unless ``lm`` is a VLM the CLI has images for: ``effnet-smollm2-vqa`` (easy-VQA scenes) or
+    ``digits-vlm`` (32 x 32 digit composites)."""
     require_vlm(lm.model, lm.spec.name)
-    if lm.extras.get("image_size") != D.CANVAS:
+    if lm.extras.get("image_kind") != "easy-vqa" and lm.extras.get("image_size") != D.CANVAS:
         raise NoImageSourceError(
-            f"{lm.spec.name} is a VLM, but the CLI drives it with 32 x 32 digit images, which only the digits-vlm preset "
-            "takes: use --model digits-vlm, or call workbench.analyzers.vision.vhd_table / sink_table with your processor's inputs"
+            f"{lm.spec.name} is a VLM, but the CLI has images only for the effnet-smollm2-vqa (easy-VQA scenes) and "
+            "digits-vlm (digit composites) presets: use --model effnet-smollm2-vqa, or call "
+            "workbench.analyzers.vision.vhd_table / sink_table with your processor's inputs"
         )
+
+
+def heldout_inputs(lm: LoadedModel, n_images: int, seed: int = 1234) -> tuple[list, str]:
+    """``n_images`` held-out VLM inputs of the preset's image kind and their description: easy-VQA test
+    scenes (``scenes("test", n, seed)``) asked "Describe the image." for ``effnet-smollm2-vqa``, digit
+    composites asked "What digits are in the image?" for ``digits-vlm``."""
+    if lm.extras.get("image_kind") == "easy-vqa":
+        from ..demo import easyvqa as E
+        from ..demo.effnet_vlm import make_input as effnet_input
+
+        return ([effnet_input(lm, E.CAPTION_QUESTION, s.pixels()) for s in E.scenes("test", n_images, seed)],
+                f"held-out easy-VQA test scenes (2-4 shapes), question '{E.CAPTION_QUESTION}'")
+    from ..demo.digits_vlm import make_input
+    from ..tasks.hallucination import heldout_images
+
+    return ([make_input(lm, D.LIST_QUESTION, c.pixels) for c in heldout_images(n_images, seed)],
+            "held-out digit composites, question 'What digits are in the image?'")
 
 
 @dataclass
@@ -46,6 +66,7 @@ class VisionResult:
     image_attention: pd.DataFrame
     image_centric: pd.DataFrame
     answers: list[str] = field(default_factory=list)
+    source: str = ""  # the held-out images and question (heldout_inputs)
 
     def to_json(self, top: int = 20) -> dict:
         per_layer = self.sinks[self.sinks.sink].groupby("layer").agg(
@@ -63,26 +84,25 @@ class VisionResult:
             "image_centric_heads": self.image_centric.head(top).to_dict(orient="records"),
             "image_attention_mean": float(self.image_attention.image_attention.mean()),
             "answers": self.answers,
+            "images": self.source,
         }
 
 
 @torch.no_grad()
 def vision_analysis(lm: LoadedModel, n_images: int = 8, seed: int = 1234, tau: float = 20.0, rho: float = 0.5,
                     max_new_tokens: int = 8, progress: bool = True) -> VisionResult:
-    """VHD, T-VHD, visual sinks and image-centric heads on ``n_images`` held-out digit composites.
+    """VHD, T-VHD, visual sinks and image-centric heads on ``n_images`` held-out images (:func:`heldout_inputs`).
 
     Raises:
         NotAVisionModelError / NoImageSourceError: the model cannot take the digit images.
     """
-    from ..demo.digits_vlm import make_input
-    from ..tasks.hallucination import _sink_dims, heldout_images
+    from ..tasks.hallucination import _sink_dims
     from ..analyzers.vision import (head_vhd, image_attention_table, image_centric_heads, sink_table, t_vhd, vhd_table,
                          vision_aware_heads, visual_sink_summary)
 
     require_digits_model(lm)
     dims = _sink_dims(lm)
-    images = heldout_images(n_images, seed)
-    inputs = [make_input(lm, D.LIST_QUESTION, c.pixels) for c in images]
+    inputs, source = heldout_inputs(lm, n_images, seed)
     answers = [greedy_answer(lm, inp, max_new_tokens) for inp in inputs]
     vhd = vhd_table(lm, inputs, answers, progress=progress)
     per_head = head_vhd(vhd, step=0)
@@ -90,7 +110,7 @@ def vision_analysis(lm: LoadedModel, n_images: int = 8, seed: int = 1234, tau: f
     att = image_attention_table(lm, inputs, dims, tau, rho=rho)
     return VisionResult(dims, vhd, per_head, vision_aware_heads(per_head), t_vhd(vhd), sinks,
                         visual_sink_summary(sinks), att, image_centric_heads(att),
-                        [lm.tokenizer.decode(a[0]) for a in answers])
+                        [lm.tokenizer.decode(a[0]) for a in answers], source)
 
 
 VHD_DEFINITION = ("VHD(l, h) = ||z_image - z_text||_2: L2 distance between the head's output z (its d_head-dim "
@@ -136,8 +156,8 @@ def write_vision_html(result: dict, per_head: pd.DataFrame, path, share: pd.Data
     ic = pd.DataFrame(result.get("image_centric_heads") or [])
     vs = pd.DataFrame(result.get("visual_sinks") or [])
     dims = result.get("sink_dims")
-    intro = (f"Model <b>{result.get('model')}</b>; {result.get('n_images')} held-out digit composites, question "
-             f"'What digits are in the image?'. Sink dimensions (massive activations) {dims}. Mean attention on "
+    images = result.get("images") or "held-out digit composites, question 'What digits are in the image?'"
+    intro = (f"Model <b>{result.get('model')}</b>; {result.get('n_images')} {images}. Sink dimensions (massive activations) {dims}. Mean attention on "
              f"image tokens over all heads: {float(result.get('image_attention_mean', float('nan'))):.3f}. "
              f"Answers: {', '.join(repr(a.strip()) for a in result.get('answers', []))}.</p>"
              + ("<h2>Image-centric heads (layer.head)</h2><p class='definition'>share: fraction of images for which "
@@ -154,7 +174,7 @@ def write_vision_html(result: dict, per_head: pd.DataFrame, path, share: pd.Data
 
 
 def census_section(ctx):
-    """Census section ``vision``: VHD and image-centric share per head for a digits VLM; a note otherwise."""
+    """Census section ``vision``: VHD and image-centric share per head for a preset VLM; a note otherwise."""
     from .census import CensusSection
     from .viz import layer_head_heatmap
 

@@ -22,8 +22,8 @@ def _out_dir(out: Path, model: str) -> Path:
 
 @app.command()
 def vision(
-    model: str = typer.Option("digits-vlm", help="a VLM preset (digits-vlm)"),
-    images: int = typer.Option(8, min=1, help="held-out digit composites to analyse"),
+    model: str = typer.Option("effnet-smollm2-vqa", help="a VLM preset (effnet-smollm2-vqa; digits-vlm, the small test fixture)"),
+    images: int = typer.Option(8, min=1, help="held-out images to analyse (easy-VQA test scenes; digit composites for digits-vlm)"),
     tau: float = typer.Option(20.0, help="sink threshold on phi = max |x_d / rms(x)| over the sink dimensions"),
     rho: float = typer.Option(0.5, help="visual non-sink ratio threshold of image-centric heads"),
     top: int = typer.Option(20, min=1, help="heads listed in the summary"),
