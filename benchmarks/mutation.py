@@ -124,9 +124,6 @@ EQUIVALENT = {
         "a missing kv_offset recorded as None instead of 0: _key_start then falls back to key start 0, the same",
     ("workbench.stats.x__causal_statistics", "rsum = torch.zeros(b * hkv, rep, nk, device=None)"):
         "the buffer on the default device: the same tensor on a one-device machine",
-    ("workbench.stats.x_sampled_received", "step_all = max(1, chunk_elements // max(1, bm / nk))"):
-        "changes only the chunk size (a memory knob: results do not depend on it) while the batch is smaller "
-        "than the number of keys, where bm / nk < 1 and the division stays an integer",
     ("workbench.stats.x_sampled_received", "rcount[..., :kmax] += vis.sum(dim=2, dtype=None)"):
         "a count of booleans summed as int64 instead of float32, then added into the float32 counts: the same "
         "integers (exact below 2**24 rows)",
