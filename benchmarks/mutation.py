@@ -117,8 +117,6 @@ EQUIVALENT = {
         "the head index on the default device: the same tensor on a one-device machine",
     ("workbench.attention.xǁAttentionCallǁvisible", "qpos = torch.arange(q_start, q_stop, ) + self.q_offset"):
         "the query positions on the default device: the same tensor on a one-device machine",
-    ("workbench.attention.xǁAttentionCallǁadditive_mask", "q_stop = None"):
-        "additive_mask's q_stop default: slicing to None and visible(q_start, None) already mean 'to the last query'",
     ("workbench.attention.x_workbench_mask",
      'rec[(int(q_len), int(kv_len))] = (kwargs.get("q_offset", 0), kwargs.get("kv_offset", None))'):
         "a missing kv_offset recorded as None instead of 0: _key_start then falls back to key start 0, the same",
