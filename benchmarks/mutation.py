@@ -117,16 +117,11 @@ EQUIVALENT = {
         "the head index on the default device: the same tensor on a one-device machine",
     ("workbench.core.attention.xǁAttentionCallǁvisible", "qpos = torch.arange(q_start, q_stop, ) + self.q_offset"):
         "the query positions on the default device: the same tensor on a one-device machine",
-    ("workbench.core.attention.xǁAttentionCallǁadditive_mask", "q_stop = None"):
-        "additive_mask's q_stop default: slicing to None and visible(q_start, None) already mean 'to the last query'",
     ("workbench.core.attention.x_workbench_mask",
      'rec[(int(q_len), int(kv_len))] = (kwargs.get("q_offset", 0), kwargs.get("kv_offset", None))'):
         "a missing kv_offset recorded as None instead of 0: _key_start then falls back to key start 0, the same",
     ("workbench.core.stats.x__causal_statistics", "rsum = torch.zeros(b * hkv, rep, nk, device=None)"):
         "the buffer on the default device: the same tensor on a one-device machine",
-    ("workbench.core.stats.x_sampled_received", "step_all = max(1, chunk_elements // max(1, bm / nk))"):
-        "changes only the chunk size (a memory knob: results do not depend on it) while the batch is smaller "
-        "than the number of keys, where bm / nk < 1 and the division stays an integer",
     ("workbench.core.stats.x_sampled_received", "rcount[..., :kmax] += vis.sum(dim=2, dtype=None)"):
         "a count of booleans summed as int64 instead of float32, then added into the float32 counts: the same "
         "integers (exact below 2**24 rows)",
