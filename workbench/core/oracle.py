@@ -322,7 +322,7 @@ def same_input_errors(path: str | Path, dtype: torch.dtype, inputs: dict,
             return None
 
     with torch.no_grad(), attention_hooks(SameInputs()):
-        lm.model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False)
+        lm.model.base_model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False)  # no LM head
     return [rows[layer] for layer in sorted(rows)]
 
 
