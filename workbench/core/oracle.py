@@ -300,8 +300,6 @@ def same_input_errors(path: str | Path, dtype: torch.dtype, inputs: dict,
 
     class SameInputs:
         def on_attention(self, call):
-            if call.layer in rows:  # a VLM's vision tower does not route through the workbench; text layers once
-                return None
             fn = _eager_function(call.module)
             kw = {"scaling": call.scale, "dropout": 0.0}
             if call.softcap is not None:
