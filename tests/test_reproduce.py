@@ -70,3 +70,24 @@ def test_provenance_is_present_in_every_output_file_type(tmp_path):
               "transformers", "date", "device"):
         assert k in prov
     assert prov["model"]["id"] == "smollm2-135m" and prov["config"]["lengths"] == [256]
+
+
+def test_a_step_starts_from_nothing(tmp_path):
+    """Before a step runs, reproduce deletes the files it declares (so the retrieval sweep does not resume an
+    older run's rows, and no stale file survives), but keeps patterns another step also writes (answer caches)."""
+    from workbench.cli.reproduce import clear_outputs
+
+    plan = steps(False, tmp_path)
+    by = {s.name: s for s in plan}
+    ret = tmp_path / "smollm2-135m" / "retrieval"
+    ret.mkdir(parents=True)
+    for f in ("results.jsonl", "summary.json", "masking_decode.json", "notes.txt"):
+        (ret / f).write_text("{}")
+    cache = tmp_path / "digits-vlm" / "hallucination"
+    cache.mkdir(parents=True)
+    (cache / "answers-abc.jsonl").write_text("{}")
+    gone = {f.name for f in clear_outputs(tmp_path, by["retrieval"], plan)}
+    assert gone == {"results.jsonl", "summary.json"}
+    assert sorted(f.name for f in ret.iterdir()) == ["masking_decode.json", "notes.txt"]
+    assert [f.name for f in clear_outputs(tmp_path, by["masking-test"], plan)] == ["masking_decode.json"]
+    assert clear_outputs(tmp_path, by["hallucination none"], plan) == [] and (cache / "answers-abc.jsonl").exists()

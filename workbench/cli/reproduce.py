@@ -156,6 +156,23 @@ def _record(record: Path, quick: bool, only, all_steps: list[Step], done: list[d
     return res
 
 
+def clear_outputs(root: Path, step: Step, plan: list[Step]) -> list[Path]:
+    """Delete the files under ``root`` that ``step`` writes (its ``writes`` patterns), so a regeneration starts
+    from nothing: a sweep does not resume an earlier run's rows and no stale file of an older run survives.
+    Patterns that another step of ``plan`` also writes (shared answer caches) are kept. Returns the paths
+    removed."""
+    shared = {p for s in plan if s is not step for p in s.writes}
+    pats = [p for p in step.writes if p not in shared]
+    gone = []
+    if root.is_dir():
+        for f in sorted(root.rglob("*")):
+            rel = f.relative_to(root).as_posix()
+            if f.is_file() and any(fnmatch.fnmatchcase(rel, p) for p in pats):
+                f.unlink()
+                gone.append(f)
+    return gone
+
+
 def _run_script(step: Step) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     return subprocess.run([sys.executable, str(REPO / step.script), *step.argv], env=env).returncode
@@ -207,6 +224,9 @@ def reproduce(quick: bool = False, root: str | Path | None = None, only: list[st
               run: Callable[[list[str]], int] | None = None, log: Callable[[str], None] = print) -> dict:
     """Run every step (or those whose name starts with one of ``only``) and write ``ROOT/reproduce.json``.
 
+    Before a step runs, the files it writes are deleted (:func:`clear_outputs`), so each step regenerates its
+    results from nothing.
+
     Returns: ``{"root", "quick", "finished", "steps": [{"name", "argv", "rc", "wall_s"}], "wall_s",
     "without_provenance", "provenance"}`` (also written after every step); with ``only``, ``steps`` also keeps the
     other steps' entries of an earlier ``ROOT/reproduce.json`` (and ``wall_s_steps`` sums them all).
@@ -240,6 +260,7 @@ def reproduce(quick: bool = False, root: str | Path | None = None, only: list[st
     try:
         for i, s in enumerate(todo):
             log(f"[{i + 1}/{len(todo)}] {'python ' + s.script if s.script else 'workbench'} {' '.join(s.argv)}")
+            clear_outputs(root, s, all_steps)
             t0 = time.time()
             rc = _run_script(s) if s.script else run(s.argv)
             done.append({"name": s.name, "argv": s.argv, "rc": rc, "wall_s": round(time.time() - t0, 1)})
