@@ -25,14 +25,15 @@ def eager_probs(call) -> torch.Tensor:
     return torch.nan_to_num(p, nan=0.0)  # fully hidden rows (left padding): all zero
 
 
-def eager_sink_set(p: torch.Tensor, threshold: float) -> torch.Tensor:
+def eager_sink_set(p: torch.Tensor, threshold: float, min_queries: int = 1) -> torch.Tensor:
     """ACT's sink set written out independently: mean received attention over the queries that see each key,
-    keys above the threshold, minus the first such key. p (B, Nq, Nk) -> (B, Nk) bool."""
-    seen = (p > 0).sum(1).clamp_min(1)
-    s = p.sum(1) / seen
+    keys above the threshold (and seen by at least ``min_queries`` queries), minus the first such key.
+    p (B, Nq, Nk) -> (B, Nk) bool."""
+    seen = (p > 0).sum(1)
+    s = p.sum(1) / seen.clamp_min(1)
     out = torch.zeros(s.shape, dtype=torch.bool)
     for b in range(s.shape[0]):
-        hits = [k for k in range(s.shape[1]) if float(s[b, k]) > threshold]
+        hits = [k for k in range(s.shape[1]) if float(s[b, k]) > threshold and int(seen[b, k]) >= min_queries]
         for k in hits[1:]:
             out[b, k] = True
     return out
@@ -78,7 +79,7 @@ class EagerACT:
                 mask = torch.zeros(probs.shape[0], probs.shape[-1], dtype=torch.bool)
                 mask[:, self.act.fixed[(call.layer, h)]] = True
             elif not decoding:
-                mask = eager_sink_set(probs[:, h], self.act.threshold)
+                mask = eager_sink_set(probs[:, h], self.act.threshold, self.act.min_queries)
                 self.prefill_sets[(call.layer, h)] = mask
             else:
                 old = self.prefill_sets[(call.layer, h)]
@@ -142,6 +143,25 @@ def test_closed_form_equals_eager_tiny(tiny_lm, fixed, stable_above):
     assert oracle.calls == 2
     assert oracle.max_err < 1e-5
     assert oracle.changed > 1e-4  # the calibration did something
+
+
+def test_min_queries_keeps_the_last_keys_out_of_the_detected_sink_set(tiny_lm):
+    """With min_queries the keys seen by fewer queries are never sinks (the oracle applies the rule itself);
+    on this input that removes sinks the plain rule finds, and the calibration still equals the eager edit."""
+    ids = _ids(12, 97, b=2)
+    found = {}
+    for mq in (1, 4):
+        act = ACTCalibration([(0, 1), (1, 0), (1, 3)], beta=0.4, threshold=0.05, min_queries=mq)
+        oracle = EagerACT(act)
+        with torch.no_grad(), attention_hooks(oracle):
+            tiny_lm.model(ids, use_cache=False)
+        assert oracle.calls == 2 and oracle.max_err < 1e-5
+        for key, m in act.detected.items():
+            assert torch.equal(m, oracle.prefill_sets[key]), key
+        found[mq] = torch.stack([act.detected[k] for k in sorted(act.detected)])
+    assert found[1][..., 9:].any()  # the plain rule calls some of the last keys sinks here ...
+    assert not found[4][..., 9:].any()  # ... keys 9..11, seen by 3 or fewer queries, are never sinks with 4
+    assert torch.equal(found[4][..., :9], found[1][..., :9])
 
 
 @pytest.mark.parametrize("stable_above", [0.0, 2.0])

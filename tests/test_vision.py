@@ -205,6 +205,10 @@ def test_var_closed_form_equals_eager_reference(summ, rho):
         got, sel = var_output(call, sinks, image, p=0.6, summ=summ, rho=rho)
         want, sel_ref = var_eager(call, sinks, image, 0.6, summ, rho)
         assert torch.equal(sel, sel_ref)
+        # heads=[1]: only head 1's image-centric rows change, to the same values; the other heads keep the output
+        got1, sel1 = var_output(call, sinks, image, p=0.6, summ=summ, rho=rho, heads=[1])
+        assert torch.equal(sel1[:, 1], sel[:, 1]) and not sel1[:, [0, 2, 3]].any()
+        assert torch.equal(got1[:, 1], got[:, 1]) and torch.equal(got1[:, [0, 2, 3]], call.output[:, [0, 2, 3]])
         worst = max(worst, float((got.float() - want).abs().max()))
         n_sel += int(sel.sum())
     assert worst < 1e-5 and n_sel > 0
