@@ -301,3 +301,38 @@ def test_decode_phase_on_smollm2(smollm2):
     assert n_sinks > 0
     assert oracle.decode_changed > 1e-3 and dlogit > 1e-2
     assert oracle.max_err < 1e-5
+
+
+def test_sink_mask_is_the_prefill_set_and_fixed_sinks_past_the_keys_are_ignored(tiny_lm):
+    """sink_mask(call, head): the set detected in the prefill (the oracle's own), the same set during decode
+    steps with the newly decoded keys never sinks, and a fixed set read at the call's keys."""
+    act = ACTCalibration([(0, 1), (1, 2)], threshold=0.05, sinks={(1, 2): [3, 60]})
+    seen = []
+
+    class Probe:
+        def on_attention(self, call):
+            p = eager_probs(call)
+            seen.append((call.layer, call.q_offset, call.key.shape[2], act.sink_mask(call, 1) if call.layer == 0
+                         else act.sink_mask(call, 2), p))
+
+    _decode_run(tiny_lm, _ids(20, 97), 3, Probe())
+    assert [(layer, nk) for layer, _, nk, _, _ in seen] == [(0, 20), (1, 20), (0, 21), (1, 21), (0, 22), (1, 22),
+                                                            (0, 23), (1, 23)]
+    prefill = eager_sink_set(seen[0][4][:, 1], 0.05)
+    assert prefill.any()
+    for layer, off, nk, mask, _ in seen:
+        if layer == 0:
+            assert torch.equal(mask[:, :20], prefill) and not mask[:, 20:].any()
+        else:  # fixed: key 3 only (position 60 is past every call's keys)
+            assert mask.nonzero()[:, 1].tolist() == [3]
+
+
+def test_fixed_sinks_past_the_input_change_nothing(tiny_lm):
+    ids = _ids(20, 97)
+    out = {}
+    for name, sinks in (("in", {(1, 2): [3]}), ("past", {(1, 2): [3, 20, 45]})):
+        with torch.no_grad(), ACTCalibration([(1, 2)], sinks=sinks).applied():
+            out[name] = tiny_lm.model(ids, use_cache=False).logits
+    with torch.no_grad():
+        base = tiny_lm.model(ids, use_cache=False).logits
+    assert torch.equal(out["in"], out["past"]) and not torch.equal(out["in"], base)
