@@ -147,6 +147,9 @@ EQUIVALENT = {
         "the kv-head index on the default device: the same tensor on a one-device machine",
     ("workbench.interventions.var.xǁVisualAttentionRedistributionǁon_attention", "idx = self.image.to(None)"):
         "the image positions left on their device instead of moved to the call's: one device in the tests",
+    ("workbench.interventions.var.xǁVisualAttentionRedistributionǁon_attention",
+     "image = torch.zeros(nk, dtype=torch.bool, )"):
+        "the image mask on the default device: the same tensor on a one-device machine",
 }
 
 
