@@ -141,6 +141,12 @@ EQUIVALENT = {
     ("workbench.interventions.act.xǁACTCalibrationǁ_detect", "st = head_statistics(call, heads, received=True, )"):
         "also computes the row statistics (entropy, distance, top key), which _detect never reads: the same "
         "received sums, only slower",
+    ("workbench.interventions.act.xǁACTCalibrationǁ_stored", "if old is not None or old.shape[0] == b:"):
+        "unreachable difference: every caller first detects the sinks on this call (prefill) or checks that the "
+        "cache holds the same prompt and batch (_check_same_input), so a stored set of this batch always exists",
+    ("workbench.interventions.ablation.x_uniform_output", "for a in range(0, nq, ):"):
+        "query chunks that start at every row instead of every 256th: overlapping chunks recompute the same "
+        "rows, the same output, only slower",
     ("workbench.interventions.var.x_var_output", "allowed = torch.zeros(out.shape[1], dtype=torch.bool, device=None)"):
         "the head mask on the default device: the same tensor on a one-device machine",
     ("workbench.interventions.var.x_var_output", "kv = torch.arange(out.shape[1], ) // call.n_rep"):

@@ -277,8 +277,11 @@ def test_decode_on_a_cache_act_never_saw_raises(tiny_lm):
     _decode_run(tiny_lm, _ids(30, 97, seed=1), 1, act)  # sinks of prompt 1
     with torch.no_grad():
         past = tiny_lm.model(_ids(30, 97, seed=2), use_cache=True).past_key_values  # prompt 2, outside ACT
-        with act.applied(), pytest.raises(WorkbenchError, match="not the prompt whose sinks"):
+        with act.applied(), pytest.raises(WorkbenchError, match="not the prompt whose sinks") as err:
             tiny_lm.model(torch.tensor([[5]]), cache=past, use_cache=True)
+    assert str(err.value).endswith("run the prompt's prefill inside the ACT context too, e.g. wrap the whole "
+                                   "generate() call")  # the fix, on one line
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.slow
