@@ -82,3 +82,5 @@ def test_mean_ablation_needs_a_mean_for_every_head_and_kinds_are_checked():
     with pytest.raises(ValueError, match="unknown ablation kind 'Mean'"):
         HeadAblation([(1, 2)], "Mean")
     assert HeadAblation([(1, 2)], "zero").means == {}  # the other kinds need none
+    with pytest.raises(ValueError, match=r"unknown phase 'Decode': use one of \('all', 'prefill', 'decode'\)"):
+        HeadAblation([(1, 2)], "zero", phase="Decode")
