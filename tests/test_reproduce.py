@@ -13,12 +13,6 @@ from workbench.io.provenance import missing_provenance, read_provenance
 from workbench.cli.reproduce import NOT_REPRODUCED, SHARED, reproduce, steps, unexplained
 
 ROOT = Path(__file__).resolve().parents[1]
-#: committed results of an older layout that a reader still needs until their step is rerun (each with why)
-NOT_YET_REGENERATED = {
-    "smollm2-135m/retrieval/masking_uniform/*": "notebook 02 reads it; the masking-test step (masking_decode.*) "
-                                                "did not run in the last regeneration",
-    "smollm2-135m/retrieval/masking_zero_mean/*": "the zero/mean half of the same masking test",
-}
 
 
 def _committed() -> list[str]:
@@ -33,9 +27,7 @@ def test_committed_reports_are_what_the_reproduce_steps_write():
     if not files:
         pytest.skip("not a git checkout")
     plan = {s.name: s for s in steps(False, ROOT / "reports")}
-    left = [f for f in unexplained(files, list(plan.values()))
-            if not any(fnmatch.fnmatchcase(f, p) for p in NOT_YET_REGENERATED)]
-    assert left == []
+    assert unexplained(files, list(plan.values())) == []
     record = json.loads((ROOT / "reports" / "reproduce.json").read_text())
     finished = [d["name"] for d in record["steps"] if d["rc"] == 0]
     assert finished and set(finished) <= set(plan)
