@@ -23,14 +23,10 @@ from tqdm.auto import tqdm
 
 from ..core.errors import WorkbenchError
 from ..io.jsonl import append_jsonl, open_checkpoint, read_jsonl
-from ..tasks.needle import Needle, build_prompt, load_needles
+from ..tasks.needle import DEFAULT_DEPTHS, DEFAULT_LENGTHS, Needle, build_prompt, load_needles
 from ..analyzers.retrieval import MAX_NEW_TOKENS, RETRIEVAL_THRESHOLD, ROUGE_THRESHOLD, greedy_decode, retrieval_hits, rouge1_recall
 
 RESULTS_FILE = "results.jsonl"
-# On SmolLM2-135M 25-26 heads pass 0.1 at 256-512 tokens (verbatim copying), 21-22 at 1024-2048 and 9 at 4096,
-# the longest band it answers; from 1024 on the top-10 shares 8/10 with 4096's (README, "Retrieval heads")
-DEFAULT_LENGTHS = (1024, 2048, 4096)
-DEFAULT_DEPTHS = (0, 20, 40, 60, 80, 100)
 
 
 def test_key(length: int, depth: float, needle: str) -> str:
