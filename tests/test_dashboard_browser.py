@@ -192,7 +192,10 @@ def test_choose_head_draws_attention_map(server, browser):
 
 # --- the researcher's path: preset -> trace -> attention -> ACT intervention -> census ---------------
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+#: a test run writes its screenshots under artifacts/ (a test must not rewrite committed files);
+#: WORKBENCH_UPDATE_SCREENSHOTS=1 writes them to docs/screenshots/ to refresh the README's pictures
+SCREENSHOTS = ROOT / "docs" / "screenshots" if os.environ.get("WORKBENCH_UPDATE_SCREENSHOTS") == "1" \
+    else ARTIFACTS / "screenshots"
 PROMPT = "The capital of France is Paris. The capital of Italy is"  # the dashboard's default prompt
 ACT_HEADS = [(10, 0), (7, 6)]  # the Intervention tab's default heads; the first is compared
 
@@ -275,12 +278,12 @@ def _tab(driver, name: str) -> None:
 
 
 def _shot(driver, name: str) -> Path:
-    """A small PNG of the page (palette-quantised) under docs/screenshots/."""
+    """A small PNG of the page (palette-quantised) under :data:`SCREENSHOTS`."""
     from PIL import Image
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    raw = ARTIFACTS / f"{name}.raw.png"
     ARTIFACTS.mkdir(exist_ok=True)
+    raw = ARTIFACTS / f"{name}.raw.png"
     driver.save_screenshot(str(raw))
     out = SCREENSHOTS / f"{name}.png"
     Image.open(raw).convert("RGB").quantize(colors=128).save(out, optimize=True)
