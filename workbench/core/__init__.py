@@ -13,7 +13,7 @@ Nothing here imports from a higher layer (analyzers, interventions, tasks, repor
 * :mod:`.hooks`: decoder layers and their TransformerLens hook names.
 * :mod:`.vlm`: inputs of vision-language models (image positions, text-only passes).
 * :mod:`.tiny_models` / :mod:`.oracle`: tiny random-weight models of every architecture, and the workbench
-  checked against eager attention on them.
+  checked against eager attention on them (:mod:`.oracle_same_inputs`: the same-input bfloat16 criterion).
 * :mod:`.executor` / :mod:`.ray_executor`: where the cells of a grid run (this process, or Ray actors).
 * :mod:`.interop`: the model objects researchers hold (transformers, nnsight, TransformerLens) as a LoadedModel.
 * :mod:`.headsets`: the one head-set grammar (``3.1,7.*,retrieval:top-10``) of the CLI, dashboard and studies.
