@@ -6,10 +6,13 @@ Nothing here imports from a higher layer (analyzers, interventions, tasks, repor
 
 * :mod:`.models`: :func:`load_model`, :class:`LoadedModel`, :class:`ModelSpec`; :mod:`.presets`: model presets;
   :mod:`.support`: what the workbench refuses to load; :mod:`.devices`: device and dtype.
-* :mod:`.attention`: the ``"workbench"`` attention function and its hook point (:class:`AttentionCall`).
+* :mod:`.attention`: the ``"workbench"`` attention function and its hook point (:class:`AttentionCall`, in
+  :mod:`.attention_call`).
 * :mod:`.kernels`: the attention kernels that return the log-sum-exp (:mod:`.reference_kernel`: the exact one in plain torch).
-* :mod:`.stats`: closed-form statistics from q, k and the log-sum-exp.
-* :mod:`.tracer` / :mod:`.trace`: recording a forward pass, and the named-axis result.
+* :mod:`.stats`: closed-form statistics from q, k and the log-sum-exp (block loops in :mod:`.stats_exact`, the
+  sampled estimate and its bound in :mod:`.stats_sampled`).
+* :mod:`.tracer` / :mod:`.trace`: recording a forward pass, and the named-axis result (:mod:`.tracer_received`:
+  received attention over calls; :mod:`.tracer_result`: the trace assembled).
 * :mod:`.hooks`: decoder layers and their TransformerLens hook names.
 * :mod:`.vlm`: inputs of vision-language models (image positions, text-only passes).
 * :mod:`.tiny_models` / :mod:`.oracle`: tiny random-weight models of every architecture, and the workbench
