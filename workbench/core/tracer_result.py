@@ -37,14 +37,8 @@ def check_recorded(tracer) -> None:
 
 
 def assemble_trace(tracer, input_ids: torch.Tensor | None = None) -> Trace:
-    """Assemble what ``tracer`` recorded into a :class:`Trace` (axes documented in :mod:`workbench.core.trace`).
-
-    Raises:
-        UnsupportedArchitectureError: no attention call reached the tracer (the model does not use the
-            workbench attention).
-        WorkbenchError: some recorded layers never ran, the tracer records nothing, or ``rows_from`` /
-            the pattern window lie past the sequence, so nothing was recorded.
-    """
+    """Assemble what ``tracer`` recorded into a :class:`Trace` (axes documented in :mod:`workbench.core.trace`);
+    raises as :meth:`Tracer.trace <workbench.core.tracer.Tracer.trace>` says (:func:`check_recorded`)."""
     tracer._check_recorded()
     tr = Trace(meta={"model": tracer.lm.spec.name, "layers": tracer.layers, "heads": tracer.heads,
                      "n_layers": tracer.lm.spec.n_layers, "n_heads": tracer.lm.spec.n_heads})
