@@ -5,8 +5,11 @@
 :func:`workbench.report.trace_page.write_trace_html` (the number of maps is a parameter, ``--max-maps``), and
 ``workbench probe`` is :func:`probes.run.run_probe`, ``workbench calibrate`` is
 :func:`workbench.interventions.act_search.calibrate`, ``workbench ablate`` and ``workbench masking-test`` are
-:func:`workbench.studies.retrieval_runs.ablate_needles` and :func:`~workbench.studies.retrieval_runs.masking_test`.
-Tiny random-weight models with the SmolLM2 tokenizer (the IOI prompts need real names).
+:func:`workbench.studies.retrieval_runs.ablate_needles` and :func:`~workbench.studies.retrieval_runs.masking_test`,
+``workbench vision`` is :func:`workbench.report.vision_report.vision_report` and ``workbench hallucination`` is
+:func:`workbench.report.hallucination_report.hallucination_report`.
+Tiny random-weight models with the SmolLM2 tokenizer (the IOI prompts need real names; the VLM is the digits-vlm
+assembly around the tiny model).
 """
 from __future__ import annotations
 
@@ -166,3 +169,58 @@ def test_ablate_and_masking_test_commands_print_what_their_calls_return(preset, 
     assert cli["table"] == json.loads(pd.DataFrame(res["table"]).to_json(orient="records"))
     assert cli["accuracy"] == res["accuracy"] and set(cli["files"]) == {"table", "tests", "html"}
     assert len(res["tests"]) == 3  # baseline, top-1 and one random-1 condition on one needle
+
+
+@pytest.fixture(scope="module")
+def tiny_digits_vlm(tiny_tok_lm):
+    """The digits-vlm assembly around the tiny random llama (random CLIP tower: the mechanics, not the results)."""
+    from workbench.core.models import LoadedModel, ModelSpec
+    from workbench.demo import digits as D
+    from workbench.demo.digits_vlm import N_IMAGE_TOKENS, assemble
+
+    model, tok = assemble(tiny_tok_lm)
+    return LoadedModel(model=model, tokenizer=tok, spec=ModelSpec.from_config("tiny-digits-vlm", model.config),
+                       extras={"image_size": D.CANVAS, "n_image_tokens": N_IMAGE_TOKENS,
+                               "sink_dims": [3]})  # random weights carry no massive activations: name a dim
+
+
+@pytest.fixture
+def vlm_preset(tiny_digits_vlm):
+    from workbench.core.presets import PRESETS, Preset, register_preset
+
+    register_preset(Preset("tiny-digits-vlm", "tiny random digits VLM", lambda: tiny_digits_vlm, lambda: True))
+    yield "tiny-digits-vlm"
+    PRESETS.unregister("tiny-digits-vlm")
+
+
+def test_vision_command_prints_what_vision_report_returns(vlm_preset, tiny_digits_vlm, tmp_path, capsys):
+    from workbench.io.provenance import read_provenance
+    from workbench.report.vision_report import vision_report
+
+    res = vision_report(tiny_digits_vlm, n_images=2, top=5, out=tmp_path / "py", progress=False)
+    d = Path(res["files"]["json"]).parent
+    tables = {"vhd_heads.csv", "t_vhd.csv", "visual_sinks.csv", "image_centric_heads.csv", "image_attention_heads.csv"}
+    assert {p.name for p in d.iterdir()} == {"vision.json", "vision.html", "plotly.min.js", *tables,
+                                             *(f"{t}.provenance.json" for t in tables)}
+    assert read_provenance(res["files"]["json"]) == res["provenance"] == read_provenance(res["files"]["html"])
+    cli = _cli(capsys, "vision", "--model", vlm_preset, "--images", "2", "--top", "5", "--out", str(tmp_path / "cli"))
+    keys = ("sink_dims", "vhd", "vision_aware_heads", "visual_sinks", "image_centric_heads", "answers", "n_images")
+    assert {k: cli[k] for k in keys} == json.loads(json.dumps({k: res[k] for k in keys}))
+    assert len(res["vhd"]) == 2 * 4 and 0 < len(res["vision_aware_heads"]) <= 5  # every head; the top-5 cap
+    assert "files" not in vision_report(tiny_digits_vlm, n_images=1, out=None, progress=False)
+
+
+def test_hallucination_command_prints_what_hallucination_report_returns(vlm_preset, tiny_digits_vlm, tmp_path, capsys):
+    from workbench.core.errors import WorkbenchError
+    from workbench.report.hallucination_report import hallucination_report
+
+    res = hallucination_report(tiny_digits_vlm, "none", "random", images=3, chair=True, out=tmp_path / "py",
+                               progress=False)
+    written = json.loads(Path(res["file"]).read_text())
+    assert written.pop("provenance")["config"]["images"] == 3 and written == {k: v for k, v in res.items() if k != "file"}
+    assert 0 <= res["accuracy"] <= 1 and "chair" in res
+    cli = _cli(capsys, "hallucination", "--model", vlm_preset, "--images", "3", "--chair", "--out", str(tmp_path / "cli"))
+    assert {k: v for k, v in cli.items() if k != "file"} == json.loads(json.dumps(written))
+    assert "file" not in hallucination_report(tiny_digits_vlm, images=3, out=None, progress=False)
+    with pytest.raises(WorkbenchError, match="method"):
+        hallucination_report(tiny_digits_vlm, "magic", out=None)

@@ -121,12 +121,15 @@ class HeadTypeScorer:
         kinds: head types to score (subset of :data:`HEAD_TYPES`).
         exclude_bos, exclude_current_token: TransformerLens' exclusions (module docstring).
         layers: layers to score (default all that run).
+        prefix: the forward pass may run longer sequences and more batch rows, of which ``tokens`` (B, T) are
+            the first B rows and first T positions: they are scored as if run alone (causal attention: the
+            first T queries attend only to the first T keys, so their probabilities are those of a T-token run).
 
     After the forward pass, ``scores[kind]`` maps layer -> (B, Hq) float32 score per sequence.
     """
 
     def __init__(self, tokens: torch.Tensor, kinds: Iterable[str] = HEAD_TYPES, exclude_bos: bool = False,
-                 exclude_current_token: bool = False, layers: Iterable[int] | None = None):
+                 exclude_current_token: bool = False, layers: Iterable[int] | None = None, prefix: bool = False):
         tokens = torch.as_tensor(tokens)
         self.tokens = tokens[None] if tokens.dim() == 1 else tokens
         self.kinds = tuple(kinds)
@@ -136,6 +139,7 @@ class HeadTypeScorer:
         self.exclude_bos = exclude_bos
         self.exclude_current_token = exclude_current_token
         self.layers = None if layers is None else set(layers)
+        self.prefix = prefix
         self.pairs = [{k: detection_pairs(row, k) for k in self.kinds} for row in self.tokens]
         self.scores: dict[str, dict[int, torch.Tensor]] = {k: {} for k in self.kinds}
 
@@ -145,9 +149,11 @@ class HeadTypeScorer:
         if call.q_offset != 0:
             raise ValueError("head-type scores need a full forward pass without a KV cache (got a decoding step)")
         bsz, hq, n, _ = call.query.shape
-        if n != self.tokens.shape[1] or bsz != self.tokens.shape[0]:
+        bt, t = self.tokens.shape
+        if (n, bsz) != (t, bt) and not (self.prefix and n >= t and bsz >= bt):
             raise ValueError(f"the scorer was built for tokens {tuple(self.tokens.shape)} but attention saw "
                              f"batch {bsz} x {n} queries")
+        bsz, n = bt, t
         ar = torch.arange(n)
         res = {k: torch.zeros(bsz, hq) for k in self.kinds}
         for b in range(bsz):
@@ -243,9 +249,53 @@ def classic_head_scores(lm: LoadedModel, text_tokens: torch.Tensor, n_random: in
         DataFrame ``layer, head, previous_token_score, duplicate_token_score, induction_score``.
     """
     prev = head_type_scores(lm, text_tokens, ("previous_token",), progress=progress)
+    return prev.merge(random_token_scores(lm, n_random, half_len, seed, progress), on=["layer", "head"])
+
+
+def random_token_scores(lm: LoadedModel, n_random: int = 4, half_len: int = 128, seed: int = 0,
+                        progress: bool = False) -> pd.DataFrame:
+    """Duplicate-token and induction scores on ``n_random`` repeated random sequences of 2 x ``half_len`` tokens
+    (:func:`repeated_random_tokens`, ``seed``): DataFrame ``layer, head, duplicate_token_score, induction_score``."""
     rnd = repeated_random_tokens(lm.spec.vocab_size or lm.model.config.vocab_size, half_len, n_random, seed)
-    rep = head_type_scores(lm, rnd, ("duplicate_token", "induction"), progress=progress)
-    return prev.merge(rep, on=["layer", "head"])
+    return head_type_scores(lm, rnd, ("duplicate_token", "induction"), progress=progress)
+
+
+class PrefixHeadTypes:
+    """Head-type scores of the first ``prefix`` tokens of windows ``0 .. rows-1``, as a window consumer of
+    :func:`workbench.core.passes.run_windows`: a :class:`HeadTypeScorer` (``prefix=True``) rides along another
+    analyzer's pass over the full windows, so the census scores previous-token heads without running those
+    windows again. :meth:`frame` equals :func:`head_type_scores` of ``windows[:rows, :prefix]``.
+    """
+
+    needs: tuple[str, ...] = ()
+
+    def __init__(self, n_layers: int, n_heads: int, kinds: Iterable[str] = ("previous_token",), rows: int = 4,
+                 prefix: int = 256):
+        self.kinds, self.limit, self.prefix = tuple(kinds), rows, prefix
+        self.total = {k: torch.zeros(n_layers, n_heads) for k in self.kinds}
+        self.count = 0
+        self._scorer: HeadTypeScorer | None = None
+
+    def hooks(self, ids: torch.Tensor, rows: range):
+        k = max(0, min(rows.stop, self.limit) - rows.start)
+        self._scorer = HeadTypeScorer(ids[:k, :self.prefix], self.kinds, prefix=True) if k else None
+        return attention_hooks(self._scorer) if k else None
+
+    def consume(self, trace, ids: torch.Tensor, rows: range) -> None:
+        if self._scorer is None:
+            return
+        for k in self.kinds:
+            for layer, s in self._scorer.scores[k].items():
+                self.total[k][layer] += s.sum(0)
+        self.count += self._scorer.tokens.shape[0]
+
+    def frame(self) -> pd.DataFrame:
+        """DataFrame ``layer, head, <kind>_score`` averaged over the windows scored."""
+        L, H = next(iter(self.total.values())).shape
+        df = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L)})
+        for k in self.kinds:
+            df[f"{k}_score"] = (self.total[k] / max(1, self.count)).reshape(-1).numpy()
+        return df
 
 
 def top_heads(df: pd.DataFrame, column: str, k: int = 5) -> list[tuple[int, int]]:

@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from ..interventions.act import act_sink_mask
 from ..core.models import LoadedModel
-from ..core.tracer import Tracer
 
 SINK_EPS = 0.3
 ACT_THRESHOLD = 0.1
@@ -38,9 +37,33 @@ def _min_queries(min_queries: int | None, n_tokens: int) -> int:
     return max(8, n_tokens // 4) if min_queries is None else int(min_queries)
 
 
+class ReceivedCollector:
+    """Mean received attention s_k of windows ``0 .. rows-1`` (all when ``rows`` is None), as a window consumer
+    of :func:`workbench.core.passes.run_windows` (``needs = ("received",)``)."""
+
+    needs = ("received",)
+
+    def __init__(self, rows: int | None = None):
+        self.limit = rows
+        self.parts: list[torch.Tensor] = []
+
+    def hooks(self, ids: torch.Tensor, rows: range) -> None:
+        return None
+
+    def consume(self, trace, ids: torch.Tensor, rows: range) -> None:
+        k = len(rows) if self.limit is None else max(0, min(rows.stop, self.limit) - rows.start)
+        if k:
+            self.parts.append(trace["received"][:, :k].permute(1, 0, 2, 3).contiguous())  # (b, L, H, N)
+
+    def tensor(self) -> torch.Tensor:
+        """(n, L, H, N) float32 s_k of the windows seen."""
+        return torch.cat(self.parts)
+
+
 @torch.no_grad()
 def received_attention(lm: LoadedModel, samples: torch.Tensor, batch_size: int = 4, progress: bool = True,
-                       desc: str = "sinks: received attention", sample_rows: int | None = None) -> torch.Tensor:
+                       desc: str = "sinks: received attention", sample_rows: int | None = None,
+                       riders: list | None = None) -> torch.Tensor:
     """Mean received attention s_k of every key in every head, per sample.
 
     Args:
@@ -48,15 +71,17 @@ def received_attention(lm: LoadedModel, samples: torch.Tensor, batch_size: int =
         sample_rows: estimate s_k from this many sampled query rows per sample (``Tracer(received_sample_rows=)``,
             O(m N) instead of O(N^2) per head, each entry within a Hoeffding-Serfling bound with 95%
             probability); None = exact.
+        riders: other window consumers (:class:`workbench.core.passes.WindowConsumer`) fed by the same pass,
+            e.g. a :class:`~workbench.analyzers.massive.MassiveCollector`.
     Returns:
         (n, L, H, N) float32 s_k.
     """
-    tracer = Tracer(lm, stats=("received",), received_sample_rows=sample_rows)
-    out = []
-    for a in tqdm(range(0, samples.shape[0], batch_size), desc=desc, disable=not progress):
-        tr = tracer.run(samples[a: a + batch_size])
-        out.append(tr["received"].permute(1, 0, 2, 3).contiguous())  # (b, L, H, N)
-    return torch.cat(out)
+    from ..core.passes import run_windows
+
+    col = ReceivedCollector()
+    run_windows(lm, samples, [col, *(riders or [])], batch_size, progress, desc,
+                tracer_options={"received_sample_rows": sample_rows})
+    return col.tensor()
 
 
 def decode_token(tokenizer, token_id: int) -> str:
@@ -183,13 +208,15 @@ class SinkAnalysis:
 
 def analyze_sinks(lm: LoadedModel, lengths: dict[int, int] | None = None, split: str = "all", eps: float = SINK_EPS,
                   threshold: float = ACT_THRESHOLD, min_queries: int | None = MIN_QUERIES, progress: bool = True,
-                  profile_length: int | None = None) -> SinkAnalysis:
+                  profile_length: int | None = None, riders: dict[int, list] | None = None) -> SinkAnalysis:
     """Sink analysis over windows of real text (:func:`workbench.tasks.text.token_windows`).
 
     Args:
         lengths: tokens per window -> number of windows, e.g. ``{64: 64, 512: 16}``; Sink_1^eps is
             reported for each length. The profile, head table and sink tokens use ``profile_length``
             (default the longest).
+        riders: length -> window consumers fed by the same pass over that length's windows
+            (:func:`received_attention`), so that no window is run twice.
     Raises:
         ContextTooLongError: a length exceeds the context window.
     """
@@ -200,7 +227,8 @@ def analyze_sinks(lm: LoadedModel, lengths: dict[int, int] | None = None, split:
     for n_tok, n in sorted(lengths.items()):
         lm.spec.check_length(n_tok)
         samples[n_tok] = token_windows(lm.tokenizer, n_tok, n, split=split)
-        rec[n_tok] = received_attention(lm, samples[n_tok], progress=progress, desc=f"sinks: {n} x {n_tok} tokens")
+        rec[n_tok] = received_attention(lm, samples[n_tok], progress=progress, desc=f"sinks: {n} x {n_tok} tokens",
+                                        riders=(riders or {}).get(n_tok))
         rates[n_tok] = sink_rate(rec[n_tok], 0, eps)
     pl = profile_length or max(lengths)
     r = rec[pl]

@@ -11,6 +11,14 @@ kernel-backed :class:`~workbench.core.tracer.Tracer` and builds one row per (lay
 
 Other analyzers add columns, summary entries and figures as further sections, listed in :data:`SECTIONS`
 (in the order they run); every section receives the same :class:`CensusContext`.
+
+**One pass per window.** A section that reads the census windows declares it with a ``window_consumer``
+attribute: ``fn.window_consumer(ctx)`` returns a :class:`~workbench.core.passes.WindowConsumer` that names
+the tracer statistics it needs and may bring hooks of its own. :func:`run_census` gathers them, runs every
+window exactly once with one tracer for the union of their needs (:func:`workbench.core.passes.run_windows`),
+and then calls each section, which reads its consumer from ``ctx.consumers[name]``. Inputs that are not
+the census windows (the head-type section's repeated random tokens, the retrieval section's needle
+haystacks, the vision section's images) are each run by their own section.
 """
 from __future__ import annotations
 
@@ -22,12 +30,10 @@ from typing import Callable
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from tqdm.auto import tqdm
 
 from ..core.models import LoadedModel
 from ..core.registry import Registry
 from ..tasks.text import token_windows, window_start
-from ..core.tracer import Tracer
 from .viz import layer_head_heatmap, write_html
 
 
@@ -40,9 +46,9 @@ class CensusContext:
     progress: bool = True
     options: dict = field(default_factory=dict)
     out: Path | None = None  # the model's run folder (None: the census writes nothing)
-    # mean received attention s_k of every key, (n_samples, L, H, seq_len) float32, recorded by the
-    # ``attention`` section in its pass so that later sections (``sinks``) do not run the windows again
-    received: torch.Tensor | None = None
+    # section name -> its window consumer, fed by the census's one pass over ``samples`` (module docstring)
+    consumers: dict = field(default_factory=dict)
+    passes: int = 0  # forward passes of that pass
 
 
 @dataclass
@@ -55,26 +61,36 @@ class CensusSection:
     figures: list[tuple[str, go.Figure]] = field(default_factory=list)
 
 
+class AttentionStats:
+    """The ``attention`` section's window consumer: per-head sums over windows of s_0, mean entropy and mean
+    distance (``needs`` received, entropy, distance)."""
+
+    needs = ("received", "entropy", "distance")
+
+    def __init__(self):
+        self.first, self.ent, self.dist, self.n = 0.0, 0.0, 0.0, 0
+
+    def hooks(self, ids, rows) -> None:
+        return None
+
+    def consume(self, tr, ids, rows) -> None:
+        self.first = self.first + tr["received"][..., 0].sum(1)  # (L, B, H, N) -> (L, H)
+        self.ent = self.ent + tr["entropy"].mean(-1).sum(1)
+        self.dist = self.dist + tr["distance"].mean(-1).sum(1)
+        self.n += ids.shape[0]
+
+
 def attention_section(ctx: CensusContext) -> CensusSection:
     """First-token mass, entropy and mean distance of every head (see module docstring)."""
     spec = ctx.lm.spec
-    tracer = Tracer(ctx.lm, stats=("received", "entropy", "distance"))
-    first, ent, dist, received = 0.0, 0.0, 0.0, []
-    for row in tqdm(ctx.samples, desc="census: attention", disable=not ctx.progress):
-        tr = tracer.run(row[None])
-        received.append(tr["received"][:, 0])  # (L, H, N)
-        first = first + tr["received"][:, 0, :, 0]
-        ent = ent + tr["entropy"][:, 0].mean(-1)
-        dist = dist + tr["distance"][:, 0].mean(-1)
-    ctx.received = torch.stack(received)
-    n = len(ctx.samples)
+    st, n = ctx.consumers["attention"], len(ctx.samples)
     L, H = spec.n_layers, spec.n_heads
     df = pd.DataFrame({
         "layer": torch.arange(L).repeat_interleave(H).numpy(),
         "head": torch.arange(H).repeat(L).numpy(),
-        "first_token_mass": (first / n).reshape(-1).numpy(),
-        "entropy": (ent / n).reshape(-1).numpy(),
-        "mean_distance": (dist / n).reshape(-1).numpy(),
+        "first_token_mass": (st.first / n).reshape(-1).numpy(),
+        "entropy": (st.ent / n).reshape(-1).numpy(),
+        "mean_distance": (st.dist / n).reshape(-1).numpy(),
     })
     summary = {
         "mean_first_token_mass": float(df.first_token_mass.mean()),
@@ -84,6 +100,9 @@ def attention_section(ctx: CensusContext) -> CensusSection:
     }
     figs = [(c, layer_head_heatmap(df, c, title=f"{c} per head")) for c in ("first_token_mass", "entropy", "mean_distance")]
     return CensusSection("attention", df, summary, figs)
+
+
+attention_section.window_consumer = lambda ctx: AttentionStats()
 
 
 # Every census section, in the order the census runs them; each ``fn(ctx: CensusContext) -> CensusSection``.
@@ -171,8 +190,8 @@ def census_config(lm: LoadedModel, n_samples: int, seq_len: int, sections: list[
 
     return {"command": "census", "model": lm.spec.name, "n_samples": n_samples, "seq_len": seq_len,
             "sections": list(sections), "options": {k: v for k, v in options.items()},
-            "code_sha256": code_sha256(["workbench.report.census", "workbench.core.stats", "workbench.core.tracer",
-                                        "workbench.core.attention", "workbench.tasks.text",
+            "code_sha256": code_sha256(["workbench.report.census", "workbench.core.passes", "workbench.core.stats",
+                                        "workbench.core.tracer", "workbench.core.attention", "workbench.tasks.text",
                                         *sorted({SECTIONS.module_of(n) for n in sections})])}
 
 
@@ -207,8 +226,15 @@ def run_census(lm: LoadedModel, n_samples: int = 8, seq_len: int = 512, out_dir:
     summary: dict = {"n_samples": n_samples, "seq_len": seq_len, "text": "pydoc_data.topics prose",
                      "window_start": start["rule"]}
     figures: list[tuple[str, go.Figure]] = []
+    fns = {name: SECTIONS[name] for name in names}
+    ctx.consumers = {name: fn.window_consumer(ctx) for name, fn in fns.items() if hasattr(fn, "window_consumer")}
+    if ctx.consumers:  # every window once, one tracer for the union of the sections' needs
+        from ..core.passes import run_windows
+
+        ctx.passes = run_windows(lm, samples, ctx.consumers.values(), batch_size=1, progress=progress,
+                                 desc="census: windows")
     for name in names:
-        sec = SECTIONS[name](ctx)
+        sec = fns[name](ctx)
         if sec.heads is not None:
             heads = sec.heads if heads is None else heads.merge(sec.heads, on=["layer", "head"], how="left")
         summary[name] = sec.summary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..analyzers.head_types import HEAD_TYPES, classic_head_scores
+from ..analyzers.head_types import HEAD_TYPES, PrefixHeadTypes, classic_head_scores, random_token_scores
 from ..core.models import LoadedModel
 from .census import CensusSection
 from .viz import layer_head_heatmap
@@ -54,12 +54,13 @@ def head_types_report(lm: LoadedModel, samples: int = 4, seq_len: int = 256, n_r
 def head_types_section(ctx):
     """Census section ``head_types``: classic head-type scores of every head (see :mod:`workbench.analyzers.head_types`).
 
-    Previous-token scores use the census text windows (at most 4, first 256 tokens); duplicate and
-    induction scores use 4 repeated random sequences of 2 x 128 tokens (seed 0).
+    Previous-token scores use the census text windows (at most 4, first 256 tokens), scored inside the
+    census's one pass over the windows (:func:`window_consumer`); duplicate and induction scores use 4
+    repeated random sequences of 2 x 128 tokens (seed 0), a pass of their own.
     """
-    text = ctx.samples[:4, :256]
-    df = classic_head_scores(ctx.lm, text, n_random=4, half_len=min(128, ctx.samples.shape[1] // 2),
-                             progress=ctx.progress)
+    prev = ctx.consumers["head_types"].frame()  # scored in the census pass over the windows
+    df = prev.merge(random_token_scores(ctx.lm, n_random=4, half_len=min(128, ctx.samples.shape[1] // 2),
+                                        progress=ctx.progress), on=["layer", "head"])
     summary = {}
     for k in HEAD_TYPES:
         col = f"{k}_score"
@@ -68,3 +69,11 @@ def head_types_section(ctx):
         summary[f"heads_{k}_score_over_0.4"] = int((df[col] > 0.4).sum())
     figs = [(f"{k} score", layer_head_heatmap(df, f"{k}_score", title=f"{k} score per head")) for k in HEAD_TYPES]
     return CensusSection("head_types", df, summary, figs)
+
+
+def window_consumer(ctx) -> PrefixHeadTypes:
+    """The ``head_types`` section's rider on the census pass: previous-token scores of windows 0-3, first 256 tokens."""
+    return PrefixHeadTypes(ctx.lm.spec.n_layers, ctx.lm.spec.n_heads, ("previous_token",), rows=4, prefix=256)
+
+
+head_types_section.window_consumer = window_consumer

@@ -11,10 +11,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .census import CensusContext, CensusSection
-from ..analyzers.massive import (OUTLIER_SHARE, intervention_perplexity, layer_summary, massive_activations, massive_dims,
-                      onset_layer, outlier_features)
+from ..analyzers.massive import (OUTLIER_SHARE, MassiveCollector, intervention_perplexity, layer_summary, massive_dims,
+                                 onset_layer, outlier_features)
 from ..core.models import LoadedModel
-from ..analyzers.sinks import SINK_EPS, analyze_sinks, head_table, layer_profile, received_attention, sink_onset_layer, sink_rate
+from ..analyzers.sinks import (SINK_EPS, ReceivedCollector, analyze_sinks, head_table, layer_profile, sink_onset_layer,
+                               sink_rate)
 from ..tasks.text import token_windows, window_start
 from .viz import layer_head_heatmap, write_html
 
@@ -60,6 +61,11 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
     tokens), ``heldout`` prose windows (``n_ppl`` x ``ppl_len``) for the perplexity test.
 
     Every window starts with the start-of-text token when the tokenizer adds one (``window_start`` says which).
+    Each window is run once: the massive activations (``massive_activations_short`` on the first half of the
+    short windows, ``massive_activations`` on the first half of the long ones) are found by residual hooks in
+    the sink pass over the same windows (:func:`workbench.core.passes.run_windows`). The perplexity test
+    runs the held-out windows three times, once per intervention (kept, zeroed, mean): three different
+    models of the same text.
 
     Returns: the JSON object (keys ``window_start``, ``sink_rate_first_token`` (percent, ``short_len`` tokens),
     ``sink_rate_first_token_by_length``, ``profile``, ``massive_activations`` (objects with ``layer``,
@@ -68,11 +74,14 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
     ``massive_by_layer``, ``sink_onset_layer`` (first layer where over half the heads have s_0 > 0.3),
     ``perplexity`` (rows baseline / zero / mean), ``sink_tokens``, ``hidden_sink_heads``).
     """
-    an = analyze_sinks(lm, {short_len: n_short, long_len: n_long}, split="train", progress=progress)
-    mass_samples = token_windows(lm.tokenizer, long_len, max(1, n_long // 2), split="train")
-    mdf_short = massive_activations(lm, token_windows(lm.tokenizer, short_len, n_short // 2, split="train"),
-                                    progress=progress)
-    mdf = massive_activations(lm, mass_samples, progress=progress, batch_size=1)
+    # one pass per window: the massive-activation finders ride along the sink pass over the first half of
+    # the same train windows (short and long), instead of running those windows again
+    short_col, long_col = MassiveCollector(lm, rows=n_short // 2), MassiveCollector(lm, rows=max(1, n_long // 2))
+    riders: dict[int, list] = {}
+    for n_tok, col in ((short_len, short_col), (long_len, long_col)):
+        riders.setdefault(n_tok, []).append(col)
+    an = analyze_sinks(lm, {short_len: n_short, long_len: n_long}, split="train", progress=progress, riders=riders)
+    mdf_short, mdf = short_col.frame(), long_col.frame()
     dims = massive_dims(mdf)
     onset = onset_layer(mdf, dims)
     mlayers = layer_summary(mdf, lm.spec.n_layers)
@@ -109,7 +118,9 @@ def sinks_report(lm: LoadedModel, n_short: int = 32, short_len: int = 64, n_long
         "command": "sinks", "model": lm.spec.name, "n_short": n_short, "short_len": short_len, "n_long": n_long,
         "long_len": long_len, "n_ppl": n_ppl, "ppl_len": ppl_len,
         "code_sha256": code_sha256(["workbench.report.sinks_report", "workbench.analyzers.sinks", "workbench.analyzers.massive",
-                                    "workbench.core.stats", "workbench.core.attention", "workbench.tasks.text"])})
+                                    "workbench.analyzers.massive_tables", "workbench.analyzers.massive_edit",
+                                    "workbench.core.stats", "workbench.core.attention", "workbench.core.passes",
+                                    "workbench.tasks.text"])})
     if out_dir is not None:
         from ..io.runs import model_dir
 
@@ -183,9 +194,7 @@ def write_sinks_html(result: dict, heads: pd.DataFrame, path: str | Path) -> Non
 
 def sinks_section(ctx: CensusContext) -> CensusSection:
     """Census section ``sinks``: per-head first-token sink share and ACT hidden sinks on the census windows."""
-    rec = ctx.received  # from the attention section's pass over the same windows
-    if rec is None:
-        rec = received_attention(ctx.lm, ctx.samples, progress=ctx.progress, desc="census: sinks")
+    rec = ctx.consumers["sinks"].tensor()  # recorded in the census's one pass over the windows
     heads = head_table(rec).drop(columns=["first_token_mass"])  # the attention section has it already
     prof = layer_profile(rec)
     summary = {"sink_rate_first_token": sink_rate(rec), "sink_eps": SINK_EPS,
@@ -194,3 +203,6 @@ def sinks_section(ctx: CensusContext) -> CensusSection:
     figs = [("per-layer sink profile", profile_figure(prof)),
             ("hidden_sink_share per head", layer_head_heatmap(heads, "hidden_sink_share"))]
     return CensusSection("sinks", heads, summary, figs)
+
+
+sinks_section.window_consumer = lambda ctx: ReceivedCollector()  # s_k of every window, from the census pass

@@ -9,6 +9,7 @@ heads (see :mod:`workbench.analyzers.vision` for the definitions).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -111,6 +112,46 @@ def vision_analysis(lm: LoadedModel, n_images: int = 8, seed: int = 1234, tau: f
     return VisionResult(dims, vhd, per_head, vision_aware_heads(per_head), t_vhd(vhd), sinks,
                         visual_sink_summary(sinks), att, image_centric_heads(att),
                         [lm.tokenizer.decode(a[0]) for a in answers], source)
+
+
+def vision_report(lm: LoadedModel, n_images: int = 8, tau: float = 20.0, rho: float = 0.5, top: int = 20,
+                  out: str | Path | None = "runs", progress: bool = True) -> dict:
+    """``workbench vision`` as one call: :func:`vision_analysis`, then its files under ``out/<model>/``.
+
+    Files (each with the run's provenance): ``vision.json`` (the returned object without ``files``),
+    ``vision.html`` (:func:`write_vision_html`), ``vhd_heads.csv``, ``t_vhd.csv``, ``visual_sinks.csv``,
+    ``image_centric_heads.csv`` and ``image_attention_heads.csv`` (per head: mean attention on image tokens and
+    image-centric share). ``out=None`` writes nothing.
+
+    Returns:
+        ``{"model", "n_images", **VisionResult.to_json(top), "provenance", "files"}``; ``files`` maps ``json`` and
+        ``html`` to their paths (absent when ``out`` is None).
+    Raises:
+        NotAVisionModelError / NoImageSourceError: the model cannot take the held-out images.
+    """
+    from ..io.provenance import code_sha256, collect, write_csv, write_json
+
+    res = vision_analysis(lm, n_images=n_images, tau=tau, rho=rho, progress=progress)
+    prov = collect(lm, {"command": "vision", "model": lm.spec.name, "images": n_images, "tau": tau, "rho": rho,
+                        "top": top, "code_sha256": code_sha256(["workbench.analyzers.vision", "workbench.report.vision_report",
+                                                                "workbench.core.vlm"])})
+    result = {"model": lm.spec.name, "n_images": n_images, **res.to_json(top)}
+    share = res.image_attention.groupby(["layer", "head"], as_index=False).agg(
+        image_centric_share=("image_centric", "mean"), image_attention=("image_attention", "mean"))
+    if out is not None:
+        from ..io.runs import model_dir
+
+        d = model_dir(out, lm.spec.name)
+        d.mkdir(parents=True, exist_ok=True)
+        for df, name in ((res.per_head, "vhd_heads"), (res.t_vhd, "t_vhd"), (res.visual_sinks, "visual_sinks"),
+                         (res.image_centric, "image_centric_heads"), (share, "image_attention_heads")):
+            write_csv(df, d / f"{name}.csv", prov)
+        write_json(result, d / "vision.json", prov)
+    result["provenance"] = prov
+    if out is not None:
+        write_vision_html(result, res.per_head, d / "vision.html", share)
+        result["files"] = {"json": str(d / "vision.json"), "html": str(d / "vision.html")}
+    return result
 
 
 VHD_DEFINITION = ("VHD(l, h) = ||z_image - z_text||_2: L2 distance between the head's output z (its d_head-dim "
