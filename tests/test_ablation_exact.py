@@ -72,3 +72,15 @@ def test_zero_and_mean_ablation_are_exact(tiny_lm):
     assert torch.equal(calls[1][1][0, 2], means[(1, 2)].expand(16, 16))
     calls = _run(tiny_lm, ids, None, HeadAblation([(0, 3)], "zero"))
     assert torch.equal(calls[0][1][:, 3], torch.zeros_like(calls[0][1][:, 3]))
+
+
+def test_mean_ablation_needs_a_mean_for_every_head_and_kinds_are_checked():
+    with pytest.raises(ValueError, match=r"mean output for every head; missing \[\(1, 2\)\]"):
+        HeadAblation([(1, 2)], "mean")
+    with pytest.raises(ValueError, match=r"missing \[\(0, 3\)\]"):
+        HeadAblation([(1, 2), (0, 3)], "mean", means={(1, 2): torch.zeros(16)})
+    with pytest.raises(ValueError, match="unknown ablation kind 'Mean'"):
+        HeadAblation([(1, 2)], "Mean")
+    assert HeadAblation([(1, 2)], "zero").means == {}  # the other kinds need none
+    with pytest.raises(ValueError, match=r"unknown phase 'Decode': use one of \('all', 'prefill', 'decode'\)"):
+        HeadAblation([(1, 2)], "zero", phase="Decode")

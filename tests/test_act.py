@@ -25,14 +25,15 @@ def eager_probs(call) -> torch.Tensor:
     return torch.nan_to_num(p, nan=0.0)  # fully hidden rows (left padding): all zero
 
 
-def eager_sink_set(p: torch.Tensor, threshold: float) -> torch.Tensor:
+def eager_sink_set(p: torch.Tensor, threshold: float, min_queries: int = 1) -> torch.Tensor:
     """ACT's sink set written out independently: mean received attention over the queries that see each key,
-    keys above the threshold, minus the first such key. p (B, Nq, Nk) -> (B, Nk) bool."""
-    seen = (p > 0).sum(1).clamp_min(1)
-    s = p.sum(1) / seen
+    keys above the threshold (and seen by at least ``min_queries`` queries), minus the first such key.
+    p (B, Nq, Nk) -> (B, Nk) bool."""
+    seen = (p > 0).sum(1)
+    s = p.sum(1) / seen.clamp_min(1)
     out = torch.zeros(s.shape, dtype=torch.bool)
     for b in range(s.shape[0]):
-        hits = [k for k in range(s.shape[1]) if float(s[b, k]) > threshold]
+        hits = [k for k in range(s.shape[1]) if float(s[b, k]) > threshold and int(seen[b, k]) >= min_queries]
         for k in hits[1:]:
             out[b, k] = True
     return out
@@ -78,7 +79,7 @@ class EagerACT:
                 mask = torch.zeros(probs.shape[0], probs.shape[-1], dtype=torch.bool)
                 mask[:, self.act.fixed[(call.layer, h)]] = True
             elif not decoding:
-                mask = eager_sink_set(probs[:, h], self.act.threshold)
+                mask = eager_sink_set(probs[:, h], self.act.threshold, self.act.min_queries)
                 self.prefill_sets[(call.layer, h)] = mask
             else:
                 old = self.prefill_sets[(call.layer, h)]
@@ -142,6 +143,25 @@ def test_closed_form_equals_eager_tiny(tiny_lm, fixed, stable_above):
     assert oracle.calls == 2
     assert oracle.max_err < 1e-5
     assert oracle.changed > 1e-4  # the calibration did something
+
+
+def test_min_queries_keeps_the_last_keys_out_of_the_detected_sink_set(tiny_lm):
+    """With min_queries the keys seen by fewer queries are never sinks (the oracle applies the rule itself);
+    on this input that removes sinks the plain rule finds, and the calibration still equals the eager edit."""
+    ids = _ids(12, 97, b=2)
+    found = {}
+    for mq in (1, 4):
+        act = ACTCalibration([(0, 1), (1, 0), (1, 3)], beta=0.4, threshold=0.05, min_queries=mq)
+        oracle = EagerACT(act)
+        with torch.no_grad(), attention_hooks(oracle):
+            tiny_lm.model(ids, use_cache=False)
+        assert oracle.calls == 2 and oracle.max_err < 1e-5
+        for key, m in act.detected.items():
+            assert torch.equal(m, oracle.prefill_sets[key]), key
+        found[mq] = torch.stack([act.detected[k] for k in sorted(act.detected)])
+    assert found[1][..., 9:].any()  # the plain rule calls some of the last keys sinks here ...
+    assert not found[4][..., 9:].any()  # ... keys 9..11, seen by 3 or fewer queries, are never sinks with 4
+    assert torch.equal(found[4][..., :9], found[1][..., :9])
 
 
 @pytest.mark.parametrize("stable_above", [0.0, 2.0])
@@ -257,8 +277,11 @@ def test_decode_on_a_cache_act_never_saw_raises(tiny_lm):
     _decode_run(tiny_lm, _ids(30, 97, seed=1), 1, act)  # sinks of prompt 1
     with torch.no_grad():
         past = tiny_lm.model(_ids(30, 97, seed=2), use_cache=True).past_key_values  # prompt 2, outside ACT
-        with act.applied(), pytest.raises(WorkbenchError, match="not the prompt whose sinks"):
+        with act.applied(), pytest.raises(WorkbenchError, match="not the prompt whose sinks") as err:
             tiny_lm.model(torch.tensor([[5]]), cache=past, use_cache=True)
+    assert str(err.value).endswith("run the prompt's prefill inside the ACT context too, e.g. wrap the whole "
+                                   "generate() call")  # the fix, on one line
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.slow
@@ -281,3 +304,38 @@ def test_decode_phase_on_smollm2(smollm2):
     assert n_sinks > 0
     assert oracle.decode_changed > 1e-3 and dlogit > 1e-2
     assert oracle.max_err < 1e-5
+
+
+def test_sink_mask_is_the_prefill_set_and_fixed_sinks_past_the_keys_are_ignored(tiny_lm):
+    """sink_mask(call, head): the set detected in the prefill (the oracle's own), the same set during decode
+    steps with the newly decoded keys never sinks, and a fixed set read at the call's keys."""
+    act = ACTCalibration([(0, 1), (1, 2)], threshold=0.05, sinks={(1, 2): [3, 60]})
+    seen = []
+
+    class Probe:
+        def on_attention(self, call):
+            p = eager_probs(call)
+            seen.append((call.layer, call.q_offset, call.key.shape[2], act.sink_mask(call, 1) if call.layer == 0
+                         else act.sink_mask(call, 2), p))
+
+    _decode_run(tiny_lm, _ids(20, 97), 3, Probe())
+    assert [(layer, nk) for layer, _, nk, _, _ in seen] == [(0, 20), (1, 20), (0, 21), (1, 21), (0, 22), (1, 22),
+                                                            (0, 23), (1, 23)]
+    prefill = eager_sink_set(seen[0][4][:, 1], 0.05)
+    assert prefill.any()
+    for layer, off, nk, mask, _ in seen:
+        if layer == 0:
+            assert torch.equal(mask[:, :20], prefill) and not mask[:, 20:].any()
+        else:  # fixed: key 3 only (position 60 is past every call's keys)
+            assert mask.nonzero()[:, 1].tolist() == [3]
+
+
+def test_fixed_sinks_past_the_input_change_nothing(tiny_lm):
+    ids = _ids(20, 97)
+    out = {}
+    for name, sinks in (("in", {(1, 2): [3]}), ("past", {(1, 2): [3, 20, 45]})):
+        with torch.no_grad(), ACTCalibration([(1, 2)], sinks=sinks).applied():
+            out[name] = tiny_lm.model(ids, use_cache=False).logits
+    with torch.no_grad():
+        base = tiny_lm.model(ids, use_cache=False).logits
+    assert torch.equal(out["in"], out["past"]) and not torch.equal(out["in"], base)

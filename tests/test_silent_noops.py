@@ -77,3 +77,13 @@ def test_tracer_that_records_nothing_raises(tiny_lm):
     with pytest.raises(WorkbenchError, match="starts past the last query"):
         Tracer(tiny_lm, pattern_window=(30, 40)).run(_ids(20))
     assert "entropy" in Tracer(tiny_lm, stats=("entropy",), rows_from=10).run(_ids(20))  # inside: recorded
+
+
+def test_layer_interventions_refuse_layers_that_do_not_exist(tiny_lm):
+    """VHR and VAR choose layers: validate() names a layer outside the model, and passes the others."""
+    from workbench.interventions.vhr import VisionAwareHeadReinforcement
+
+    vhr = VisionAwareHeadReinforcement(torch.zeros(2, 4, 16), layers=[1])
+    assert vhr.validate(tiny_lm.spec) is vhr
+    with pytest.raises(HeadIndexError, match="layer 5 is out of range"):
+        VisionAwareHeadReinforcement(torch.zeros(2, 4, 16), layers=[0, 5]).validate(tiny_lm.spec)

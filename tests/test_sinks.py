@@ -176,27 +176,44 @@ def test_prefix_cache_equals_full_forward(tiny_lm):
     assert c["baseline_ci95"][0] < 0.5 < c["baseline_ci95"][1]
 
 
-def test_pydoc_cloze_is_deterministic_and_each_split_its_own_text(smollm2):
-    from workbench.tasks.cloze import build_task
-    from workbench.tasks.text import prose_paragraphs, prose_text
+def test_pydoc_cloze_is_deterministic_and_its_splits_share_no_text(smollm2):
+    """Both splits at calibrate's defaults (64 train and 200 held-out questions of 32 tokens, and the README's
+    128 / 300): every context is text of its own split, no held-out context occurs in the train text, no
+    paragraph is in both splits, and the distractors are other whole words of the question's own context."""
+    from workbench.tasks.cloze import build_task, cloze_paragraphs, cloze_text, _whole_word
+    from workbench.tasks.text import prose_paragraphs
 
     tok = smollm2.tokenizer
     a = build_task("pydoc-cloze", tok, "train", 20, seed=1)
     b = build_task("pydoc-cloze", tok, "train", 20, seed=1)
     assert torch.equal(a.contexts, b.contexts) and torch.equal(a.choices, b.choices)
-    held = build_task("pydoc-cloze", tok, "heldout", 20, seed=1)
-    assert (a.split, held.split) == ("train", "heldout")
-    # every question's context is text of its own split, and the splits differ in what pydoc does not repeat
-    text = {"train": prose_text("train"), "heldout": prose_text("heldout")}
-    for task in (a, held):
-        assert all(tok.decode(ctx) in text[task.split] for ctx in task.contexts.tolist())
-    train, heldout = set(prose_paragraphs("train")), set(prose_paragraphs("heldout"))
-    assert len(train & heldout) == 78 and len(heldout - train) > 150  # the overlap workbench/tasks/text.py states
-    assert not set(map(tuple, a.contexts.tolist())) & set(map(tuple, held.contexts.tolist()))
-    for task in (a, held):
+    train_par, held_par = set(cloze_paragraphs("train")), set(cloze_paragraphs("heldout"))
+    assert not train_par & held_par and train_par | held_par == set(prose_paragraphs("all"))
+    assert (len(prose_paragraphs("all")), len(train_par | held_par), len(held_par)) == (1217, 983, 983 // 4)
+    for context_tokens, most in ((32, 321), (48, 222)):  # the held-out blanks the module docstring states
+        with pytest.raises(ValueError, match=f"has only {most} usable blanks for {most + 1} questions"):
+            build_task("pydoc-cloze", tok, "heldout", most + 1, context_tokens=context_tokens)
+    text = {"train": cloze_text("train"), "heldout": cloze_text("heldout")}
+    for n_cal, n_eval in ((64, 200), (128, 300)):
+        cal = build_task("pydoc-cloze", tok, "train", n_cal, context_tokens=32)
+        ev = build_task("pydoc-cloze", tok, "heldout", n_eval, context_tokens=32)
+        assert (cal.split, ev.split, len(cal), len(ev)) == ("train", "heldout", n_cal, n_eval)
+        held_ctx = [tok.decode(ctx) for ctx in ev.contexts.tolist()]
+        assert all(c in text["heldout"] for c in held_ctx)
+        assert all(tok.decode(ctx) in text["train"] for ctx in cal.contexts.tolist())
+        assert not [c for c in held_ctx if c in text["train"]]  # no held-out context is train text
+        assert not set(map(tuple, cal.contexts.tolist())) & set(map(tuple, ev.contexts.tolist()))
+    for task in (a, ev):
         right = task.choices.gather(1, task.answer[:, None])[:, 0]
         assert all(len(set(row)) == 4 for row in task.choices.tolist())
         assert all(tok.decode([t]).startswith(" ") for t in right.tolist())
+        for ctx, row, r in zip(task.contexts.tolist(), task.choices.tolist(), right.tolist()):
+            pieces = [tok.decode([t]) for t in ctx + [r]]
+            local = {ctx[q] for q in range(len(ctx)) if _whole_word(pieces[q], pieces[q + 1])} - {r}
+            wrong = set(row) - {r}
+            # the distractors are whole words of the question's own context; the split's pool tops them up only
+            # when the context has fewer than three
+            assert wrong <= local if len(local) >= 3 else local <= wrong
 
 
 class CharTok:

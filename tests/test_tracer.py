@@ -154,3 +154,60 @@ def test_real_model_patterns_equal_transformer_lens_bridge(smollm2):
         assert (cache[name] - tr.hook(name)).abs().max() < 1e-4, name
         zname = f"blocks.{layer}.attn.hook_z"
         assert (cache[zname] - tr.hook(zname)).abs().max() < 1e-3, zname
+
+
+def test_trace_metadata_and_axis_names(tiny_lm):
+    """What trace() writes besides the arrays: the model's sizes, the recorded layers/heads, the pattern window's
+    first query, and each array's axis names (Trace.to_frame, save and load read them)."""
+    ids = torch.randint(3, 97, (1, 12))
+    tr = Tracer(tiny_lm, layers=[1], heads=[2, 0], stats=("received", "entropy"), pattern_window=(3, 9), z=True,
+                resid_pre=True).run(ids)
+    assert tr.meta == {"model": "tiny-llama", "layers": [1], "heads": [0, 2], "n_layers": 2, "n_heads": 4,
+                       "query_start": 3, "token_strings": [[f"t{i}" for i in ids[0].tolist()]]}
+    assert tr.dims == {"entropy": ("layer", "batch", "head", "query"), "z": ("layer", "batch", "query", "head", "d_head"),
+                       "received": ("layer", "batch", "head", "key"), "pattern": ("layer", "batch", "head", "query", "key"),
+                       "resid_pre": ("layer", "batch", "pos", "d_model"), "tokens": ("batch", "pos")}
+    assert tr["resid_pre"].shape == (1, 1, 12, 64) and tr["pattern"].shape == (1, 1, 2, 6, 9)
+    assert torch.equal(tr["tokens"], ids)
+
+
+def test_check_budget_counts_the_bytes_of_the_window(tiny_lm):
+    """layers x batch x heads x window rows x keys (the window's last query) x 4 bytes, the window cut at the
+    input's length; over the budget by one byte raises."""
+    tracer = Tracer(tiny_lm, layers=[1], heads=[0, 2], pattern_window=(3, 10))
+    assert tracer.check_budget(2, 8) == 1 * 2 * 2 * (8 - 3) * 8 * 4
+    assert tracer.check_budget(3, 50) == 1 * 3 * 2 * (10 - 3) * 10 * 4
+    assert Tracer(tiny_lm, stats=("entropy",)).check_budget(2, 50) == 0  # no window: no maps
+    need = 2 * 2 * 4 * 7 * 10 * 4
+    assert Tracer(tiny_lm, pattern_window=(3, 10), memory_budget_bytes=need).check_budget(2, 50) == need
+    with pytest.raises(MemoryBudgetError, match="budget"):
+        Tracer(tiny_lm, pattern_window=(3, 10), memory_budget_bytes=need - 1).check_budget(2, 50)
+
+
+def test_bound_delta_must_lie_strictly_between_0_and_1(tiny_lm):
+    for delta in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="bound_delta"):
+            Tracer(tiny_lm, stats=("received",), received_sample_rows=4, bound_delta=delta)
+    assert Tracer(tiny_lm, stats=("received",), received_sample_rows=4, bound_delta=0.999).bound_delta == 0.999
+
+
+def test_pattern_window_across_generate_equals_the_eager_map(tiny_lm):
+    """A window spanning the prompt and the decode steps: prefill rows and one row per decode step, each over
+    absolute keys 0..q_stop-1, equal eager attention over the generated sequence."""
+    ids = torch.randint(3, 97, (1, 10), generator=torch.Generator().manual_seed(4))
+    tracer = Tracer(tiny_lm, heads=[1, 3], pattern_window=(4, 15), z=True)
+    with torch.no_grad(), tracer:
+        seq = tiny_lm.model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    tr = tracer.trace(seq)
+    A, _ = eager_maps(tiny_lm, seq[:, :-1])  # (L, B, H, 15, 15)
+    torch.testing.assert_close(tr["pattern"], A[:, :, [1, 3], 4:15, :15], atol=1e-5, rtol=1e-4)
+    assert tr.to_frame("pattern")["query"].min() == 4
+
+
+def test_a_tracer_of_no_layers_or_no_heads_is_refused(tiny_lm):
+    from workbench.core.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError, match="at least one layer"):
+        Tracer(tiny_lm, layers=[], stats=("received",))
+    with pytest.raises(WorkbenchError, match="at least one head"):
+        Tracer(tiny_lm, heads=[], z=True)

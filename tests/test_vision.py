@@ -205,6 +205,10 @@ def test_var_closed_form_equals_eager_reference(summ, rho):
         got, sel = var_output(call, sinks, image, p=0.6, summ=summ, rho=rho)
         want, sel_ref = var_eager(call, sinks, image, 0.6, summ, rho)
         assert torch.equal(sel, sel_ref)
+        # heads=[1]: only head 1's image-centric rows change, to the same values; the other heads keep the output
+        got1, sel1 = var_output(call, sinks, image, p=0.6, summ=summ, rho=rho, heads=[1])
+        assert torch.equal(sel1[:, 1], sel[:, 1]) and not sel1[:, [0, 2, 3]].any()
+        assert torch.equal(got1[:, 1], got[:, 1]) and torch.equal(got1[:, [0, 2, 3]], call.output[:, [0, 2, 3]])
         worst = max(worst, float((got.float() - want).abs().max()))
         n_sel += int(sel.sum())
     assert worst < 1e-5 and n_sel > 0
@@ -233,11 +237,16 @@ def test_vhr_selection_rule():
     assert select_heads(vhd, norm).tolist() == [False, False, True, True, False]  # the outlier is dropped
     norm[4] = 1.0  # high VHD but ordinary text norm: not an outlier
     assert select_heads(vhd, norm).tolist() == [False, False, False, True, True]
+    # an outlier needs a text norm above mean + std (here 2 + 1), not merely above mean - std
+    assert select_heads(vhd, torch.tensor([1.0, 3.0, 1.0, 3.0, 2.0])).tolist() == [False, False, False, True, True]
+    # the outlier's VHD becomes 0 (not just small): the median is then taken over 0.5, 0.6, 0.7, 0.8 and 0
+    assert select_heads(torch.tensor([0.5, 0.6, 0.7, 0.8, 20.0]), torch.tensor([1.0, 1.0, 1.0, 1.0, 50.0])).tolist() \
+        == [False, False, True, True, False]
     assert default_layers(32) == [1] + list(range(18, 32))
 
 
 def test_vhr_scales_exactly_the_selected_heads():
-    from workbench.interventions.vhr import VisionAwareHeadReinforcement
+    from workbench.interventions.vhr import VisionAwareHeadReinforcement, select_heads
 
     lm = tiny_llava()
     inp = llava_input(lm)
@@ -261,6 +270,10 @@ def test_vhr_scales_exactly_the_selected_heads():
             continue
         sel = vhr.selected[layer]
         assert 0 < int(sel.sum()) < 4
+        if off == 0:  # VHD at the last prompt position, against the text-only pass, on the incoming output
+            vhd = (b[0, :, -1].float() - vhr.z_text[layer].float()).norm(dim=-1)
+            torch.testing.assert_close(vhr.vhd[layer], vhd, rtol=0, atol=0)
+            assert torch.equal(sel, select_heads(vhd, vhr.z_text[layer].float().norm(dim=-1)))
         rows = slice(-1, None)  # prefill: only the first generation position; decoding: the new row
         expect = b.clone()
         expect[:, sel, rows] *= 2.0

@@ -23,7 +23,7 @@ import torch
 
 from . import stats as S
 from .attention import AttentionCall, attention_hooks
-from .errors import MemoryBudgetError
+from .errors import MemoryBudgetError, WorkbenchError
 from .hooks import residual_pre_hooks
 from .models import LoadedModel
 from .trace import Trace
@@ -71,6 +71,7 @@ class Tracer:
 
     Raises:
         HeadIndexError: a layer or head is out of range.
+        WorkbenchError: an empty list of layers or heads (it would record nothing).
         ValueError: an unknown statistic name.
     """
 
@@ -84,6 +85,9 @@ class Tracer:
         self.lm = lm
         self.layers = list(range(spec.n_layers)) if layers is None else sorted(set(int(x) for x in layers))
         self.heads = list(range(spec.n_heads)) if heads is None else sorted(set(int(x) for x in heads))
+        if not self.layers or not self.heads:
+            raise WorkbenchError(f"choose at least one {'layer' if not self.layers else 'head'} to trace: an empty "
+                                 "list records nothing (leave it out for all)")
         for layer in self.layers:
             spec.check_head(layer)
         for h in self.heads:

@@ -7,9 +7,14 @@ true word and ``n_choices - 1`` distractors drawn uniformly from the other whole
 question's own context window (so a distractor is always a word the model has just read, which makes
 copying the context no help); only when the window has too few such words is the rest drawn from the
 whole-word tokens that occur at least twice in the same split. The model answers with the choice whose token has the highest
-next-token log-probability (one forward pass per question; no generation). Questions of the ``train``
-split calibrate, those of the ``heldout`` split evaluate (:mod:`workbench.tasks.text` splits by paragraph; the
-paragraphs pydoc repeats across topics fall in both, see there). Chance accuracy is 1 / n_choices.
+next-token log-probability (one forward pass per question; no generation). Chance accuracy is 1 / n_choices.
+
+Questions of the ``train`` split calibrate, those of the ``heldout`` split evaluate. The two are disjoint by
+construction (:func:`cloze_paragraphs`): pydoc repeats paragraphs across topics (the 1217 prose paragraphs hold 983
+distinct ones), so the cloze splits the *distinct* paragraphs, every fourth one held out, and a held-out context
+is never text of the train split. With SmolLM2's tokenizer that leaves 321 held-out blanks of 32 context tokens
+(``calibrate``'s default; it asks for 200) and 222 of 48. (:func:`workbench.tasks.text.prose_paragraphs`' own
+train/heldout split, used by the other analyses, is by position and shares the repeated paragraphs.)
 """
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ import torch
 
 from ..core.errors import WorkbenchError
 from ..core.models import LoadedModel
-from .text import prose_text
+from .text import prose_paragraphs
 
 TASKS = ("pydoc-cloze",)
+HELDOUT_EVERY = 4  # every fourth distinct paragraph is held out
 
 
 class UnknownTaskError(WorkbenchError):
@@ -61,14 +67,41 @@ def _whole_word(piece: str, nxt: str) -> bool:
             and (nxt[:1] in (" ", "\n") or not nxt[:1].isalnum()))
 
 
+def cloze_paragraphs(split: str) -> tuple[str, ...]:
+    """The prose paragraphs of a cloze split: the distinct paragraphs of ``pydoc_data.topics`` (first occurrences,
+    in topic order), every :data:`HELDOUT_EVERY`-th one in ``heldout`` and the others in ``train``, so that no
+    paragraph is in both.
+
+    Raises:
+        ValueError: a split other than ``train`` or ``heldout``.
+    """
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown cloze split {split!r}: use 'train' or 'heldout'")
+    distinct = dict.fromkeys(prose_paragraphs("all"))
+    return tuple(p for i, p in enumerate(distinct) if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == (split == "heldout"))
+
+
+def cloze_text(split: str) -> str:
+    """The text a cloze split's questions come from: :func:`cloze_paragraphs` joined by blank lines."""
+    return "\n\n".join(cloze_paragraphs(split))
+
+
 def pydoc_cloze(tokenizer, split: str = "train", n: int = 100, context_tokens: int = 48, n_choices: int = 4,
                 seed: int = 0) -> ChoiceTask:
     """Build the ``pydoc-cloze`` task (module docstring) deterministically from ``seed``.
 
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        split: ``train`` (calibration) or ``heldout`` (evaluation); disjoint (:func:`cloze_paragraphs`).
+        n: number of questions.
+        context_tokens: tokens of prose before each blank.
+        n_choices: the true word plus ``n_choices - 1`` distractors: other whole words of the question's own
+            context window, topped up from the split's whole words that occur at least twice.
+        seed: seed of the blanks and distractors.
     Raises:
-        ValueError: fewer than ``n`` usable blanks in the split.
+        ValueError: fewer than ``n`` usable blanks in the split, or an unknown split.
     """
-    ids = tokenizer(prose_text(split), return_tensors="pt").input_ids[0].tolist()
+    ids = tokenizer(cloze_text(split), return_tensors="pt").input_ids[0].tolist()
     pieces = [tokenizer.decode([t]) for t in ids]
     ok = [p for p in range(context_tokens, len(ids) - 1) if _whole_word(pieces[p], pieces[p + 1])]
     pool_counts = Counter(ids[p] for p in ok)

@@ -5,8 +5,9 @@ reference (about 465k characters). We keep prose paragraphs (unwrapped, no code 
 tables or heading underlines) and split topics deterministically into a ``train`` part
 and a ``heldout`` part (every fifth paragraph) so that calibration and
 evaluation use different paragraphs. pydoc repeats some paragraphs across topics (78 of the 237 distinct held-out
-ones also occur among the train paragraphs), so the two splits do share those: 12 of 100 held-out
-``pydoc-cloze`` contexts (seed 0, SmolLM2's tokenizer) occur word for word in the train text.
+ones also occur among the train paragraphs), so the two splits do share those. The ``pydoc-cloze`` task
+therefore splits the distinct paragraphs instead (:func:`workbench.tasks.cloze.cloze_paragraphs`), so that its
+calibration and evaluation questions never share text.
 """
 from __future__ import annotations
 
