@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (name, file, original text, injected text, test files)
 BUGS = [
-    ("head-subset statistics use the wrong heads' log-sum-exp", "workbench/core/stats.py",
+    ("head-subset statistics use the wrong heads' log-sum-exp", "workbench/core/stats_exact.py",
      "lse = call.lse[:, :, a:z] if all_heads is None else call.lse[:, all_heads, a:z]",
      "lse = call.lse[:, :, a:z] if all_heads is None else call.lse[:, : len(all_heads), a:z]",
      ["tests/test_properties.py", "tests/test_tracer.py"]),
@@ -50,10 +50,10 @@ BUGS = [
      "        if auto and call.q_offset == 0:\n            self._detect(call, auto)\n        if not self._phase_ok(call):",
      "        if not self._phase_ok(call):\n            return None\n        if auto and call.q_offset == 0:\n            self._detect(call, auto)\n        if not self._phase_ok(call):",
      ["tests/test_act.py"]),
-    ("sampled bound with Serfling's factor only", "workbench/core/stats.py",
+    ("sampled bound with Serfling's factor only", "workbench/core/stats_sampled.py",
      "rho = torch.where(n <= big_n / 2, 1.0 - (n1 - 1.0) / big_n, serfling)", "rho = serfling",
      ["tests/test_sampled_stats.py"]),
-    ("generate(): prefill sample pooled with decode rows", "workbench/core/tracer.py",
+    ("generate(): prefill sample pooled with decode rows", "workbench/core/tracer_received.py",
      "rsum = rsum * torch.where(rcount > 0, pop / rcount.clamp_min(1.0), torch.zeros(()))", "pass",
      ["tests/test_sampled_stats.py"]),
 ]
@@ -96,11 +96,13 @@ def injected() -> int:
     return survived
 
 
-# the files mutmut mutates for each core module. "interventions" is the interventions themselves (head and layer
+# the files mutmut mutates for each core module, with the parts it was split into (stats_exact, stats_sampled,
+# attention_call, tracer_received, tracer_result). "interventions" is the interventions themselves (head and layer
 # bases, ablation, ACT, VAR, VHR); act_search.py (the ACT head-search protocol over the cloze task) and registry.py
 # (name lookup) are not core modules: their fast tests are CLI-parity tests, the protocol runs in slow tests.
-MODULES = {"stats": ["workbench/core/stats.py"], "attention": ["workbench/core/attention.py"],
-           "tracer": ["workbench/core/tracer.py"],
+MODULES = {"stats": [f"workbench/core/{m}.py" for m in ("stats", "stats_exact", "stats_sampled")],
+           "attention": ["workbench/core/attention.py", "workbench/core/attention_call.py"],
+           "tracer": [f"workbench/core/{m}.py" for m in ("tracer", "tracer_received", "tracer_result")],
            "interventions": [f"workbench/interventions/{m}.py" for m in ("base", "ablation", "act", "var", "vhr")]}
 # the fast tests that cover each module (mutmut 3 runs, per mutant, only the tests that called the mutated function)
 MUTMUT_TESTS = {"stats": ["tests/test_properties.py", "tests/test_sampled_stats.py", "tests/test_tracer.py",
@@ -120,22 +122,22 @@ MUTMUT_TESTS = {"stats": ["tests/test_properties.py", "tests/test_sampled_stats.
 EQUIVALENT = {
     ("workbench.core.attention.x_workbench_attention", "mask = mask.to(None)"):
         "moving the mask to the query's device is a no-op when everything is on one device (CPU-only tests)",
-    ("workbench.core.attention.xǁAttentionCallǁscores", "hidx = torch.as_tensor(list(heads), dtype=torch.long, device=None)"):
+    ("workbench.core.attention_call.xǁAttentionCallǁscores", "hidx = torch.as_tensor(list(heads), dtype=torch.long, device=None)"):
         "the head index on the default device: the same tensor on a one-device machine",
-    ("workbench.core.attention.xǁAttentionCallǁvisible", "qpos = torch.arange(q_start, q_stop, ) + self.q_offset"):
+    ("workbench.core.attention_call.xǁAttentionCallǁvisible", "qpos = torch.arange(q_start, q_stop, ) + self.q_offset"):
         "the query positions on the default device: the same tensor on a one-device machine",
     ("workbench.core.attention.x_workbench_mask",
      'rec[(int(q_len), int(kv_len))] = (kwargs.get("q_offset", 0), kwargs.get("kv_offset", None))'):
         "a missing kv_offset recorded as None instead of 0: _key_start then falls back to key start 0, the same",
-    ("workbench.core.stats.x__causal_statistics", "rsum = torch.zeros(b * hkv, rep, nk, device=None)"):
+    ("workbench.core.stats_exact.x__causal_statistics", "rsum = torch.zeros(b * hkv, rep, nk, device=None)"):
         "the buffer on the default device: the same tensor on a one-device machine",
-    ("workbench.core.stats.x_sampled_received", "rcount[..., :kmax] += vis.sum(dim=2, dtype=None)"):
+    ("workbench.core.stats_sampled.x_sampled_received", "rcount[..., :kmax] += vis.sum(dim=2, dtype=None)"):
         "a count of booleans summed as int64 instead of float32, then added into the float32 counts: the same "
         "integers (exact below 2**24 rows)",
-    ("workbench.core.stats.x__masked_statistics", "kmax = None"):
+    ("workbench.core.stats_exact.x__masked_statistics", "kmax = None"):
         "drops the causal key cut-off, an optimisation: keys after a chunk's last query have probability 0 anyway",
-    ("workbench.core.tracer.xǁTracerǁ_check_recorded",
-     "if self.pattern_window is not None or self.pattern_window[0] > self._last_query:"):
+    ("workbench.core.tracer_result.x_check_recorded",
+     "if tracer.pattern_window is not None or tracer.pattern_window[0] > tracer._last_query:"):
         "unreachable: with at least one layer and head (checked in __init__), a tracer with no pattern window "
         "records nothing only when rows_from lies past the last query, which the branch before raises on",
     ("workbench.interventions.act.xǁACTCalibrationǁ_detect", "st = head_statistics(call, heads, received=True, )"):

@@ -2,7 +2,8 @@
 
 * :mod:`workbench.tasks.ioi`: indirect object identification and colored-objects prompt pairs.
 * :mod:`.patching`: :class:`ZPatch` (a :class:`~workbench.interventions.HeadIntervention`),
-  :func:`activation_patching`, :func:`path_patching`, the normalised logit-difference metric.
+  :func:`activation_patching`, :func:`path_patching`, the normalised logit-difference metric (the patches and the
+  metric live in :mod:`.z_patches`).
 * :mod:`.circuit`: circuit extraction (top heads per stage) and the overlap of two circuits.
 * :mod:`.report`: :func:`patch_circuits`, the whole ``workbench patch`` run as one call (tables, page, summary).
 """

@@ -99,6 +99,29 @@ def test_checkpoint_refuses_another_configuration_naming_the_field(tmp_path):
         open_checkpoint(tmp_path / "old.jsonl", cfg)
 
 
+def test_code_hash_covers_the_parts_a_module_was_split_into(tmp_path, monkeypatch):
+    """A module that re-exports its parts (``from .part import f``) hashes their source too: editing only the part
+    changes the hash of the module's name, and naming the part as well changes nothing."""
+    import importlib
+
+    from workbench.io.provenance import code_sha256
+
+    pkg = tmp_path / "wb_split_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "face.py").write_text("from .part import f\n")
+    (pkg / "part.py").write_text("def f():\n    return 1\n")
+    (pkg / "other.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    before = code_sha256(["wb_split_probe.face"])
+    assert before == code_sha256(["wb_split_probe.face", "wb_split_probe.part"])
+    (pkg / "other.py").write_text("X = 2\n")  # not imported by face: not part of its hash
+    assert code_sha256(["wb_split_probe.face"]) == before
+    (pkg / "part.py").write_text("def f():\n    return 2\n")
+    assert code_sha256(["wb_split_probe.face"]) != before
+
+
 def test_run_folder_names_are_readable(tmp_path):
     ckpt = tmp_path / "my-ckpt"
     ckpt.mkdir()

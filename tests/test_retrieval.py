@@ -237,6 +237,28 @@ def test_sweep_killed_midway_resumes_without_loss_or_redo(tiny_with_tok, tmp_pat
     assert third == []
 
 
+def test_retrieval_ablate_and_masking_test_share_one_default_grid():
+    """`retrieval`, `ablate` and `masking-test` (and their Python calls) default to the same needle grid."""
+    import inspect
+
+    import typer
+
+    from workbench.cli import _load_commands, app
+    from workbench.studies.retrieval_runs import ablate_needles, masking_test
+    from workbench.studies.retrieval_sweep import run_sweep
+    from workbench.tasks.needle import DEFAULT_DEPTHS, DEFAULT_LENGTHS
+
+    _load_commands()
+    group = typer.main.get_command(app)
+    for name in ("retrieval", "ablate", "masking-test"):
+        opts = {p.name: p.default for p in group.commands[name].params}
+        assert [int(x) for x in opts["lengths"].split(",")] == list(DEFAULT_LENGTHS), name
+        assert [float(x) for x in opts["depths"].split(",")] == list(DEFAULT_DEPTHS), name
+    for fn in (run_sweep, ablate_needles, masking_test):
+        sig = inspect.signature(fn).parameters
+        assert (sig["lengths"].default, sig["depths"].default) == (DEFAULT_LENGTHS, DEFAULT_DEPTHS), fn.__name__
+
+
 # --- masking ------------------------------------------------------------------------------------
 
 def test_select_heads():

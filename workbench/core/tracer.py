@@ -10,7 +10,8 @@ The tracer is an :class:`~workbench.core.attention.AttentionHook`: for each atte
 recorded layer it computes what was asked from the call's q, k and log-sum-exp
 (:mod:`workbench.core.stats`), never from an N x N map, except the explicit ``pattern_window``,
 which is bounded by ``memory_budget_bytes``. Calls during ``generate()`` append query rows
-(row statistics, ``z``, pattern rows) and accumulate received attention over all queries.
+(row statistics, ``z``, pattern rows) and accumulate received attention over all queries
+(:mod:`.tracer_received`); :mod:`.tracer_result` assembles the :class:`Trace`.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ import torch
 
 from . import stats as S
 from .attention import AttentionCall, attention_hooks
-from .errors import MemoryBudgetError, UnsupportedArchitectureError, WorkbenchError
+from .errors import MemoryBudgetError, WorkbenchError
 from .hooks import residual_pre_hooks
 from .models import LoadedModel
 from .trace import Trace
+from .tracer_received import accumulate_received, received_bound
+from .tracer_result import assemble_trace, check_recorded
 
 ROW_STATS = S.ROW_STATS
 ALL_STATS = ("received",) + ROW_STATS
@@ -235,88 +238,21 @@ class Tracer:
 
     def _accumulate_received(self, layer: int, rsum: torch.Tensor, rcount: torch.Tensor,
                              pop: torch.Tensor | None = None, key_start: int = 0) -> None:
-        """Add one call's received-attention sums and counts to the layer's, at the absolute key positions
-        ``key_start + j`` (calls during generate() see more keys each time; a sliding-window cache's keys
-        start later).
-
-        A row-sampled call (``pop`` given: n_k sampled of its N_k queries that see key k) is one stratum:
-        its sum over all N_k queries is estimated by ``N_k / n_k`` times the sampled sum, so the combined
-        estimate ``sum_c (N_ck / n_ck) S_ck / sum_c N_ck`` is unbiased however the calls differ in size
-        (decode steps are exact strata, n = N); the stratum's (n_k, N_k) are kept for the bound
-        (:meth:`_received_bound`).
-
-        Counts are (B, 1, Nk) on layers with a mask and (1, 1, Nk) on unmasked causal ones; they are
-        stored per batch row, so that every layer's counts stack to (L, B, 1, Nk).
-        """
-        if pop is not None:
-            rsum = rsum * torch.where(rcount > 0, pop / rcount.clamp_min(1.0), torch.zeros((), device=rsum.device))
-            if bool((rcount < pop).any()):
-                pad = (key_start, 0)  # strata over absolute key positions
-                self._strata[layer].append((torch.nn.functional.pad(rcount, pad), torch.nn.functional.pad(pop, pad)))
-            rcount = pop
-        rcount = rcount.expand(rsum.shape[0], -1, -1)
-
-        def add(store: dict[int, torch.Tensor], new: torch.Tensor) -> None:
-            old = store.get(layer)
-            n = key_start + new.shape[-1]
-            if old is None:
-                old = new.new_zeros(new.shape[:-1] + (n,))
-            elif old.shape[-1] < n:
-                old = torch.nn.functional.pad(old, (0, n - old.shape[-1]))
-            else:
-                old = old.clone()
-            old[..., key_start:n] += new
-            store[layer] = old
-        add(self._recv_sum, rsum)
-        add(self._recv_count, rcount)
+        """Add one call's received-attention sums and counts to the layer's
+        (:func:`~workbench.core.tracer_received.accumulate_received`)."""
+        accumulate_received(self._recv_sum, self._recv_count, self._strata, layer, rsum, rcount, pop, key_start)
 
     def _received_bound(self, layer: int) -> torch.Tensor:
-        """Half-width (B or 1, 1, Nk) of the combined estimate of ``received`` for ``layer``.
-
-        With strata c (the sampled calls; exact calls add nothing) of n_ck sampled among N_ck queries, the
-        estimate's error is ``sum_c (N_ck / N_k)(mean_ck - mu_ck)``; each stratum's mean is within its
-        Hoeffding-Serfling half-width at failure probability delta / m_k (m_k = strata that sampled key k),
-        so by the union bound the error is within ``sum_c (N_ck / N_k) eps_ck`` with probability at least
-        1 - delta per entry. 1 where no query sees the key.
-        """
-        total = self._recv_count[layer]
-        nk = total.shape[-1]
-        strata = [(torch.nn.functional.pad(n, (0, nk - n.shape[-1])), torch.nn.functional.pad(p, (0, nk - p.shape[-1])))
-                  for n, p in self._strata.get(layer, [])]
-        if not strata:
-            return torch.where(total > 0, torch.zeros(()), torch.ones(())).expand_as(total).clone()
-        m = sum((n < p).float() for n, p in strata).clamp_min(1.0)
-        eps = sum(p * S.hoeffding_serfling_bound(n, p, self.bound_delta / m) for n, p in strata)
-        bound = (eps / total.clamp_min(1.0)).clamp_max(1.0)
-        return torch.where(total > 0, bound, torch.ones(()))
+        """Half-width (B or 1, 1, Nk) of the combined estimate of ``received`` for ``layer``
+        (:func:`~workbench.core.tracer_received.received_bound`)."""
+        return received_bound(self._recv_count[layer], self._strata.get(layer, []), self.bound_delta)
 
     # --- result -----------------------------------------------------------------------------
 
     def _check_recorded(self) -> None:
         """Raise a one-line error when the tracer was asked for attention data and recorded none (or missed
-        layers), naming why."""
-        wants = bool(self.stats or self.key_sets or self.z or self.pattern_window is not None)
-        if not wants:
-            if not self.resid_pre:
-                raise WorkbenchError("the tracer was asked to record nothing: pass stats=(...), key_sets, "
-                                     "pattern_window, z=True or resid_pre=True")
-            return
-        if not self._seen_layers:
-            raise UnsupportedArchitectureError(
-                "no attention call reached the tracer: the model does not run its attention through the workbench "
-                "kernel (load it with workbench.load_model), or no forward pass ran inside the tracer")
-        unseen = [layer for layer in self.layers if layer not in self._seen_layers]
-        if unseen:
-            raise WorkbenchError(f"layers {unseen} never ran attention through the workbench kernel (ran: "
-                                 f"{sorted(self._seen_layers)}): trace layers that run, or load the model with "
-                                 "workbench.load_model")
-        if not (self._rows or self._recv_sum or self._pattern):
-            if self.rows_from > self._last_query:
-                raise WorkbenchError(f"rows_from={self.rows_from} is past the last query position {self._last_query}: "
-                                     "nothing was recorded; lower rows_from or generate more tokens")
-            if self.pattern_window is not None and self.pattern_window[0] > self._last_query:
-                raise WorkbenchError(f"pattern window {self.pattern_window} starts past the last query position "
-                                     f"{self._last_query}: nothing was recorded; choose a window inside the sequence")
+        layers) (:func:`~workbench.core.tracer_result.check_recorded`)."""
+        check_recorded(self)
 
     def trace(self, input_ids: torch.Tensor | None = None) -> Trace:
         """Assemble what was recorded into a :class:`Trace` (axes documented in :mod:`workbench.core.trace`).
@@ -327,38 +263,7 @@ class Tracer:
             WorkbenchError: some recorded layers never ran, the tracer records nothing, or ``rows_from`` /
                 the pattern window lie past the sequence, so nothing was recorded.
         """
-        self._check_recorded()
-        tr = Trace(meta={"model": self.lm.spec.name, "layers": self.layers, "heads": self.heads,
-                         "n_layers": self.lm.spec.n_layers, "n_heads": self.lm.spec.n_heads})
-        for name, per_layer in self._rows.items():
-            stacked = torch.stack([torch.cat(per_layer[layer], dim=-1 if name != "z" else 1).cpu() for layer in self.layers])
-            dims = ("layer", "batch", "query", "head", "d_head") if name == "z" else ("layer", "batch", "head", "query")
-            tr.add(name, stacked.cpu(), dims)
-        if self._recv_sum:
-            # per layer to the CPU first: with a device_map, layers sit on different devices
-            s = torch.stack([self._recv_sum[layer].cpu() for layer in self.layers])
-            c = torch.stack([self._recv_count[layer].cpu() for layer in self.layers])
-            tr.add("received", (s / c.clamp_min(1.0)).cpu(), ("layer", "batch", "head", "key"))
-            if self.sample_rows is not None:
-                bound = torch.stack([self._received_bound(layer).cpu() for layer in self.layers])[:, :, 0]
-                tr.add("received_bound", bound, ("layer", "batch", "key"))
-                tr.meta["received_sampling"] = {
-                    "rows": self.sample_rows, "seed": self.seed, "delta": self.bound_delta,
-                    "bound": "Hoeffding-Serfling (Bardenet & Maillard 2015, Cor. 2.5), two-sided, per entry; "
-                             "calls combined as strata (union bound)"}
-        if self._pattern:
-            tr.add("pattern", torch.stack([torch.cat(self._pattern[layer], dim=2).cpu() for layer in self.layers]),
-                   ("layer", "batch", "head", "query", "key"))
-            tr.meta["query_start"] = self.pattern_window[0]
-        if self.rows_from:
-            tr.meta["rows_from"] = self.rows_from
-        if self._resid:
-            tr.add("resid_pre", torch.stack([torch.cat(self._resid[layer], dim=1).cpu() for layer in self.layers]),
-                   ("layer", "batch", "pos", "d_model"))
-        if input_ids is not None:
-            tr.add("tokens", input_ids.detach().long().cpu(), ("batch", "pos"))
-            tr.meta["token_strings"] = [self.lm.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
-        return tr
+        return assemble_trace(self, input_ids)
 
 
 def _later_queries(call: AttentionCall, start: int) -> AttentionCall | None:

@@ -5,7 +5,7 @@ progress and resume, written as a results table with bootstrap confidence interv
 * :mod:`.heads`: head sets from the analyzers' tables (sinks, retrieval, classic types), explicit
   lists and seeded random baselines.
 * :mod:`.study_tasks`: IOI / colored-objects logit difference, held-out perplexity, needle accuracy.
-* :mod:`.runner`: :func:`run_study`.
+* :mod:`.runner`: :func:`run_study` (its results table and report: :mod:`.study_results`).
 """
 from .runner import StudyResult, StudyStateError, run_study
 from .spec import StudySpec, StudySpecError, load_spec, parse_spec

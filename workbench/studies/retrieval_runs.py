@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..core.errors import WorkbenchError
 from ..core.models import LoadedModel
-from ..tasks.needle import Needle
+from ..tasks.needle import DEFAULT_DEPTHS, DEFAULT_LENGTHS, Needle
 from .retrieval_masking import (Condition, accuracy_grids, build_conditions, check_kinds, fit_all_means,
                                 masking_figures, masking_table, run_niah, select_heads)
 from .retrieval_sweep import default_out
@@ -30,8 +30,8 @@ def _scores_hash(scores: pd.DataFrame | None) -> str | None:
     return (scores.attrs.get("provenance") or {}).get("config_hash") if scores is not None else None
 
 
-def ablate_needles(lm: LoadedModel, heads: str, needles: Sequence[Needle], lengths: Sequence[int],
-                   depths: Sequence[float], kind: str = "uniform", phase: str = "decode", seed: int = 0,
+def ablate_needles(lm: LoadedModel, heads: str, needles: Sequence[Needle], lengths: Sequence[int] = DEFAULT_LENGTHS,
+                   depths: Sequence[float] = DEFAULT_DEPTHS, kind: str = "uniform", phase: str = "decode", seed: int = 0,
                    scores: pd.DataFrame | None = None, baseline: bool = True, executor=None,
                    out: str | Path | None = "runs", config: dict | None = None) -> dict:
     """Needle-in-a-haystack accuracy with the heads ``heads`` names ablated (and, with ``baseline``, without).
@@ -81,8 +81,8 @@ def ablate_needles(lm: LoadedModel, heads: str, needles: Sequence[Needle], lengt
     return result
 
 
-def masking_test(lm: LoadedModel, scores: pd.DataFrame, needles: Sequence[Needle], lengths: Sequence[int],
-                 depths: Sequence[float], ks: Sequence[int] = (5, 10, 20), seeds: int = 3,
+def masking_test(lm: LoadedModel, scores: pd.DataFrame, needles: Sequence[Needle],
+                 lengths: Sequence[int] = DEFAULT_LENGTHS, depths: Sequence[float] = DEFAULT_DEPTHS, ks: Sequence[int] = (5, 10, 20), seeds: int = 3,
                  kinds: Sequence[str] = ("uniform", "zero", "mean"), phase: str = "decode", executor=None,
                  out: str | Path | None = "runs", config: dict | None = None) -> dict:
     """The causal masking test: needle accuracy with the top-K retrieval heads (by ``scores``) or K random

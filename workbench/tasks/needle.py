@@ -56,6 +56,14 @@ NEEDLES: tuple[Needle, ...] = (
            "What does the night train from Orla to Kestrin carry every week?", "forty crates of lavender honey"),
 )
 
+# The needle grid every retrieval command runs by default (`workbench retrieval`, `ablate`, `masking-test` and their
+# Python calls), so heads are masked on the grid they were found on. On SmolLM2-135M 25-26 heads pass 0.1 at
+# 256-512 tokens (verbatim copying), 21-22 at 1024-2048 and 9 at 4096, the longest band it answers; from 1024 on
+# the top-10 shares 8/10 with 4096's (README, "Retrieval heads").
+DEFAULT_LENGTHS = (1024, 2048, 4096)  # context lengths in tokens
+DEFAULT_DEPTHS = (0, 20, 40, 60, 80, 100)  # needle depths in percent of the haystack
+
+
 PROMPT_TEMPLATE = ("{haystack}\n\nBased on the text above, answer the question in one sentence.\n"
                    "Question: {question}\nAnswer:")
 

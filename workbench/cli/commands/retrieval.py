@@ -10,6 +10,10 @@ import typer
 from .. import DEVICE_OPTION, DTYPE_OPTION, app, emit
 from ...core.errors import WorkbenchError
 from ...io.runs import DEFAULT_ROOT
+from ...tasks.needle import DEFAULT_DEPTHS, DEFAULT_LENGTHS
+
+LENGTHS = ",".join(map(str, DEFAULT_LENGTHS))  # one needle grid for retrieval, ablate and masking-test
+DEPTHS = ",".join(map(str, DEFAULT_DEPTHS))
 
 
 def _ints(s: str, what: str) -> list[int]:
@@ -88,9 +92,9 @@ def _haystack(file: Optional[Path]) -> Optional[str]:
 @app.command()
 def retrieval(
     model: str = typer.Option("smollm2-135m", help="preset, Hugging Face id or local path"),
-    lengths: str = typer.Option("1024,2048,4096", help="context lengths in tokens, comma-separated (the default "
-                                                       "starts where the retrieval-head set is stable; README)"),
-    depths: str = typer.Option("0,20,40,60,80,100", help="needle depths in percent, comma-separated"),
+    lengths: str = typer.Option(LENGTHS, help="context lengths in tokens, comma-separated (the default "
+                                               "starts where the retrieval-head set is stable; README)"),
+    depths: str = typer.Option(DEPTHS, help="needle depths in percent, comma-separated"),
     needles: Optional[int] = typer.Option(None, min=1, help="use the first N needles (default all)"),
     needle_file: Optional[Path] = typer.Option(None, help="JSON Lines needles: name, sentence, question, answer"),
     haystack: Optional[Path] = typer.Option(None, help="haystack text file (default: pydoc_data.topics prose)"),
@@ -145,8 +149,8 @@ def ablate(
     task: str = typer.Option("niah", help="evaluation task (niah: needle-in-a-haystack accuracy)"),
     phase: str = typer.Option("decode", help="decode (paper), all, or prefill"),
     seed: int = typer.Option(0, help="seed for random:K"),
-    lengths: str = typer.Option("512,1024,2048", help="context lengths in tokens"),
-    depths: str = typer.Option("0,25,50,75,100", help="needle depths in percent"),
+    lengths: str = typer.Option(LENGTHS, help="context lengths in tokens (default: the retrieval sweep's)"),
+    depths: str = typer.Option(DEPTHS, help="needle depths in percent (default: the retrieval sweep's)"),
     needles: Optional[int] = typer.Option(None, min=1, help="use the first N needles"),
     scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default ROOT/<model>/retrieval)"),
     baseline: bool = typer.Option(True, help="also run without ablation"),
@@ -201,8 +205,8 @@ def masking_test(
     seeds: int = typer.Option(3, min=1, help="random-K seeds"),
     kinds: str = typer.Option("uniform,zero,mean", help="ablation kinds"),
     phase: str = typer.Option("decode", help="decode (paper), all, or prefill"),
-    lengths: str = typer.Option("512,1024,2048", help="context lengths in tokens"),
-    depths: str = typer.Option("0,25,50,75,100", help="needle depths in percent"),
+    lengths: str = typer.Option(LENGTHS, help="context lengths in tokens (default: the retrieval sweep's)"),
+    depths: str = typer.Option(DEPTHS, help="needle depths in percent (default: the retrieval sweep's)"),
     needles: Optional[int] = typer.Option(None, min=1, help="use the first N needles"),
     scores: Optional[Path] = typer.Option(None, help="saved retrieval scores (default ROOT/<model>/retrieval)"),
     out: Path = typer.Option(DEFAULT_ROOT, "--out", help="output root: the table is written in ROOT/<model>/retrieval/"),
