@@ -32,8 +32,8 @@ BUGS = [
      "lse = call.lse[:, :, a:z] if all_heads is None else call.lse[:, : len(all_heads), a:z]",
      ["tests/test_properties.py", "tests/test_tracer.py"]),
     ("uniform ablation divides by all keys in prefill", "workbench/interventions/ablation.py",
-     "count = torch.arange(call.q_offset + 1, call.q_offset + nq + 1, dtype=torch.float32)",
-     "count = torch.full((nq,), float(call.key.shape[2]))",
+     "count = torch.arange(call.q_offset + 1, call.q_offset + nq + 1, dtype=torch.float32, device=v.device)",
+     "count = torch.full((nq,), float(call.key.shape[2]), device=v.device)",
      ["tests/test_ablation_exact.py"]),
     ("uniform ablation (padded mask) divides by all keys", "workbench/interventions/ablation.py",
      "out[:, :, a:z] = torch.matmul(vis, v) / vis.sum(-1, keepdim=True).clamp_min(1.0)",
@@ -54,7 +54,7 @@ BUGS = [
      "rho = torch.where(n <= big_n / 2, 1.0 - (n1 - 1.0) / big_n, serfling)", "rho = serfling",
      ["tests/test_sampled_stats.py"]),
     ("generate(): prefill sample pooled with decode rows", "workbench/core/tracer_received.py",
-     "rsum = rsum * torch.where(rcount > 0, pop / rcount.clamp_min(1.0), torch.zeros(()))", "pass",
+     "rsum = rsum * torch.where(rcount > 0, pop / rcount.clamp_min(1.0), torch.zeros((), device=rsum.device))", "pass",
      ["tests/test_sampled_stats.py"]),
 ]
 
