@@ -1,9 +1,11 @@
 """Run a tiny retrieval sweep or study in its own process, so tests can kill it (SIGINT, SIGKILL) and resume.
 
-Usage: python tests/interrupt_driver.py sweep|study OUT_ROOT [--resume] [--delay SECONDS]
+Usage: python tests/interrupt_driver.py sweep|study OUT_ROOT [--resume] [--delay SECONDS] [--hold-at N]
 
 The model is a random-weight Llama (tests/conftest.py ``make_tiny_lm``, seed 0) with SmolLM2's tokenizer;
-``--delay`` sleeps after every forward pass, so a kill lands mid-run.
+``--delay`` sleeps after every forward pass; ``--hold-at N`` makes the first forward pass after the run's
+records file holds N records wait (up to 10 minutes), so a kill sent then lands mid-run with exactly N
+records written, however loaded the machine is.
 """
 from __future__ import annotations
 
@@ -41,16 +43,38 @@ def tiny_lm():
     return lm
 
 
+def records_file(what: str, out: Path) -> Path:
+    """The JSON-lines file a run of ``what`` appends its finished records to."""
+    if what == "sweep":
+        from workbench.studies.retrieval_sweep import RESULTS_FILE
+
+        return out / RESULTS_FILE
+    from workbench.studies.runner import ROWS
+
+    return out / "tiny-llama" / "studies" / STUDY["name"] / ROWS
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["sweep", "study"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--hold-at", type=int, default=None)
     a = ap.parse_args()
     lm = tiny_lm()
     if a.delay:
         lm.model.register_forward_hook(lambda *_: time.sleep(a.delay))
+    if a.hold_at is not None:
+        from workbench.io.jsonl import read_jsonl
+
+        rows = records_file(a.what, a.out)
+
+        def hold(*_):
+            if rows.exists() and len(read_jsonl(rows)) >= a.hold_at:
+                time.sleep(600)  # the test's signal arrives here
+
+        lm.model.register_forward_hook(hold)
     if a.what == "sweep":
         from workbench.tasks.needle import load_needles
         from workbench.studies.retrieval_sweep import run_sweep, save

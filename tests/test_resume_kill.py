@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).resolve().parent / "interrupt_driver.py"
 
 
-def _start(what: str, out: Path, resume: bool) -> subprocess.Popen:
+def _start(what: str, out: Path, resume: bool, hold_at: int) -> subprocess.Popen:
+    """The driver in its own process; it waits once its records file holds ``hold_at`` records, so the kill
+    lands mid-run at a known point however loaded the machine is."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(DRIVER), what, str(out), "--delay", "0.15"] + (["--resume"] if resume else [])
+    cmd = [sys.executable, str(DRIVER), what, str(out), "--hold-at", str(hold_at)] + (["--resume"] if resume else [])
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
 
 
@@ -59,9 +61,9 @@ def test_sweep_killed_twice_then_resumed_equals_an_uninterrupted_sweep(tiny, tmp
     kw = dict(lengths=[160, 200], depths=[0, 50, 100], needles=load_needles()[:2], progress=False, max_new_tokens=3)
     full = run_sweep(tiny, out_dir=tmp_path / "full", **kw)
     out = tmp_path / "killed"
-    n1 = _kill_after(_start("sweep", out, False), out / RESULTS_FILE, 3, signal.SIGINT)
-    n2 = _kill_after(_start("sweep", out, True), out / RESULTS_FILE, n1 + 3, signal.SIGKILL)
-    assert 3 <= n1 < n2 < 12
+    n1 = _kill_after(_start("sweep", out, False, 3), out / RESULTS_FILE, 3, signal.SIGINT)
+    n2 = _kill_after(_start("sweep", out, True, n1 + 3), out / RESULTS_FILE, n1 + 3, signal.SIGKILL)
+    assert (n1, n2) == (3, 6)
     res = run_sweep(tiny, out_dir=out, resume=True, **kw)
     assert read_results(out) == read_results(tmp_path / "full")  # every record, in order, none twice
     pd.testing.assert_frame_equal(res.heads, full.heads)
@@ -78,9 +80,9 @@ def test_study_killed_twice_then_resumed_equals_an_uninterrupted_study(tiny, tmp
     full = run_study(spec, tiny, out_root=tmp_path / "full", progress=False)
     out = tmp_path / "killed"
     rows = out / "tiny-llama" / "studies" / spec.name / ROWS
-    n1 = _kill_after(_start("study", out, False), rows, 2, signal.SIGINT)
-    n2 = _kill_after(_start("study", out, True), rows, n1 + 2, signal.SIGKILL)
-    assert 2 <= n1 < n2 < 7
+    n1 = _kill_after(_start("study", out, False, 2), rows, 2, signal.SIGINT)
+    n2 = _kill_after(_start("study", out, True, n1 + 2), rows, n1 + 2, signal.SIGKILL)
+    assert (n1, n2) == (2, 4)
     res = run_study(spec, tiny, out_root=out, resume=True, progress=False)
     assert res.n_resumed == n2 and res.n_run == 7 - n2
     assert sorted(map(str, read_jsonl(rows))) == sorted(map(str, read_jsonl(full.out / ROWS)))
