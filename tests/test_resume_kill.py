@@ -56,13 +56,15 @@ def tiny():
 
 def test_sweep_killed_twice_then_resumed_equals_an_uninterrupted_sweep(tiny, tmp_path):
     from workbench.tasks.needle import load_needles
-    from workbench.studies.retrieval_sweep import RESULTS_FILE, read_results, run_sweep
+    from interrupt_driver import records_file
+    from workbench.studies.retrieval_sweep import read_results, run_sweep
 
     kw = dict(lengths=[160, 200], depths=[0, 50, 100], needles=load_needles()[:2], progress=False, max_new_tokens=3)
     full = run_sweep(tiny, out_dir=tmp_path / "full", **kw)
     out = tmp_path / "killed"
-    n1 = _kill_after(_start("sweep", out, False, 3), out / RESULTS_FILE, 3, signal.SIGINT)
-    n2 = _kill_after(_start("sweep", out, True, n1 + 3), out / RESULTS_FILE, n1 + 3, signal.SIGKILL)
+    rows = records_file("sweep", out)
+    n1 = _kill_after(_start("sweep", out, False, 3), rows, 3, signal.SIGINT)
+    n2 = _kill_after(_start("sweep", out, True, n1 + 3), rows, n1 + 3, signal.SIGKILL)
     assert (n1, n2) == (3, 6)
     res = run_sweep(tiny, out_dir=out, resume=True, **kw)
     assert read_results(out) == read_results(tmp_path / "full")  # every record, in order, none twice
@@ -71,7 +73,7 @@ def test_sweep_killed_twice_then_resumed_equals_an_uninterrupted_sweep(tiny, tmp
 
 
 def test_study_killed_twice_then_resumed_equals_an_uninterrupted_study(tiny, tmp_path):
-    from interrupt_driver import STUDY
+    from interrupt_driver import STUDY, records_file
 
     from workbench.studies import parse_spec, run_study
     from workbench.studies.runner import ROWS
@@ -79,7 +81,7 @@ def test_study_killed_twice_then_resumed_equals_an_uninterrupted_study(tiny, tmp
     spec = parse_spec(STUDY)
     full = run_study(spec, tiny, out_root=tmp_path / "full", progress=False)
     out = tmp_path / "killed"
-    rows = out / "tiny-llama" / "studies" / spec.name / ROWS
+    rows = records_file("study", out)  # the file the driver holds on
     n1 = _kill_after(_start("study", out, False, 2), rows, 2, signal.SIGINT)
     n2 = _kill_after(_start("study", out, True, n1 + 2), rows, n1 + 2, signal.SIGKILL)
     assert (n1, n2) == (2, 4)
