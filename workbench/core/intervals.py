@@ -42,7 +42,13 @@ def bootstrap_ci(n: int, statistic: Callable[[np.ndarray], float], n_boot: int =
 
 
 def _clusters(df: pd.DataFrame, by: str) -> dict:
-    return {k: g for k, g in df.groupby(by)}
+    """{cluster key: positions (int64) of its rows in ``df``}, clusters in ``groupby`` order."""
+    return {k: np.asarray(v, dtype=np.int64) for k, v in df.reset_index(drop=True).groupby(by).indices.items()}
+
+
+def _take(df: pd.DataFrame, groups: dict, keys: list, idx) -> pd.DataFrame:
+    """The rows of the clusters ``keys[i]`` for i in ``idx`` (repeats kept), in that order, as one table."""
+    return df.iloc[np.concatenate([groups[keys[i]] for i in idx])].reset_index(drop=True)
 
 
 def cluster_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], dict], by: str = "image", n_boot: int = 1000,
@@ -50,6 +56,7 @@ def cluster_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], dict], by: str = "
     """``fn(df)`` plus ``<metric>_ci`` = [low, high] for each float metric (not ``n``): a percentile bootstrap
     resampling the clusters ``df[by]`` (all rows of one cluster together)."""
     point = fn(df)
+    df = df.reset_index(drop=True)
     groups = _clusters(df, by)
     keys = sorted(groups)
     out = dict(point)
@@ -58,7 +65,7 @@ def cluster_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], dict], by: str = "
             continue
 
         def stat(idx, name=name):
-            return fn(pd.concat([groups[keys[i]] for i in idx], ignore_index=True))[name]
+            return fn(_take(df, groups, keys, idx))[name]
 
         out[f"{name}_ci"] = list(bootstrap_ci(len(keys), stat, n_boot, level, seed))
     return out
@@ -68,13 +75,12 @@ def paired_cluster_ci(da: pd.DataFrame, db: pd.DataFrame, fn: Callable[[pd.DataF
                       by: str = "image", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
     """Paired percentile bootstrap interval of ``fn(db)[metric] - fn(da)[metric]``, resampling the clusters
     ``by`` that both tables hold, jointly."""
+    da, db = da.reset_index(drop=True), db.reset_index(drop=True)
     ga, gb = _clusters(da, by), _clusters(db, by)
     keys = sorted(set(ga) & set(gb))
 
     def stat(idx):
-        pick = [keys[i] for i in idx]
-        return (fn(pd.concat([gb[k] for k in pick], ignore_index=True))[metric]
-                - fn(pd.concat([ga[k] for k in pick], ignore_index=True))[metric])
+        return fn(_take(db, gb, keys, idx))[metric] - fn(_take(da, ga, keys, idx))[metric]
 
     return list(bootstrap_ci(len(keys), stat, n_boot, level, seed))
 
