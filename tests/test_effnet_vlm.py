@@ -292,3 +292,32 @@ def test_visual_sink_removal_equals_masking_the_keys(vqa_lm):
     mask = torch.zeros(vis.shape).masked_fill(~vis, float("-inf"))
     ref, _ = attention_with_lse(call.query, call.key, call.value, mask, call.scale)
     assert float((closed - ref.float()).abs().max()) < 1e-4
+
+
+def test_paper_claims_follow_their_stated_rules():
+    """Each verdict flips exactly where its rule says: VHR needs CHAIR_S down AND recall kept; VAR needs the
+    F1 interval above 0; visual-sink removal needs few changed answers AND a narrow F1 interval."""
+    from workbench.tasks.vqa_claims import interval_verdict, paper_claims
+
+    assert interval_verdict([0.01, 0.05]) == "holds" and interval_verdict([-0.05, -0.01]) == "opposite"
+    assert interval_verdict([-0.01, 0.02]).startswith("not shown")
+    assert interval_verdict([-0.05, -0.01], lower_is_better=True) == "holds"
+
+    def chair(s_ci, r_ci):
+        return {"paired": [{"method": "vhr", "chair_s_diff_ci": s_ci, "recall_diff_ci": r_ci,
+                            "mcnemar_hallucinated": {"p_value": 0.01}}]}
+
+    def pope(method, f1_ci, changed=0, n=500):
+        return {"paired": [{"method": method, "split": "random", "f1_diff_ci": f1_ci, "answers_changed": changed,
+                            "n_questions": n, "mcnemar_correct": {"p_value": 0.5}}]}
+
+    empty = {"paired": []}
+    assert paper_claims(empty, chair([-0.2, -0.1], [-0.03, 0.01]))[0]["verdict"] == "holds"
+    assert paper_claims(empty, chair([-0.2, -0.1], [-0.08, 0.01]))[0]["verdict"] == "CHAIR_S: holds; recall kept: False"
+    assert paper_claims(empty, chair([-0.1, 0.1], [0.0, 0.01]))[0]["verdict"].startswith("CHAIR_S: not shown")
+    assert paper_claims(pope("var", [0.01, 0.04]), empty)[0]["verdict"] == "holds"
+    assert paper_claims(pope("var", [-0.04, -0.01]), empty)[0]["verdict"] == "opposite"
+    assert paper_claims(pope("no-visual-sinks", [-0.01, 0.01], changed=25), empty)[0]["verdict"] == "holds"
+    assert paper_claims(pope("no-visual-sinks", [-0.01, 0.01], changed=26), empty)[0]["verdict"] == "does not hold"
+    assert paper_claims(pope("no-visual-sinks", [-0.03, 0.01], changed=0), empty)[0]["verdict"] == "does not hold"
+    assert paper_claims(pope("vhr", [0.1, 0.2]), empty) == []
