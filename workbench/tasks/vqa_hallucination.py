@@ -113,7 +113,7 @@ def yes_margin(lm: LoadedModel, inp, method: str = "none", params: dict | None =
 
     ids = answer_token_ids(lm.tokenizer)
     with method_context(lm, inp, method, params):
-        logits = lm.model(input_ids=inp.input_ids, use_cache=False, **inp.kwargs()).logits[0, -1].float()
+        logits = lm.model(input_ids=inp.input_ids, use_cache=False, logits_to_keep=1, **inp.kwargs()).logits[0, -1].float()
     return float(logits[ids[V.YES]] - logits[ids[V.NO]])
 
 
