@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..core.models import cache_dir
-from .effnet_llava import ANSWER_END, WEIGHTS, assemble, projector_state_dict, prompt_text
+from .effnet_llava import ANSWER_END, PROJECTOR_PREFIX, WEIGHTS, assemble, projector_state_dict, prompt_text
 from .effnet_lora import add_lora, lora_state
 from .effnet_tower import EffNetLiteVisionModel, load_tower
 
@@ -150,7 +150,7 @@ def training_examples(n_images: int, n_scenes: int, turns: int, seed: int) -> li
 
 def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, steps: int = 20, batch: int = 8,
           lr: float = 3e-3, seed: int = 0, turns: int = 10, lora_from: int = 20, lora_rank: int = 8,
-          out: Path | None = WEIGHTS, log=print) -> dict:
+          out: Path | None = WEIGHTS, init: Path | None = None, log=print) -> dict:
     """Train the projector and a LoRA adapter on easy-VQA train; save both to ``out`` (seeded).
 
     1. Tower features of the first ``n_images`` train images and of ``n_scenes`` train scenes are
@@ -171,6 +171,10 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, step
 
     The shipped file holds the projector (``model.multi_modal_projector.*``) and the adapter
     (``lora.*``); :func:`assemble` merges the adapter into the language model's weights.
+
+    ``init`` (a file this function wrote) continues an earlier run: its projector replaces the alignment
+    stage (``steps_align`` is ignored) and its adapter factors are the starting point; the step schedule and
+    the data order start afresh from ``seed``. Its hash is recorded in the returned ``init_sha256``.
 
     Returns timings (s) and losses.
     """
@@ -198,8 +202,16 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, step
     for p in proj.parameters():
         p.requires_grad_(True)
     emb = model.get_input_embeddings()
-    align_loss = align_projector(proj, torch.cat([f_img, f_sc]), labels, alignment_targets(tok, emb.weight.detach()),
-                                 steps_align, seed, batch=16, log=log)
+    start = None
+    if init is not None:
+        from safetensors.torch import load_file
+
+        start = load_file(str(init))
+        proj.load_state_dict({k[len(PROJECTOR_PREFIX):]: v for k, v in start.items() if k.startswith(PROJECTOR_PREFIX)})
+        align_loss, steps_align = float("nan"), 0
+    else:
+        align_loss = align_projector(proj, torch.cat([f_img, f_sc]), labels,
+                                     alignment_targets(tok, emb.weight.detach()), steps_align, seed, batch=16, log=log)
     for p in proj.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
@@ -208,6 +220,11 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, step
     lm = model.model.language_model
     torch.manual_seed(seed)
     wrappers = add_lora(lm, lora_from, lora_rank)
+    if start is not None:
+        with torch.no_grad():
+            for k, w in wrappers.items():
+                w.A.copy_(start[f"lora.{k}.A"])
+                w.B.copy_(start[f"lora.{k}.B"])
     params = [p for w in wrappers.values() for p in (w.A, w.B)]
     ex = training_examples(n_images, n_scenes, turns, seed)
     rng = np.random.default_rng(seed + 1)
@@ -252,6 +269,10 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, step
     state = {**projector_state_dict(model), **lora_state(wrappers)}
     meta = {"seed": seed, "steps_align": steps_align, "steps": steps, "batch": batch, "lr": lr, "n_images": n_images,
             "n_scenes": n_scenes, "turns": turns, "lora_from": lora_from, "lora_rank": lora_rank}
+    if init is not None:
+        import hashlib
+
+        meta["init_sha256"] = hashlib.sha256(Path(init).read_bytes()).hexdigest()
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(out), metadata={k: str(v) for k, v in meta.items()})
