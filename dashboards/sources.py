@@ -287,7 +287,7 @@ def read_image_upload(name: str, data: bytes, max_mb: float = MAX_IMAGE_MB) -> n
         with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS:
-                raise UploadError(f"{name} is {w} x {h} pixels, over the limit of {MAX_IMAGE_PIXELS} pixels: "
+                raise UploadError(f"{name} is {w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit: "
                                   "upload a smaller image")
             im.load()
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):

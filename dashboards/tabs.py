@@ -264,8 +264,8 @@ def vision_tab(lm):
         return
     st.markdown(f"**{st.session_state.get('vision_label', '')}** · ran in "
                 f"{st.session_state.get('vision_seconds', 0):.1f} s")
-    st.markdown("**Answer** (greedy)")
-    st.code(res.answer or "(no tokens)", language=None)
+    st.markdown(f"**Answer** (greedy, {len(res.answer_ids)} tokens; generation stops after a newline)")
+    st.code(res.answer.strip() or "(no tokens)", language=None)
     a, b = st.columns([3, 2])
     with a:
         st.plotly_chart(res.vhd_figure(), key="vision_vhd", config=PLOT_CONFIG)
@@ -273,8 +273,8 @@ def vision_tab(lm):
                    "first generated token with the image and in the matched pass without the image tokens.")
     with b:
         st.markdown("**Top vision-aware heads** (VHD above their layer's median)")
-        st.dataframe(res.vision_aware.assign(head=[viz.format_head(l, h) for l, h in
-                                                   zip(res.vision_aware.layer, res.vision_aware.head)])
+        va = res.vision_aware
+        st.dataframe(va.assign(head=[viz.format_head(l, h) for l, h in zip(va["layer"], va["head"])])
                      [["head", "vhd", "rank"]], key="vision_top", hide_index=True)
     a, b = st.columns([3, 2])
     with a:
@@ -284,7 +284,7 @@ def vision_tab(lm):
         st.markdown(f"**Image-centric heads** (A_I >= 0.2, at least rho = {res.rho:g} of it on non-sink image tokens; "
                     "Kang et al. 2025)")
         ic = res.image_centric
-        st.dataframe(ic.assign(head=[viz.format_head(l, h) for l, h in zip(ic.layer, ic.head)])
+        st.dataframe(ic.assign(head=[viz.format_head(l, h) for l, h in zip(ic["layer"], ic["head"])])
                      [["head", "image_attention", "nonsink_ratio"]], key="vision_centric", hide_index=True)
     st.plotly_chart(res.sink_figure(), key="vision_sinks", config=PLOT_CONFIG)
     st.caption(f"Visual sink tokens (Kang et al. 2025): phi = max over the sink dimensions {res.sink_dims} of "
