@@ -210,6 +210,7 @@ def vision_tab(lm):
 
     from dashboards import vision_view as VV
     from dashboards.state import vision_picture, vision_result
+    from workbench.analyzers import vision as A
 
     if lm is None:
         st.info(f"Load a VLM preset in the sidebar to analyse an image: {VV.VLM_HINT}.")
@@ -220,7 +221,7 @@ def vision_tab(lm):
         st.info(str(err))
         return
     mode = st.radio("Image", ["held-out test scene", "upload an image"], key="vision_mode", horizontal=True)
-    pic = None
+    pic = up = None
     if mode == "held-out test scene":
         idx = st.number_input(f"Scene index (0..{VV.MAX_SCENE}): {src.description}", 0, VV.MAX_SCENE, 0,
                               key="vision_scene")
@@ -237,7 +238,7 @@ def vision_tab(lm):
                 pic = vision_picture(src.kind, key, src, (up.name, data))
     if pic is None:
         st.session_state.pop("vision_view", None)
-        if mode != "held-out test scene":
+        if mode != "held-out test scene" and up is None:
             st.info("Upload a PNG or JPEG image.")
         return
     c_img, c_form = st.columns([1, 2])
@@ -246,8 +247,8 @@ def vision_tab(lm):
         question = st.text_input("Question", src.question, key="vision_question")
         c1, c2, c3 = st.columns(3)
         max_new = c1.number_input("new tokens", 1, 64, VV.MAX_NEW_TOKENS, key="vision_new")
-        tau = c2.number_input("sink threshold tau (phi)", 0.0, 1000.0, 20.0, 1.0, key="vision_tau")
-        rho = c3.number_input("image-centric rho", 0.0, 1.0, 0.5, 0.05, key="vision_rho")
+        tau = c2.number_input("sink threshold tau (phi)", 0.0, 1000.0, float(A.TAU), 1.0, key="vision_tau")
+        rho = c3.number_input("image-centric rho", 0.0, 1.0, float(A.RHO), 0.05, key="vision_rho")
         go_run = st.form_submit_button("Run")
     mkey = (st.session_state["model_name"], *st.session_state.get("model_place", ("auto", "auto")))
     if go_run:
