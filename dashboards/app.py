@@ -18,6 +18,10 @@ cached by their inputs. Tabs:
   heads and its parameters; compare generated text, next-token distributions, what changed, and the
   compared head's attention before and after (for an intervened head, the attention it actually
   used; :mod:`workbench.report.comparison`). The compared head defaults to the first intervened head.
+* **Vision** (VLM presets with images here: ``effnet-smollm2-vqa``, ``digits-vlm``): a held-out test
+  scene by index or an uploaded PNG / JPEG, a question; the greedy answer, VHD per head at the first
+  generated token, the top vision-aware heads, attention on image tokens and image-centric heads,
+  and the visual sink tokens on the image's token grid (:mod:`dashboards.vision_view`).
 
 Every error is shown with ``st.error`` in the page and replaces the previous result; uploads are
 size-limited and parsed as safetensors / JSON / Parquet / CSV only. Layer 0 is at the top of every
@@ -45,7 +49,7 @@ from dashboards import views as V  # noqa: E402
 st.set_page_config(page_title="Attention-head workbench", layout="wide")
 
 from dashboards.state import _mtime, get_census, get_model, get_trace, shown_errors  # noqa: E402  (after set_page_config)
-from dashboards.tabs import attention_tab, census_tab, intervention_tab  # noqa: E402
+from dashboards.tabs import attention_tab, census_tab, intervention_tab, vision_tab  # noqa: E402
 
 
 def _args() -> argparse.Namespace:
@@ -76,7 +80,7 @@ with st.sidebar.form("model_form"):
     default = ARGS.model if ARGS.model in labels else (LOCAL if ARGS.model else choices[0])
     choice = st.selectbox("Model", choices, index=choices.index(default), key="model_choice",
                           format_func=lambda n: labels.get(n, n),
-                          help="presets: the text LM first; VLM presets take an image and text")
+                          help="presets: the text LM first; VLM presets take an image and text (Vision tab)")
     model_path = st.text_input("Checkpoint directory (for a local path)", value="" if ARGS.model in labels else ARGS.model,
                                key="model_path")
     dev_col, dtype_col = st.columns(2)
@@ -89,7 +93,9 @@ lm = None
 if st.session_state.get("model_name"):
     with shown_errors("cannot load the model"):
         lm = get_model(st.session_state["model_name"], *st.session_state.get("model_place", ("auto", "auto")))
-        kind = "VLM" if V.is_vlm_preset(lm.spec.name) else "text LM"
+        from workbench.core.vlm import is_vlm
+
+        kind = "VLM: see the Vision tab" if is_vlm(lm.model) else "text LM"
         st.sidebar.success(f"{lm.spec.name} ({kind}): {lm.spec.n_layers} layers x {lm.spec.n_heads} heads")
 
 st.sidebar.header("Trace")
@@ -129,7 +135,7 @@ elif cpath.strip():
     with shown_errors("cannot open the census"):
         census, extras = get_census(cpath.strip(), _mtime(cpath.strip(), "heads.parquet"))
 
-tab_attn, tab_census, tab_iv = st.tabs(["Attention", "Census", "Intervention"])
+tab_attn, tab_census, tab_iv, tab_vision = st.tabs(["Attention", "Census", "Intervention", "Vision"])
 
 
 with tab_attn:
@@ -138,3 +144,5 @@ with tab_census:
     census_tab(census, extras)
 with tab_iv:
     intervention_tab(lm)
+with tab_vision:
+    vision_tab(lm)

@@ -21,6 +21,9 @@ from workbench.core.headsets import parse_head_set
 from workbench.core.trace import Trace
 
 MAX_UPLOAD_MB = 256  # per file; also passed to Streamlit as server.maxUploadSize
+MAX_IMAGE_MB = 16  # an uploaded image for the Vision tab (PNG / JPEG)
+MAX_IMAGE_PIXELS = 4096 * 4096  # width x height, checked from the header before the pixels are decoded
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TABLE_SUFFIXES = (".parquet", ".csv", ".json")
 MAX_TABLE_ROWS = 1 << 20  # a per-head table of any real model is far smaller
 MAX_INDEX = 1 << 16  # layer and head numbers
@@ -260,6 +263,47 @@ def parse_uploads(files: dict[str, bytes], max_mb: float = MAX_UPLOAD_MB) -> tup
         except CensusDirError as err:
             raise UploadError(str(err)) from None
     return trace, table, summary
+
+
+def read_image_upload(name: str, data: bytes, max_mb: float = MAX_IMAGE_MB) -> np.ndarray:
+    """Decode an uploaded PNG or JPEG image into uint8 RGB (H, W, 3) with PIL (nothing else is read).
+
+    The size (``max_mb`` MiB) and the suffix are checked first, then PIL reads only the header with
+    the formats restricted to PNG and JPEG and the pixel count is checked against
+    :data:`MAX_IMAGE_PIXELS` before the pixels are decoded. Transparent pixels are laid on white
+    (the background of the easy-VQA images).
+
+    Raises:
+        UploadError: too large, not .png/.jpg/.jpeg, not a PNG/JPEG file, too many pixels, or undecodable.
+    """
+    if len(data) > max_mb * 2**20:
+        raise UploadError(f"{name} is {len(data) / 2**20:.1f} MiB, over the {max_mb} MiB image upload limit: "
+                          "upload a smaller PNG or JPEG")
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        raise UploadError(f"{name}: only .png, .jpg and .jpeg images are read")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise UploadError(f"{name} is {w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit: "
+                                  "upload a smaller image")
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                out.alpha_composite(rgba)
+                im2 = out.convert("RGB")
+            else:
+                im2 = im.convert("RGB")
+            return np.asarray(im2, dtype=np.uint8).copy()
+    except UploadError:
+        raise
+    except UnidentifiedImageError:
+        raise UploadError(f"{name} is not a PNG or JPEG image") from None
+    except Exception as err:  # truncated or corrupt files: PIL raises OSError, ValueError, SyntaxError...
+        raise UploadError(f"cannot decode {name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
 def parse_heads(spec: str) -> list[tuple[int, int]]:

@@ -64,3 +64,24 @@ def intervention_results() -> dict:
 def _mtime(path: str, name: str) -> float:
     f = Path(path).expanduser() / name
     return f.stat().st_mtime if f.exists() else 0.0
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def vision_picture(kind: str, source_key: str, _src, _upload: tuple[str, bytes] | None = None):
+    """A Vision-tab image: a held-out scene (``source_key`` ``scene:<i>``) or an upload (``upload:<sha256>``),
+    cached by its kind and key (:mod:`dashboards.vision_view`)."""
+    from dashboards import vision_view as VV
+
+    if _upload is not None:
+        return VV.upload_picture(_src, *_upload)
+    return VV.scene_picture(_src, int(source_key.split(":", 1)[1]))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def vision_result(model_key: tuple, source_key: str, question: str, max_new: int, tau: float, rho: float,
+                  _lm, _src, _pixels):
+    """One image's vision analysis (:func:`dashboards.vision_view.run_vision`), cached by the model, the image
+    key, the question and the parameters (a run takes seconds to a minute on a CPU)."""
+    from dashboards import vision_view as VV
+
+    return VV.run_vision(_lm, _src, _pixels, question, max_new, tau, rho)

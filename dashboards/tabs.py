@@ -199,3 +199,96 @@ def intervention_tab(lm):
                 st.plotly_chart(fig, key=f"iv_fig_{i}", config=PLOT_CONFIG)
             st.caption("after, for an intervened head: the attention it used (ACT: calibrated rows; uniform: "
                        "1/|visible keys|); for a later head, its attention in the intervened run.")
+
+# --- vision ------------------------------------------------------------------------------------
+
+@st.fragment
+def vision_tab(lm):
+    """The Vision tab (a fragment): one image of the loaded VLM's kind (a held-out scene or an upload), a
+    question, and the image's vision analysis (:mod:`dashboards.vision_view`)."""
+    import hashlib
+
+    from dashboards import vision_view as VV
+    from dashboards.state import vision_picture, vision_result
+    from workbench.analyzers import vision as A
+
+    if lm is None:
+        st.info(f"Load a VLM preset in the sidebar to analyse an image: {VV.VLM_HINT}.")
+        return
+    try:
+        src = VV.image_source(lm)
+    except VV.VisionTabError as err:
+        st.info(str(err))
+        return
+    mode = st.radio("Image", ["held-out test scene", "upload an image"], key="vision_mode", horizontal=True)
+    pic = up = None
+    if mode == "held-out test scene":
+        idx = st.number_input(f"Scene index (0..{VV.MAX_SCENE}): {src.description}", 0, VV.MAX_SCENE, 0,
+                              key="vision_scene")
+        with shown_errors("cannot make the scene"):
+            key = f"scene:{int(idx)}"
+            pic = vision_picture(src.kind, key, src)
+    else:
+        up = st.file_uploader(f"PNG or JPEG (at most {S.MAX_IMAGE_MB} MiB); resized to the tower's input",
+                              type=["png", "jpg", "jpeg"], key="vision_upload", max_upload_size=S.MAX_IMAGE_MB)
+        if up is not None:
+            with shown_errors("cannot read the image", clear="vision_view"):
+                data = up.getvalue()
+                key = "upload:" + hashlib.sha256(data).hexdigest()
+                pic = vision_picture(src.kind, key, src, (up.name, data))
+    if pic is None:
+        st.session_state.pop("vision_view", None)
+        if mode != "held-out test scene" and up is None:
+            st.info("Upload a PNG or JPEG image.")
+        return
+    c_img, c_form = st.columns([1, 2])
+    c_img.image(pic.view, caption=pic.label, width=224)
+    with c_form.form("vision_form"):
+        question = st.text_input("Question", src.question, key="vision_question")
+        c1, c2, c3 = st.columns(3)
+        max_new = c1.number_input("new tokens", 1, 64, VV.MAX_NEW_TOKENS, key="vision_new")
+        tau = c2.number_input("sink threshold tau (phi)", 0.0, 1000.0, float(A.TAU), 1.0, key="vision_tau")
+        rho = c3.number_input("image-centric rho", 0.0, 1.0, float(A.RHO), 0.05, key="vision_rho")
+        go_run = st.form_submit_button("Run")
+    mkey = (st.session_state["model_name"], *st.session_state.get("model_place", ("auto", "auto")))
+    if go_run:
+        with shown_errors("vision analysis failed", clear="vision_view"), st.spinner("running the image..."):
+            t0 = time.perf_counter()
+            st.session_state.pop("vision_view", None)
+            st.session_state["vision_view"] = vision_result(mkey, key, question, int(max_new), float(tau), float(rho),
+                                                            lm, src, pic.pixels)
+            st.session_state["vision_for"] = (mkey, key)
+            st.session_state["vision_label"] = f"{pic.label} · {question.strip()!r}"
+            st.session_state["vision_seconds"] = time.perf_counter() - t0
+    res = st.session_state.get("vision_view")
+    if res is None or st.session_state.get("vision_for") != (mkey, key):  # a result of another image or model
+        return
+    st.markdown(f"**{st.session_state.get('vision_label', '')}** · ran in "
+                f"{st.session_state.get('vision_seconds', 0):.1f} s")
+    st.markdown(f"**Answer** (greedy, {len(res.answer_ids)} tokens; generation stops after a newline)")
+    st.code(res.answer.strip() or "(no tokens)", language=None)
+    a, b = st.columns([3, 2])
+    with a:
+        st.plotly_chart(res.vhd_figure(), key="vision_vhd", config=PLOT_CONFIG)
+        st.caption("VHD(l, h) = ||z_image - z_text||_2 (He et al. 2025): distance between the head's output at the "
+                   "first generated token with the image and in the matched pass without the image tokens.")
+    with b:
+        st.markdown("**Top vision-aware heads** (VHD above their layer's median)")
+        va = res.vision_aware
+        st.dataframe(va.assign(head=[viz.format_head(l, h) for l, h in zip(va["layer"], va["head"])])
+                     [["head", "vhd", "rank"]], key="vision_top", hide_index=True)
+    a, b = st.columns([3, 2])
+    with a:
+        st.plotly_chart(res.image_attention_figure(), key="vision_attention", config=PLOT_CONFIG)
+        st.caption("A_I: attention of the last prompt query on the image tokens (a probability).")
+    with b:
+        st.markdown(f"**Image-centric heads** (A_I >= 0.2, at least rho = {res.rho:g} of it on non-sink image tokens; "
+                    "Kang et al. 2025)")
+        ic = res.image_centric
+        st.dataframe(ic.assign(head=[viz.format_head(l, h) for l, h in zip(ic["layer"], ic["head"])])
+                     [["head", "image_attention", "nonsink_ratio"]], key="vision_centric", hide_index=True)
+    st.plotly_chart(res.sink_figure(), key="vision_sinks", config=PLOT_CONFIG)
+    st.caption(f"Visual sink tokens (Kang et al. 2025): phi = max over the sink dimensions {res.sink_dims} of "
+               f"|x_d| / rms(x) on the residual stream entering a layer; a token is a sink at a layer when "
+               f"phi >= tau = {res.tau:g}, and a visual sink (outlined) when that holds at >= "
+               f"{VV.SINK_MIN_LAYERS} layers. The {res.side} x {res.side} image tokens in reading order.")

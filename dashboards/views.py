@@ -1,7 +1,7 @@
 """Page-independent pieces of the dashboard's views (testable without Streamlit).
 
 * :func:`preset_options`: model presets in the order a new user wants them (text LMs first, the
-  default first), each with a label that says whether it is a VLM.
+  default first; then the VLMs, ``effnet-smollm2-vqa`` first), each with a label that says whether it is a VLM.
 * :func:`census_extras`: the further tables of a census directory to show, one per quantity
   (``head_types.csv`` and ``head_types.parquet`` are one table), plus the needle-in-a-haystack grid
   (``retrieval/tests.csv``) and the massive activations (``sinks.json``) that the committed reports hold.
@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_PRESET = "smollm2-135m"
+DEFAULT_VLM = "effnet-smollm2-vqa"  # the VLM with a pretrained vision tower; digits-vlm is the small test fixture
 TABLE_PREFERENCE = (".parquet", ".csv", ".json")
 
 
@@ -27,11 +28,12 @@ def is_vlm_preset(name: str, description: str = "") -> bool:
 
 
 def preset_options(presets: dict) -> list[tuple[str, str]]:
-    """(name, label) pairs: the default text LM first, then other text LMs, then VLMs (labelled ``VLM``)."""
+    """(name, label) pairs: the default text LM first, then other text LMs, then VLMs (labelled ``VLM``),
+    :data:`DEFAULT_VLM` first among them."""
     def desc(p) -> str:
         return getattr(p, "description", "") or ""
 
-    names = sorted(presets, key=lambda n: (is_vlm_preset(n, desc(presets[n])), n != DEFAULT_PRESET, n))
+    names = sorted(presets, key=lambda n: (is_vlm_preset(n, desc(presets[n])), n != DEFAULT_PRESET, n != DEFAULT_VLM, n))
     out = []
     for n in names:
         kind = "VLM (image + text)" if is_vlm_preset(n, desc(presets[n])) else "text LM"

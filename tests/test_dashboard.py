@@ -383,8 +383,12 @@ def test_presets_text_lm_first_vlm_labelled():
 
     opts = preset_options(PRESETS)
     assert opts[0][0] == "smollm2-135m" and "text LM" in opts[0][1]
-    vlm = dict(opts).get("digits-vlm")
-    assert vlm is None or "VLM" in vlm
+    names = [n for n, _ in opts]
+    kinds = ["VLM" in label for _, label in opts]
+    assert kinds == sorted(kinds)  # every text LM before every VLM
+    # the VLM with the pretrained vision tower comes first, before the small test fixture
+    assert kinds[names.index("effnet-smollm2-vqa")] and names[kinds.index(True)] == "effnet-smollm2-vqa"
+    assert names.index("effnet-smollm2-vqa") < names.index("digits-vlm") and "VLM" in dict(opts)["digits-vlm"]
 
 
 def test_census_extras_dedupe_and_label(census_dir):
@@ -408,6 +412,9 @@ def test_committed_census_shows_needle_and_massive_charts():
     assert "needle in a haystack (retrieval/tests.csv)" in titles and "massive activations (sinks.json)" in titles
     listed = [m.value for m in at.markdown if m.value.startswith("**head_types")]
     assert len(listed) == 1, listed
+    # the Vision tab is there without a model and says in one line which presets it takes
+    assert [t.label for t in at.tabs] == ["Attention", "Census", "Intervention", "Vision"]
+    assert any("effnet-smollm2-vqa" in i.value and "digits-vlm" in i.value for i in at.tabs[3].info)
 
 
 @pytest.mark.slow
