@@ -66,7 +66,8 @@ DUMP = {
     "02": "{'top_heads': top_heads, 'rand_heads': rand_heads, 'k': K, 'rows': rows}",
     "03": "{'heads': HEADS, 'prompt': PROMPT, 'act': [act.text_before, act.text_after], 'uniform': uni.text_after, "
           "'zero': zero.text_after, 'act_pattern_error': float((act.pattern_after.double() - eager).abs().max())}",
-    "04": "{'answers': list(res.answers), 'sink_dims': [int(d) for d in res.sink_dims], 'n_images': N_IMAGES}",
+    "04": "{'answers': list(res.answers), 'sink_dims': [int(d) for d in res.sink_dims], 'n_images': N_IMAGES, "
+          "'preset': PRESET}",
 }
 
 
@@ -146,7 +147,8 @@ def _check_04(v, request):
     from workbench import load_model
     from workbench.report.vision_report import vision_analysis
 
-    res = vision_analysis(load_model("digits-vlm"), n_images=v["n_images"], max_new_tokens=6, progress=False)
+    assert v["preset"] == "effnet-smollm2-vqa"  # the VLM with the pretrained tower, not the digits fixture
+    res = vision_analysis(load_model(v["preset"]), n_images=v["n_images"], max_new_tokens=6, progress=False)
     assert v["answers"] == list(res.answers) and v["sink_dims"] == [int(d) for d in res.sink_dims]
 
 
