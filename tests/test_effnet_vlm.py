@@ -321,3 +321,64 @@ def test_paper_claims_follow_their_stated_rules():
     assert paper_claims(pope("no-visual-sinks", [-0.01, 0.01], changed=26), empty)[0]["verdict"] == "does not hold"
     assert paper_claims(pope("no-visual-sinks", [-0.03, 0.01], changed=0), empty)[0]["verdict"] == "does not hold"
     assert paper_claims(pope("vhr", [0.1, 0.2]), empty) == []
+
+
+@pytest.mark.slow
+def test_training_runs_and_init_continues_from_the_written_file(tmp_path):
+    """A tiny seeded run writes the projector and the adapter; continuing from that file with 0 steps gives
+    back exactly its tensors (the projector replaces alignment, the adapter factors are the start)."""
+    from safetensors.torch import load_file
+
+    from workbench.demo.effnet_vlm import train
+
+    kw = dict(n_images=4, n_scenes=2, steps_align=2, batch=2, turns=2, log=lambda m: None)
+    first = train(steps=1, out=tmp_path / "a.safetensors", **kw)
+    assert first["steps"] == 1 and len(first["losses"]) == 1 and first["losses"][0] > 0
+    again = train(steps=0, out=tmp_path / "b.safetensors", init=tmp_path / "a.safetensors", **kw)
+    assert again["steps_align"] == 0 and len(again["init_sha256"]) == 64
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert set(a) == set(b) and any(k.startswith("lora.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith(".B") and a[k].abs().sum() > 0 for k in a)  # one step moved the adapter off zero
+
+
+@pytest.mark.slow
+def test_census_vision_section_runs_on_the_preset(vqa_lm):
+    """The census's vision section analyses effnet-smollm2-vqa (not skipped): one row per head with VHD and the
+    image-centric share, and the sink dimensions of the language model."""
+    from workbench.report.census import CensusContext
+    from workbench.report.vision_report import census_section
+
+    sec = census_section(CensusContext(vqa_lm, torch.zeros(1, 4, dtype=torch.long), progress=False,
+                                       options={"vision_images": 1}))
+    assert "skipped" not in sec.summary, sec.summary
+    assert len(sec.heads) == vqa_lm.spec.n_layers * vqa_lm.spec.n_heads
+    assert sec.heads.vhd.notna().all() and (sec.heads.vhd >= 0).all() and sec.heads.vhd.max() > 0
+    assert sec.heads.image_centric_share.between(0, 1).all()
+    assert len(sec.summary["sink_dims"]) >= 1
+
+
+@pytest.mark.slow
+def test_the_image_moves_yes_no_answers_against_the_question_prior(vqa_lm):
+    """easy-VQA's yes/no questions are mostly answered by the question alone (the train split's majority answer
+    per question string scores ~0.83 on test). On the first 30 test questions where that prior is wrong, only
+    the image can give the right answer: the model must get more of them right with the image than with a
+    white image."""
+    from collections import Counter, defaultdict
+
+    from workbench.demo import easyvqa as V
+    from workbench.tasks.vqa_eval import first_token_logits, score
+
+    votes = defaultdict(Counter)
+    for q, a, _ in V.questions("train"):
+        votes[q][a] += 1
+    picked = [(q, a, i) for q, a, i in V.questions("test")
+              if V.is_yesno(a) and votes[q].most_common(1)[0][0] != a][:30]
+    right = {"image": 0}
+    for i in sorted({i for _, _, i in picked}):
+        mine = [(q, a) for q, a, j in picked if j == i]
+        logits = first_token_logits(vqa_lm, V.image_pixels("test", i), [q for q, _ in mine])
+        right["image"] += int(score(vqa_lm.tokenizer, logits, [a for _, a in mine]).correct.sum())
+    blank = first_token_logits(vqa_lm, V.blank_pixels(), [q for q, _, _ in picked])  # one white image for all
+    right["blank"] = int(score(vqa_lm.tokenizer, blank, [a for _, a, _ in picked]).correct.sum())
+    assert right["image"] >= right["blank"] + 0.15 * len(picked), right

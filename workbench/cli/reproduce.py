@@ -2,8 +2,10 @@
 
 Every analysis runs end to end on the embedded models, through the same CLI commands a user runs, with
 ``--out ROOT``: the census, sinks, classic head types, circuits (IOI and colored objects), probes, the
-retrieval sweep and its masking test, the ACT head search, the three example studies, and on the digits
-VLM the vision analysis and the hallucination benchmark (none / VHR / VAR). Nothing reads an earlier
+retrieval sweep and its masking test, the ACT head search, the three example studies; on
+``effnet-smollm2-vqa`` (pretrained EfficientNet tower) the vision analysis, easy-VQA accuracy, POPE and
+CHAIR with VHR / VAR / visual-sink removal chosen on calibration scenes and the papers' claims; on the
+digits VLM (the small test fixture) its hallucination benchmark (none / VHR / VAR) and report. Nothing reads an earlier
 result that this run did not write (each step reads only ``ROOT``), so ``reports/`` is a pure function of
 the code and the weights; every file carries its provenance (:mod:`workbench.io.provenance`).
 
@@ -32,6 +34,7 @@ from ..core.errors import WorkbenchError
 
 TEXT_MODEL = "smollm2-135m"
 VLM_MODEL = "digits-vlm"
+EFFNET_MODEL = "effnet-smollm2-vqa"
 STUDIES = ("studies/sinks_vs_induction.toml", "studies/ioi_circuit_knockout.toml", "studies/retrieval_heads_needle.toml")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +45,9 @@ NOT_REPRODUCED = {
     "benchmarks.md": "performance reference run: python benchmarks/run_all.py --out reports",
     "benchmarks.json": "performance reference run: python benchmarks/run_all.py --out reports",
     "profile_attention.md": "performance reference run: python benchmarks/profile_attention.py",
-    "effnet-smollm2-vqa/*": "the effnet VLM's report: python scripts/effnet_vlm_report.py (its README gives the commands)",
+    "effnet-smollm2-vqa/README.md": "the reader's account of the effnet VLM's files (written from them by hand)",
+    "effnet-smollm2-vqa/training.json": "the record of the training run that made the shipped weights: "
+                                        "python scripts/train_effnet_vlm.py",
 }
 #: files every report tree holds besides the steps' results
 SHARED = ("plotly.min.js", "reproduce.json", "reproduce-quick.json")
@@ -112,9 +117,10 @@ def steps(quick: bool, root: Path, spec_dir: Path | None = None) -> list[Step]:
         out.append(Step("head types vs TransformerLens", [*o], (t + "head_types_vs_transformer_lens.json",),
                         script="scripts/head_types_vs_transformer_lens.py"))
     vm = ["--model", VLM_MODEL]
-    out.append(Step("vision", ["vision", *vm, *o, "--json", *(["--images", "2"] if q else [])],
-                    (v + "vision.json", v + "vision.html",
-                     *_csv(*(v + f for f in ("vhd_heads.csv", "t_vhd.csv", "visual_sinks.csv", "image_centric_heads.csv",
+    e = EFFNET_MODEL + "/"
+    out.append(Step("vision", ["vision", "--model", EFFNET_MODEL, *o, "--json", *(["--images", "2"] if q else ["--images", "16"])],
+                    (e + "vision.json", e + "vision.html",
+                     *_csv(*(e + f for f in ("vhd_heads.csv", "t_vhd.csv", "visual_sinks.csv", "image_centric_heads.csv",
                                              "image_attention_heads.csv"))))))
     images = "4" if q else "40"
     for method in (("none",) if q else ("none", "vhr", "var")):
@@ -125,6 +131,13 @@ def steps(quick: bool, root: Path, spec_dir: Path | None = None) -> list[Step]:
                                                  if q else [])],
                     (v + "report.json", v + "report.md", v + "hallucination/answers-*.jsonl"),
                     script="scripts/digits_vlm_report.py"))
+    eq = ["--n-images", "2", "--n-cal", "2", "--n-cal-chair", "1", "--n-eval", "2", "--n-chair", "1"]
+    out.append(Step("effnet-smollm2-vqa report", [*o, "--threads", "2", *(eq if q else [])],
+                    tuple(e + f for f in ("tower_check.json", "accuracy.json", "accuracy_answers.parquet", "prior.json",
+                                          "calibration.json",
+                                          "pope.json", "chair.json", "claims.json", "summary.md",
+                                          *_csv("accuracy.csv", "pope.csv", "pope_answers.csv", "chair_captions.csv"))),
+                    script="scripts/effnet_vlm_report.py"))
     return out
 
 
