@@ -68,7 +68,7 @@ def test_committed_report_tree_has_one_bundle():
 def test_vision_page_defines_vhd_and_lists_top_heads(tmp_path):
     from workbench.report.vision_report import write_vision_html
 
-    d = REPORTS / "digits-vlm"
+    d = REPORTS / "effnet-smollm2-vqa"  # the reference vision results (the reproduce step's model)
     res = json.loads((d / "vision.json").read_text())
     per_head = pd.read_csv(d / "vhd_heads.csv")
     write_vision_html(res, per_head, tmp_path / "vision.html")
