@@ -26,8 +26,9 @@ import torch
 
 from workbench.io.runs import model_dir
 
+from workbench.tasks.vqa_hallucination import N_CALIBRATION, SCENE_SEED  # noqa: E402
+
 OUT = model_dir("reports", "effnet-smollm2-vqa")
-SCENE_SEED = 2000
 #: candidate hyper-parameters, tried on the calibration scenes only (layers: None = the method's default,
 #: VHR layer 1 + the last 13 of 30, VAR layers 2-28)
 VHR_GRID = [{"alpha": 1.5}, {"alpha": 2.0}, {"alpha": 3.0}, {"alpha": 2.0, "layers": list(range(15, 30))}]
@@ -326,7 +327,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default="tower,accuracy,prior,calibrate,pope,chair,claims,summary")
     ap.add_argument("--n-images", type=int, default=None, help="easy-VQA test images (default all 1000)")
-    ap.add_argument("--n-cal", type=int, default=60, help="calibration scenes (POPE: 2 questions per scene and split)")
+    ap.add_argument("--n-cal", type=int, default=N_CALIBRATION, help="calibration scenes (POPE: 2 questions per scene and split)")
     ap.add_argument("--n-cal-chair", type=int, default=40, help="calibration scenes captioned to choose VHR")
     ap.add_argument("--n-eval", type=int, default=250, help="held-out scenes (POPE: 2 questions per scene and split)")
     ap.add_argument("--n-chair", type=int, default=200, help="held-out scenes captioned (CHAIR)")

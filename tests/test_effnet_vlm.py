@@ -323,6 +323,40 @@ def test_paper_claims_follow_their_stated_rules():
     assert paper_claims(pope("vhr", [0.1, 0.2]), empty) == []
 
 
+def test_balanced_questions_use_easy_vqa_templates_are_right_and_unpredictable_from_the_question():
+    """The synthetic yes/no questions are strings easy-VQA itself asks, their answers are right for the image's
+    class, and each question string is answered "yes" about as often as "no" (so the question alone does not
+    tell), unlike easy-VQA's own yes/no questions."""
+    from collections import Counter, defaultdict
+
+    from workbench.demo import easyvqa as V
+    from workbench.demo.effnet_train import NEGATIVE_TEMPLATES, balanced_questions
+
+    real = defaultdict(Counter)
+    for q, a, _ in V.questions("train"):
+        if a in ("yes", "no"):
+            real[q][a] += 1
+    things = [f"{c} shape" for c in {c for c, _ in V.CLASSES}] + sorted({s for _, s in V.CLASSES})
+    negative = {t.format(x) for t in NEGATIVE_TEMPLATES for x in things}
+    rng = np.random.default_rng(0)
+    synth = defaultdict(Counter)
+    for label in V.image_labels("train").values():
+        qs = balanced_questions(rng, label, 8)
+        assert len(qs) == (0 if label == (None, None) else 8)
+        for q, a in qs:
+            assert q in real, q
+            named = label[0] if " shape" in q else label[1]
+            there = (f" {named} " in f" {q.replace('?', ' ')}")  # the question names the image's own attribute
+            negated = q in negative
+            assert a == ("yes" if there != negated else "no"), (label, q, a)
+            synth[q][a] += 1
+    share = pd.Series({q: c["yes"] / sum(c.values()) for q, c in synth.items()})
+    assert set(share.index) == set(real) and share.between(0.35, 0.65).all(), share.describe()
+    # easy-VQA's own questions are skewed: most strings have one answer in >= 80% of their occurrences
+    skew = pd.Series({q: max(c.values()) / sum(c.values()) for q, c in real.items()})
+    assert (skew >= 0.8).mean() > 0.5
+
+
 @pytest.mark.slow
 def test_training_runs_and_init_continues_from_the_written_file(tmp_path):
     """A tiny seeded run writes the projector and the adapter; continuing from that file with 0 steps gives
@@ -382,3 +416,29 @@ def test_the_image_moves_yes_no_answers_against_the_question_prior(vqa_lm):
     blank = first_token_logits(vqa_lm, V.blank_pixels(), [q for q, _, _ in picked])  # one white image for all
     right["blank"] = int(score(vqa_lm.tokenizer, blank, [a for _, a, _ in picked]).correct.sum())
     assert right["image"] >= right["blank"] + 0.15 * len(picked), right
+
+
+@pytest.mark.slow
+def test_hallucination_command_runs_pope_on_the_reports_heldout_scenes(tmp_path, capsys):
+    """``workbench hallucination`` on effnet-smollm2-vqa asks POPE on easy-VQA scenes (not the digit composites):
+    its metrics on the first 2 held-out scenes equal those of the reference report's answers to the same
+    questions (``reports/effnet-smollm2-vqa/pope_answers.csv``, made by scripts/effnet_vlm_report.py from the
+    shipped weights), and the file it writes carries its provenance."""
+    import json
+
+    from workbench.cli import main
+    from workbench.io.runs import model_dir
+    from workbench.tasks.hallucination import pope_metrics
+
+    rc = main(["hallucination", "--model", "effnet-smollm2-vqa", "--images", "2", "--out", str(tmp_path), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["model"] == "effnet-smollm2-vqa" and "easy-VQA" in got["images"] and got["n"] == 4
+    ref = pd.read_csv(model_dir("reports", "effnet-smollm2-vqa") / "pope_answers.csv")
+    ref = ref[(ref.image < 2) & (ref.split == "random") & (ref.method == "none")]
+    assert len(ref) == 4
+    want = pope_metrics(ref)
+    assert {k: got[k] for k in want} == pytest.approx(want)
+    written = json.loads((tmp_path / "effnet-smollm2-vqa" / "hallucination_none_random_2.json").read_text())
+    assert written["provenance"]["weights_sha256"] and written["provenance"]["config"]["scene_seed"] == 2000

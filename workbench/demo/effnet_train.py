@@ -109,7 +109,7 @@ def align_projector(proj, feats: torch.Tensor, labels: torch.Tensor, targets: to
 
 
 TRAIN_DEFAULTS = dict(n_images=400, n_scenes=200, steps_align=300, steps=20, batch=8, lr=3e-3, seed=0, turns=10,
-                      lora_from=20, lora_rank=8)
+                      lora_from=20, lora_rank=8, balanced=0)
 SCENE_SEED = 100  # train scenes: scenes("train", n, SCENE_SEED)
 
 
@@ -125,10 +125,53 @@ def _sequence(tok, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
-def training_examples(n_images: int, n_scenes: int, turns: int, seed: int) -> list[tuple[str, int, list[tuple[str, str]]]]:
+# easy-VQA's eight yes/no templates (every yes/no question of its train split is one of them, with
+# ``{}`` = "<colour> shape" or "<shape>"; checked by a test): four ask whether the thing is there, four
+# whether it is not.
+POSITIVE_TEMPLATES = ("is a {} present?", "is there a {}?", "does the image contain a {}?", "is there a {} in the image?")
+NEGATIVE_TEMPLATES = ("does the image not contain a {}?", "is there not a {}?", "is there not a {} in the image?",
+                      "is no {} present?")
+
+
+def balanced_questions(rng: np.random.Generator, label: tuple[str | None, str | None], n: int) -> list[tuple[str, str]]:
+    """``n`` synthetic yes/no questions about one image of class ``label`` = (colour, shape), in easy-VQA's
+    own templates, whose answer cannot be guessed from the question string.
+
+    easy-VQA's yes/no questions are skewed per question string: "is there a red shape?" is "no" for 7 of
+    8 images, so the question alone answers 0.825 of the test split (``reports/effnet-smollm2-vqa/prior.json``)
+    and a model can score well without reading the image. Here each question names the image's true
+    attribute or a uniformly drawn wrong one (alternating, so half and half), about its colour or its
+    shape (alternating; an attribute the label lacks (None) is skipped), in a uniformly drawn
+    template of :data:`POSITIVE_TEMPLATES` + :data:`NEGATIVE_TEMPLATES`. Over images whose classes are
+    uniform, every question string is then "yes" as often as "no" in expectation.
+
+    Returns [(question, "yes" | "no")], possibly fewer than ``n`` when the label has no known attribute.
+    """
+    from . import easyvqa as V
+
+    colour, shape = label
+    attrs = [(a, sorted({c[k] for c in V.CLASSES}), fmt) for a, k, fmt in ((colour, 0, "{} shape"), (shape, 1, "{}"))
+             if a is not None]
+    out: list[tuple[str, str]] = []
+    if not attrs:
+        return out
+    templates = POSITIVE_TEMPLATES + NEGATIVE_TEMPLATES
+    for j in range(n):
+        true, values, fmt = attrs[(j // 2) % len(attrs)]
+        present = j % 2 == 0
+        word = true if present else rng.choice([v for v in values if v != true])
+        t = templates[rng.integers(len(templates))]
+        positive = t in POSITIVE_TEMPLATES
+        out.append((t.format(fmt.format(word)), "yes" if present == positive else "no"))
+    return out
+
+
+def training_examples(n_images: int, n_scenes: int, turns: int, seed: int,
+                      balanced: int = 0) -> list[tuple[str, int, list[tuple[str, str]]]]:
     """(source, feature index, turns) examples: for each of the first ``n_images`` train images (sorted
-    ids) its questions in groups of up to ``turns``; for each train scene its caption and two yes/no
-    questions, in random order. Deterministic in ``seed``."""
+    ids) its questions, plus ``balanced`` synthetic yes/no questions (:func:`balanced_questions`), in
+    groups of up to ``turns``; for each train scene its caption and two yes/no questions, in random
+    order. Deterministic in ``seed``."""
     from . import easyvqa as V
 
     rng = np.random.default_rng(seed)
@@ -136,9 +179,10 @@ def training_examples(n_images: int, n_scenes: int, turns: int, seed: int) -> li
     by_img: dict[int, list[tuple[str, str]]] = {}
     for q, a, i in V.questions("train"):
         by_img.setdefault(i, []).append((q, a))
+    lab_of = V.image_labels("train") if balanced else {}
     out = []
     for j, i in enumerate(ids):
-        qs = by_img.get(i, [])
+        qs = by_img.get(i, []) + (balanced_questions(rng, lab_of[i], balanced) if balanced else [])
         order = rng.permutation(len(qs))
         for start in range(0, len(qs), turns):
             out.append(("image", j, [qs[k] for k in order[start:start + turns]]))
@@ -150,7 +194,7 @@ def training_examples(n_images: int, n_scenes: int, turns: int, seed: int) -> li
 
 def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, steps: int = 20, batch: int = 8,
           lr: float = 3e-3, seed: int = 0, turns: int = 10, lora_from: int = 20, lora_rank: int = 8,
-          out: Path | None = WEIGHTS, init: Path | None = None, log=print) -> dict:
+          out: Path | None = WEIGHTS, init: Path | None = None, balanced: int = 0, log=print) -> dict:
     """Train the projector and a LoRA adapter on easy-VQA train; save both to ``out`` (seeded).
 
     1. Tower features of the first ``n_images`` train images and of ``n_scenes`` train scenes are
@@ -167,7 +211,9 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, step
        (up to ``turns`` of the image's easy-VQA questions as one multi-turn conversation) and 1/4
        scene sequences (caption plus two yes/no questions, random order); loss = cross-entropy on
        the answer tokens only (prompt and image positions masked); AdamW, linear warm-up over 5% of
-       the steps then cosine decay to 0.
+       the steps then cosine decay to 0. ``balanced`` > 0 adds that many synthetic yes/no questions
+       per image whose answer the question string does not predict (:func:`balanced_questions`), so
+       that yes/no answers must come from the image.
 
     The shipped file holds the projector (``model.multi_modal_projector.*``) and the adapter
     (``lora.*``); :func:`assemble` merges the adapter into the language model's weights.
@@ -226,7 +272,7 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, step
                 w.A.copy_(start[f"lora.{k}.A"])
                 w.B.copy_(start[f"lora.{k}.B"])
     params = [p for w in wrappers.values() for p in (w.A, w.B)]
-    ex = training_examples(n_images, n_scenes, turns, seed)
+    ex = training_examples(n_images, n_scenes, turns, seed, balanced)
     rng = np.random.default_rng(seed + 1)
     pools = {s: [e for e in ex if e[0] == s] for s in ("image", "scene")}
     orders = {s: list(rng.permutation(len(v))) for s, v in pools.items()}
@@ -268,7 +314,7 @@ def train(n_images: int = 400, n_scenes: int = 200, steps_align: int = 300, step
     t2 = time.time()
     state = {**projector_state_dict(model), **lora_state(wrappers)}
     meta = {"seed": seed, "steps_align": steps_align, "steps": steps, "batch": batch, "lr": lr, "n_images": n_images,
-            "n_scenes": n_scenes, "turns": turns, "lora_from": lora_from, "lora_rank": lora_rank}
+            "n_scenes": n_scenes, "turns": turns, "lora_from": lora_from, "lora_rank": lora_rank, "balanced": balanced}
     if init is not None:
         import hashlib
 

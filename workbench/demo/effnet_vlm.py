@@ -36,7 +36,7 @@ from .effnet_llava import (ANSWER_END, IMAGE_TOKEN, N_IMAGE_TOKENS, NAME, PRESET
 from .effnet_lora import LORA_MODULES, LORA_PREFIX, LoRALinear, add_lora, lora_state, merge_lora
 from .effnet_tower import FEATURE_DIM, TOWER_MODEL, EffNetLiteConfig, EffNetLiteVisionModel, load_tower, tower_state_dict
 from .effnet_train import (BACKGROUND_WORD, SCENE_SEED, TRAIN_DEFAULTS, align_projector, alignment_targets,
-                           cached_features, class_index, extract_features, feature_cache_dir, token_objects,
+                           balanced_questions, cached_features, class_index, extract_features, feature_cache_dir, token_objects,
                            training_examples, train)
 
 __all__ = [
@@ -45,5 +45,5 @@ __all__ = [
     "EffNetLiteConfig", "EffNetLiteVisionModel", "LoRALinear", "add_lora", "align_projector", "alignment_targets",
     "assemble", "build_config", "cached_features", "class_index", "extract_features", "feature_cache_dir", "load",
     "load_tower", "lora_state", "make_input", "merge_lora", "projector_state_dict", "prompt_text", "token_objects",
-    "tower_state_dict", "train", "training_examples",
+    "tower_state_dict", "train", "training_examples", "balanced_questions",
 ]

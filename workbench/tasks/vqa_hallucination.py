@@ -40,6 +40,16 @@ from ..core.models import LoadedModel
 from ..core.vlm import image_positions
 
 METHODS = ("none", "vhr", "var", "no-visual-sinks")
+#: the test scenes of the hallucination benchmarks: ``scenes("test", N_CALIBRATION + n, SCENE_SEED)``, the first
+#: N_CALIBRATION for choosing hyper-parameters, the rest held out (``scripts/effnet_vlm_report.py``)
+SCENE_SEED = 2000
+N_CALIBRATION = 60
+
+
+def heldout_scenes(n: int) -> list[V.Scene]:
+    """The first ``n`` held-out test scenes (after the calibration ones; the generator is prefix-stable, so
+    any ``n`` gives a prefix of the reference report's 250)."""
+    return V.scenes("test", N_CALIBRATION + n, SCENE_SEED)[N_CALIBRATION:]
 
 
 class VisualSinkRemoval:
@@ -178,5 +188,5 @@ def chair_metrics(df: pd.DataFrame) -> dict:
             "recall": float(df["covered"].map(len).sum() / df["truth"].map(len).sum()), "n": int(len(df))}
 
 
-__all__ = ["METHODS", "VisualSinkRemoval", "run_pope", "run_chair", "chair_metrics", "pope_metrics",
+__all__ = ["METHODS", "N_CALIBRATION", "SCENE_SEED", "VisualSinkRemoval", "heldout_scenes", "run_pope", "run_chair", "chair_metrics", "pope_metrics",
            "yes_margin", "caption", "method_context"]

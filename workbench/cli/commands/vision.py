@@ -42,10 +42,11 @@ def vision(
 
 @app.command()
 def hallucination(
-    model: str = typer.Option("digits-vlm", help="a VLM preset (digits-vlm)"),
+    model: str = typer.Option("effnet-smollm2-vqa", help="a VLM preset: effnet-smollm2-vqa (easy-VQA scenes) or "
+                                                         "digits-vlm (digit composites, the test fixture)"),
     method: str = typer.Option("none", help="none | vhr | var"),
     split: str = typer.Option("random", help="POPE negatives: random | popular | adversarial"),
-    images: int = typer.Option(40, min=1, help="held-out composites (POPE: 1 positive + 1 negative question each)"),
+    images: int = typer.Option(40, min=1, help="held-out images or scenes (POPE: 1 positive + 1 negative question each)"),
     chair: bool = typer.Option(False, "--chair", help="also run the CHAIR-style listing task"),
     out: Path = typer.Option(Path("runs"), "--out", help="output root: answers are cached under ROOT/<model>/hallucination/ "
                                                         "(keyed by the full configuration and code, resumable)"),
