@@ -419,21 +419,18 @@ def test_the_image_moves_yes_no_answers_against_the_question_prior(vqa_lm):
 
 
 @pytest.mark.slow
-def test_hallucination_command_runs_pope_on_the_reports_heldout_scenes(tmp_path, capsys):
-    """``workbench hallucination`` on effnet-smollm2-vqa asks POPE on easy-VQA scenes (not the digit composites):
-    its metrics on the first 2 held-out scenes equal those of the reference report's answers to the same
-    questions (``reports/effnet-smollm2-vqa/pope_answers.csv``, made by scripts/effnet_vlm_report.py from the
-    shipped weights), and the file it writes carries its provenance."""
+def test_hallucination_command_runs_pope_on_the_reports_heldout_scenes(vqa_lm, tmp_path):
+    """``workbench hallucination`` (one call: ``hallucination_report``) on effnet-smollm2-vqa asks POPE on easy-VQA
+    scenes, not the digit composites: its metrics on the first 2 held-out scenes equal those of the reference
+    report's answers to the same questions (``reports/effnet-smollm2-vqa/pope_answers.csv``, made by
+    scripts/effnet_vlm_report.py from the shipped weights), and the file it writes carries its provenance."""
     import json
 
-    from workbench.cli import main
     from workbench.io.runs import model_dir
+    from workbench.report.hallucination_report import hallucination_report
     from workbench.tasks.hallucination import pope_metrics
 
-    rc = main(["hallucination", "--model", "effnet-smollm2-vqa", "--images", "2", "--out", str(tmp_path), "--json"])
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    got = json.loads(out)
+    got = hallucination_report(vqa_lm, "none", "random", 2, out=tmp_path, progress=False)
     assert got["model"] == "effnet-smollm2-vqa" and "easy-VQA" in got["images"] and got["n"] == 4
     ref = pd.read_csv(model_dir("reports", "effnet-smollm2-vqa") / "pope_answers.csv")
     ref = ref[(ref.image < 2) & (ref.split == "random") & (ref.method == "none")]
