@@ -26,7 +26,7 @@ import torch
 
 from workbench.io.runs import model_dir
 
-from workbench.tasks.vqa_hallucination import N_CALIBRATION, SCENE_SEED  # noqa: E402
+from workbench.tasks.vqa_hallucination import N_CALIBRATION, POPE_SEED, SCENE_SEED, benchmark_scenes
 
 OUT = model_dir("reports", "effnet-smollm2-vqa")
 #: candidate hyper-parameters, tried on the calibration scenes only (layers: None = the method's default,
@@ -140,10 +140,7 @@ def stage_prior(lm, a) -> dict:
 
 
 def _scenes(a):
-    from workbench.demo import easyvqa as V
-
-    sc = V.scenes("test", a.n_cal + a.n_eval, SCENE_SEED)
-    return sc[: a.n_cal], sc[a.n_cal:]
+    return benchmark_scenes(a.n_eval, a.n_cal)
 
 
 def stage_calibrate(lm, a) -> dict:
@@ -192,7 +189,7 @@ def stage_pope(lm, a) -> dict:
     from workbench.tasks.vqa_hallucination import pope_metrics, run_pope
 
     _, ev = _scenes(a)
-    items = V.pope_items(ev, seed=2)
+    items = V.pope_items(ev, seed=POPE_SEED)
     chosen = _chosen()
     runs = {m: run_pope(lm, ev, items, m, chosen.get(m), progress=a.progress) for m in a.methods.split(",")}
     _csv(pd.concat(runs.values()), OUT / "pope_answers.csv")

@@ -70,7 +70,7 @@ def scene_hallucination_report(lm: LoadedModel, method: str = "none", split: str
     ``images`` held-out easy-VQA test scenes of :func:`workbench.tasks.vqa_hallucination.heldout_scenes` (the
     scenes ``reports/effnet-smollm2-vqa/`` reports on), with :mod:`workbench.tasks.vqa_hallucination`.
 
-    POPE: one positive and one ``split`` negative question per scene (``pope_items(scenes, seed=2)``), the answer
+    POPE: one positive and one ``split`` negative question per scene (``pope_items(scenes, seed=POPE_SEED)``), the answer
     logit(`` yes``) > logit(`` no``) at the first answer token; CHAIR: the greedy caption of "Describe the image.".
     Parameters are the methods' defaults (:func:`~workbench.tasks.hallucination.method_params`), not the ones the
     reference report chose on its calibration scenes. Runs in this process (a few seconds per question on a CPU).
@@ -89,7 +89,7 @@ def scene_hallucination_report(lm: LoadedModel, method: str = "none", split: str
     if executor is not None and not isinstance(executor, LocalExecutor):
         raise WorkbenchError(f"hallucination on {lm.spec.name} runs in this process only: drop --executor {executor.name}")
     scenes = H.heldout_scenes(images)
-    items = V.pope_items(scenes, seed=2)
+    items = V.pope_items(scenes, seed=H.POPE_SEED)
     items = items[items.split == split].reset_index(drop=True)
     params = method_params(method)
     df = H.run_pope(lm, scenes, items, method, params, progress=progress)

@@ -44,12 +44,20 @@ METHODS = ("none", "vhr", "var", "no-visual-sinks")
 #: N_CALIBRATION for choosing hyper-parameters, the rest held out (``scripts/effnet_vlm_report.py``)
 SCENE_SEED = 2000
 N_CALIBRATION = 60
+POPE_SEED = 2  #: seed of the POPE questions on the held-out scenes: ``pope_items(heldout, seed=POPE_SEED)``
+
+
+def benchmark_scenes(n_heldout: int, n_calibration: int = N_CALIBRATION) -> tuple[list[V.Scene], list[V.Scene]]:
+    """(calibration, held-out) test scenes: the first ``n_calibration`` and the next ``n_heldout`` of
+    ``scenes("test", n_calibration + n_heldout, SCENE_SEED)``. The generator is prefix-stable, so a smaller
+    ``n_heldout`` gives a prefix of the reference report's 250 held-out scenes."""
+    sc = V.scenes("test", n_calibration + n_heldout, SCENE_SEED)
+    return sc[:n_calibration], sc[n_calibration:]
 
 
 def heldout_scenes(n: int) -> list[V.Scene]:
-    """The first ``n`` held-out test scenes (after the calibration ones; the generator is prefix-stable, so
-    any ``n`` gives a prefix of the reference report's 250)."""
-    return V.scenes("test", N_CALIBRATION + n, SCENE_SEED)[N_CALIBRATION:]
+    """The first ``n`` held-out test scenes (:func:`benchmark_scenes`)."""
+    return benchmark_scenes(n)[1]
 
 
 class VisualSinkRemoval:
@@ -188,5 +196,5 @@ def chair_metrics(df: pd.DataFrame) -> dict:
             "recall": float(df["covered"].map(len).sum() / df["truth"].map(len).sum()), "n": int(len(df))}
 
 
-__all__ = ["METHODS", "N_CALIBRATION", "SCENE_SEED", "VisualSinkRemoval", "heldout_scenes", "run_pope", "run_chair", "chair_metrics", "pope_metrics",
+__all__ = ["METHODS", "N_CALIBRATION", "POPE_SEED", "SCENE_SEED", "VisualSinkRemoval", "heldout_scenes", "benchmark_scenes", "run_pope", "run_chair", "chair_metrics", "pope_metrics",
            "yes_margin", "caption", "method_context"]
