@@ -126,14 +126,20 @@ def stage_prior(lm, a) -> dict:
            "n_yesno": len(yn), "n_seen_in_train": sum(q in votes for q, _ in yn),
            "prior_accuracy_yesno": float(np.mean([prior(q) == ans for q, ans in yn])),
            "prior_accuracy_open": float(np.mean([prior(q) == ans for q, ans, _ in test if not V.is_yesno(ans)]))}
+    from workbench.demo.effnet_train import absent_answer
+
+    res["absent_rule"] = "answer every yes/no question as if the thing it names were not in the image (absent_answer)"
+    res["absent_rule_accuracy_yesno"] = float(np.mean([absent_answer(q) == ans for q, ans in yn]))
     p = OUT / "accuracy_answers.parquet"
     if p.exists():
         df = pd.read_parquet(p)
         df = df[df.kind == "yesno"].copy()
         df["prior_right"] = [prior(q) == ans for q, ans in zip(df.question, df.answer)]
+        df["says_absent"] = [absent_answer(q) == pred for q, pred in zip(df.question, df.pred)]
         res["against_prior"] = [{"condition": c, "n": int((~g.prior_right).sum()),
                                  "accuracy_where_prior_wrong": float(g[~g.prior_right].correct.mean()),
-                                 "accuracy_where_prior_right": float(g[g.prior_right].correct.mean())}
+                                 "accuracy_where_prior_right": float(g[g.prior_right].correct.mean()),
+                                 "share_answered_as_absent": float(g.says_absent.mean())}
                                 for c, g in df.groupby("condition", sort=False)]
     _json(OUT / "prior.json", res)
     return res
@@ -274,9 +280,14 @@ def stage_summary(lm, a) -> dict:
                f"({pr['n_seen_in_train']} of {pr['n_yesno']} test yes/no questions occur in train), open "
                f"{pr['prior_accuracy_open']:.3f}.", ""]
         if pr.get("against_prior"):
-            md += ["| condition | yes/no where the prior is wrong (n) | where it is right |", "|---|---|---|"]
+            if "absent_rule_accuracy_yesno" in pr:
+                md += [f"Answering every yes/no question as if the named thing were absent (the truthful answers "
+                       f"for a blank image) scores {pr['absent_rule_accuracy_yesno']:.3f}.", ""]
+            md += ["| condition | yes/no where the prior is wrong (n) | where it is right | answered as if absent |",
+                   "|---|---|---|---|"]
             md += [f"| {r['condition']} | {r['accuracy_where_prior_wrong']:.3f} ({r['n']}) | "
-                   f"{r['accuracy_where_prior_right']:.3f} |" for r in pr["against_prior"]]
+                   f"{r['accuracy_where_prior_right']:.3f} | {r.get('share_answered_as_absent', float('nan')):.3f} |"
+                   for r in pr["against_prior"]]
             md.append("")
     cal = load("calibration.json")
     if cal:

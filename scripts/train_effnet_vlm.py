@@ -34,10 +34,12 @@ def main() -> int:
     ap.add_argument("--init", type=Path, default=None, help="continue from a weights file this script wrote (skips alignment)")
     ap.add_argument("--balanced", type=int, default=d["balanced"],
                     help="synthetic yes/no questions per image whose answer the question does not predict")
+    ap.add_argument("--projector-lr", type=float, default=d["projector_lr"],
+                    help="> 0: train the projector too in the end-to-end stage, at this peak learning rate")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     info = V.train(n_images=a.n_images, n_scenes=a.n_scenes, steps_align=a.steps_align, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                   turns=a.turns, lora_from=a.lora_from, lora_rank=a.lora_rank, out=a.out, init=a.init, balanced=a.balanced, log=lambda m: print(m, file=sys.stderr, flush=True))
+                   turns=a.turns, lora_from=a.lora_from, lora_rank=a.lora_rank, out=a.out, init=a.init, balanced=a.balanced, projector_lr=a.projector_lr, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(info))
     return 0
 

@@ -357,6 +357,27 @@ def test_balanced_questions_use_easy_vqa_templates_are_right_and_unpredictable_f
     assert (skew >= 0.8).mean() > 0.5
 
 
+def test_absent_answer_is_the_answer_of_every_easy_vqa_yes_no_question_whose_thing_is_not_there():
+    """Every yes/no question of easy-VQA train is in one of the eight templates, and its answer is
+    absent_answer(q) exactly when the colour or shape it names is not the image's."""
+    from workbench.demo import easyvqa as V
+    from workbench.demo.effnet_train import absent_answer
+
+    labels = V.image_labels("train")
+    n = 0
+    for q, a, i in V.questions("train"):
+        if a not in ("yes", "no"):
+            continue
+        label = labels[i]
+        named = label[0] if " shape" in q else label[1]
+        there = named is not None and f" {named} " in f" {q.replace('?', ' ')}"
+        assert absent_answer(q) is not None, q
+        assert (a == absent_answer(q)) != there, (q, a, label)
+        n += 1
+    assert n > 20000
+    assert absent_answer("what is the color of the shape?") is None
+
+
 @pytest.mark.slow
 def test_training_runs_and_init_continues_from_the_written_file(tmp_path):
     """A tiny seeded run writes the projector and the adapter; continuing from that file with 0 steps gives
@@ -374,6 +395,12 @@ def test_training_runs_and_init_continues_from_the_written_file(tmp_path):
     assert set(a) == set(b) and any(k.startswith("lora.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.endswith(".B") and a[k].abs().sum() > 0 for k in a)  # one step moved the adapter off zero
+    # --projector-lr: one step from that file moves the projector too (by default it stays as aligned)
+    moved = train(steps=1, out=tmp_path / "c.safetensors", init=tmp_path / "a.safetensors", projector_lr=1e-2, **kw)
+    c = load_file(str(tmp_path / "c.safetensors"))
+    assert moved["projector_lr"] == 1e-2
+    proj = [k for k in a if k.startswith("model.multi_modal_projector.")]
+    assert proj and all(not torch.equal(a[k], c[k]) for k in proj)
 
 
 @pytest.mark.slow
