@@ -136,10 +136,15 @@ def stage_prior(lm, a) -> dict:
         df = df[df.kind == "yesno"].copy()
         df["prior_right"] = [prior(q) == ans for q, ans in zip(df.question, df.answer)]
         df["says_absent"] = [absent_answer(q) == pred for q, pred in zip(df.question, df.pred)]
+        df["present"] = [absent_answer(q) != ans for q, ans in zip(df.question, df.answer)]
         res["against_prior"] = [{"condition": c, "n": int((~g.prior_right).sum()),
                                  "accuracy_where_prior_wrong": float(g[~g.prior_right].correct.mean()),
                                  "accuracy_where_prior_right": float(g[g.prior_right].correct.mean()),
-                                 "share_answered_as_absent": float(g.says_absent.mean())}
+                                 "share_answered_as_absent": float(g.says_absent.mean()),
+                                 "n_present": int(g.present.sum()),
+                                 "accuracy_where_present": float(g[g.present].correct.mean()),
+                                 "accuracy_where_absent": float(g[~g.present].correct.mean()),
+                                 "balanced_accuracy": float((g[g.present].correct.mean() + g[~g.present].correct.mean()) / 2)}
                                 for c, g in df.groupby("condition", sort=False)]
     _json(OUT / "prior.json", res)
     return res
@@ -283,10 +288,14 @@ def stage_summary(lm, a) -> dict:
             if "absent_rule_accuracy_yesno" in pr:
                 md += [f"Answering every yes/no question as if the named thing were absent (the truthful answers "
                        f"for a blank image) scores {pr['absent_rule_accuracy_yesno']:.3f}.", ""]
-            md += ["| condition | yes/no where the prior is wrong (n) | where it is right | answered as if absent |",
-                   "|---|---|---|---|"]
+            md += ["| condition | yes/no where the prior is wrong (n) | where it is right | answered as if absent | "
+                   "where the thing is present (n) | where absent | balanced accuracy (chance 0.5) |",
+                   "|---|---|---|---|---|---|---|"]
+            nan = float("nan")
             md += [f"| {r['condition']} | {r['accuracy_where_prior_wrong']:.3f} ({r['n']}) | "
-                   f"{r['accuracy_where_prior_right']:.3f} | {r.get('share_answered_as_absent', float('nan')):.3f} |"
+                   f"{r['accuracy_where_prior_right']:.3f} | {r.get('share_answered_as_absent', nan):.3f} | "
+                   f"{r.get('accuracy_where_present', nan):.3f} ({r.get('n_present', '?')}) | "
+                   f"{r.get('accuracy_where_absent', nan):.3f} | {r.get('balanced_accuracy', nan):.3f} |"
                    for r in pr["against_prior"]]
             md.append("")
     cal = load("calibration.json")
