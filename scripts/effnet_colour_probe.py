@@ -23,9 +23,9 @@ def main() -> int:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from workbench import load_model
     from workbench.demo import easyvqa as V
-    from workbench.demo.effnet_llava import PROJECTOR_PREFIX, WEIGHTS
-    from workbench.demo.effnet_tower import load_tower
+    from workbench.demo.effnet_llava import WEIGHTS, assemble
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=WEIGHTS, help="a file scripts/train_effnet_vlm.py wrote")
@@ -34,13 +34,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    sd = load_file(str(a.weights))
-    w = {k[len(PROJECTOR_PREFIX):]: v for k, v in sd.items() if k.startswith(PROJECTOR_PREFIX)}
-    proj = torch.nn.Sequential(torch.nn.Linear(*w["linear_1.weight"].shape[::-1]), torch.nn.GELU(),
-                               torch.nn.Linear(*w["linear_2.weight"].shape[::-1]))
-    proj.load_state_dict({"0.weight": w["linear_1.weight"], "0.bias": w["linear_1.bias"],
-                          "2.weight": w["linear_2.weight"], "2.bias": w["linear_2.bias"]})
-    tower = load_tower()
+    model, _ = assemble(load_model("smollm2-135m"), load_file(str(a.weights)))  # the model's own tower and projector
+    tower, proj = model.model.vision_tower, model.model.multi_modal_projector
 
     def pooled(split: str, n: int):
         labels = V.image_labels(split)

@@ -137,15 +137,17 @@ def stage_prior(lm, a) -> dict:
         df["prior_right"] = [prior(q) == ans for q, ans in zip(df.question, df.answer)]
         df["says_absent"] = [absent_answer(q) == pred for q, pred in zip(df.question, df.pred)]
         df["present"] = [absent_answer(q) != ans for q, ans in zip(df.question, df.answer)]
-        res["against_prior"] = [{"condition": c, "n": int((~g.prior_right).sum()),
-                                 "accuracy_where_prior_wrong": float(g[~g.prior_right].correct.mean()),
-                                 "accuracy_where_prior_right": float(g[g.prior_right].correct.mean()),
-                                 "share_answered_as_absent": float(g.says_absent.mean()),
-                                 "n_present": int(g.present.sum()),
-                                 "accuracy_where_present": float(g[g.present].correct.mean()),
-                                 "accuracy_where_absent": float(g[~g.present].correct.mean()),
-                                 "balanced_accuracy": float((g[g.present].correct.mean() + g[~g.present].correct.mean()) / 2)}
-                                for c, g in df.groupby("condition", sort=False)]
+
+        def row(c, g):
+            present, absent = float(g[g.present].correct.mean()), float(g[~g.present].correct.mean())
+            return {"condition": c, "n": int((~g.prior_right).sum()),
+                    "accuracy_where_prior_wrong": float(g[~g.prior_right].correct.mean()),
+                    "accuracy_where_prior_right": float(g[g.prior_right].correct.mean()),
+                    "share_answered_as_absent": float(g.says_absent.mean()), "n_present": int(g.present.sum()),
+                    "accuracy_where_present": present, "accuracy_where_absent": absent,
+                    "balanced_accuracy": (present + absent) / 2}
+
+        res["against_prior"] = [row(c, g) for c, g in df.groupby("condition", sort=False)]
     _json(OUT / "prior.json", res)
     return res
 
